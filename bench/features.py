@@ -1,0 +1,177 @@
+"""Benchmark the training frame: the project's Feast path against a raw DuckDB ASOF JOIN.
+
+    python bench/features.py [--sizes 100000 1000000] [--days 120] [--workdir bench/out]
+
+For each size it simulates a world (once; reused on later runs), builds the feature partitions
+of the training snapshot days, then builds the same training frame three ways, each in a fresh
+child process so its peak RSS is its own:
+
+* project   — ``tasks.features.build_training_frame``: Feast ``get_historical_features`` on the
+              feature service, served by the partition-pruning offline store;
+* raw asof  — one hand-written DuckDB query: the label spine ASOF LEFT JOIN each feature table
+              (whole history, TTL applied), the baseline the target is measured against;
+* feast stock — Feast's own DuckDB offline store (only up to --stock-max subscribers).
+
+It checks that every path returns identical rows and prints rows/s, peak RSS and the ratio of
+each path's time to the raw ASOF JOIN. Target: project ≤ 1.5× raw, ≤ 4 GB peak at 1M subscribers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+START = date(2026, 1, 1)
+PATHS = ("project", "raw asof", "feast stock")
+
+
+def _settings(home: Path):
+    os.environ["CHURN_HOME"] = str(home)
+    from tasks.core.settings import get_settings, reset_settings
+
+    reset_settings()
+    return get_settings()
+
+
+def prepare_world(home: Path, subscribers: int, days: int, as_of: date, console: Console) -> dict:
+    """Simulate the world and build the feature days the training frame reads (skipped if done)."""
+    from tasks.feature_store import apply_feature_repo
+    from tasks.features import build_feature_tables, built_days, training_snapshot_days
+    from tasks.simulate import WorldSpec, simulate_world
+
+    settings = _settings(home)
+    timings: dict[str, float] = {}
+    if not (settings.source_dir / "_manifest.json").exists():
+        began = time.perf_counter()
+        with console.status(f"simulating {subscribers:,} × {days} days"):
+            simulate_world(WorldSpec(subscribers=subscribers, days=days, start=START, seed=7),
+                           settings.source_dir, settings.truth_dir)
+        timings["simulate_s"] = time.perf_counter() - began
+    apply_feature_repo(settings)
+    wanted = training_snapshot_days(settings, as_of)
+    missing = [d for d in wanted if d not in built_days(settings, "subscriber_billing_90d")]
+    began = time.perf_counter()
+    with console.status(f"building {len(missing)} feature days at {subscribers:,} subscribers"):
+        for day in missing:
+            build_feature_tables(settings, day, day)
+    if missing:
+        timings["build_s_per_day"] = (time.perf_counter() - began) / len(missing)
+    return timings
+
+
+def raw_asof_frame(settings, as_of: date) -> pa.Table:
+    """The same frame from one DuckDB query over whole tables: the baseline."""
+    from tasks.core.sql import connect
+    from tasks.feature_store import feature_service, open_store, service_views
+    from tasks.features import LABEL, TIMESTAMP, training_entities
+    from tasks.core.schema import PROTECTED_ATTRIBUTES
+
+    store = open_store(settings)
+    views = service_views(store, feature_service(store, settings.feature_service))
+    entities = pa.Table.from_pandas(training_entities(settings, as_of), preserve_index=False)
+    con = connect()
+    con.register("entities", entities)
+    selects, joins = [], []
+    for i, (view, names) in enumerate(views):
+        glob = str(settings.features_dir / view.name / "*" / "*.parquet")
+        con.read_parquet(glob, hive_partitioning=False).create_view(f"v{i}")
+        joins.append(f"ASOF LEFT JOIN v{i} ON e.subscriber_id = v{i}.subscriber_id "
+                     f"AND e.{TIMESTAMP} >= v{i}.snapshot_ts")
+        ttl_us = int(view.ttl / timedelta(microseconds=1))
+        selects += [f"CASE WHEN v{i}.snapshot_ts >= e.{TIMESTAMP} - to_microseconds({ttl_us}) "
+                    f"THEN v{i}.{n} END AS {n}" for n in names]
+    query = (f"SELECT e.subscriber_id, e.snapshot_date, e.{TIMESTAMP}, {', '.join(selects)}, e.{LABEL}, "
+             + ", ".join(f"e.{c}" for c in PROTECTED_ATTRIBUTES)
+             + " FROM entities e " + " ".join(joins) + " ORDER BY e.snapshot_date, e.subscriber_id")
+    return con.sql(query).to_arrow_table()
+
+
+def child(path: str, home: Path, as_of: date, out: Path) -> None:
+    """Build one frame in this fresh process and report seconds and peak RSS as JSON."""
+    from tasks.core.telemetry import disable_telemetry
+
+    disable_telemetry()
+    settings = _settings(home)
+    from tasks.features import build_training_frame
+    from tasks.feature_store import open_store
+
+    began = time.perf_counter()
+    if path == "project":
+        frame = build_training_frame(settings, as_of)
+    elif path == "raw asof":
+        frame = raw_asof_frame(settings, as_of)
+    else:
+        frame = build_training_frame(settings, as_of, store=open_store(settings, stock_offline_store=True))
+    seconds = time.perf_counter() - began
+    pq.write_table(frame.replace_schema_metadata(None), out)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "peak_rss": peak, "rows": frame.num_rows}))
+
+
+def _same_rows(a: Path, b: Path) -> bool:
+    left = pq.read_table(a).sort_by([("snapshot_date", "ascending"), ("subscriber_id", "ascending")])
+    right = pq.read_table(b).sort_by([("snapshot_date", "ascending"), ("subscriber_id", "ascending")])
+    right = right.select(left.column_names).cast(left.schema)
+    return left.equals(right)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--days", type=int, default=120, help="days simulated; the frame is built at the last one")
+    parser.add_argument("--stock-max", type=int, default=100_000, help="largest size to run Feast's stock store on")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--child", choices=PATHS)
+    parser.add_argument("--home", type=Path)
+    parser.add_argument("--as-of", type=date.fromisoformat)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.home, args.as_of, args.out)
+        return
+
+    console = Console()
+    as_of = START + timedelta(days=args.days - 1)
+    table = Table(title=f"Training frame at {as_of} (rolling window, weekly snapshots)", title_justify="left")
+    for column in ("subscribers", "path", "rows", "seconds", "rows/s", "peak RSS", "× raw asof", "same rows"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for size in args.sizes:
+        home = args.workdir / f"world_{size}_{args.days}d"
+        prep = prepare_world(home, size, args.days, as_of, console)
+        console.print(f"{size:,} subscribers: " + (", ".join(f"{k} {v:.1f}" for k, v in prep.items()) or "world reused"))
+        results, outputs = {}, {}
+        for path in PATHS:
+            if path == "feast stock" and size > args.stock_max:
+                continue
+            outputs[path] = home / f"frame_{path.replace(' ', '_')}.parquet"
+            with console.status(f"{path} at {size:,}"):
+                done = subprocess.run(
+                    [sys.executable, __file__, "--child", path, "--home", str(home), "--as-of", as_of.isoformat(),
+                     "--out", str(outputs[path])],
+                    check=True, capture_output=True, text=True,
+                )
+            results[path] = json.loads(done.stdout.strip().splitlines()[-1])
+        base = results["raw asof"]["seconds"]
+        for path, r in results.items():
+            same = "—" if path == "raw asof" else ("yes" if _same_rows(outputs["raw asof"], outputs[path]) else "NO")
+            table.add_row(f"{size:,}", path, f"{r['rows']:,}", f"{r['seconds']:.2f}",
+                          f"{r['rows'] / r['seconds']:,.0f}", f"{r['peak_rss'] / 2**30:.2f} GB",
+                          f"{r['seconds'] / base:.2f}", same)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The ``churn`` command line: one entry point for operators, each command a thin call into ``tasks``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tasks.core.errors import ChurnError
+from tasks.core.settings import Settings, get_settings, reset_settings
+from tasks.core.telemetry import disable_telemetry
+
+app = typer.Typer(help="churn-ops: telecom churn scoring and retraining.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+features_app = typer.Typer(help="Feature tables, the Feast store and point-in-time frames.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DateOption = Annotated[str, typer.Option(help="A day, YYYY-MM-DD.")]
+
+
+def _day(value: str, name: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
+
+
+@app.callback()
+def main(
+    home: Annotated[Path | None, typer.Option("--home", help="Data root (default: $CHURN_HOME or ./.churn).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    disable_telemetry()
+    if home is not None:
+        os.environ["CHURN_HOME"] = str(home)
+    reset_settings()
+    # Prefect's own state (its local database when no server is configured) lives with ours.
+    os.environ.setdefault("PREFECT_HOME", str(get_settings().home / "prefect"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _summary(title: str, rows: list[tuple[str, object]]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+# ----------------------------------------------------------------------------- simulate / import
+
+
+@app.command()
+def simulate(
+    subscribers: Annotated[int, typer.Option(min=1, help="Subscribers in service on the first day.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 180,
+    start: DateOption = "2026-01-01",
+    seed: Annotated[int, typer.Option(help="Random seed: same seed and arguments, same bytes.")] = 7,
+    scenario: Annotated[str, typer.Option(help="baseline, price_shock, usage_shift or support_decline.")] = "baseline",
+    scenario_start: Annotated[str | None, typer.Option(help="First day of the scenario (YYYY-MM-DD).")] = None,
+) -> None:
+    """Simulate a subscriber world and write its source tables under $CHURN_HOME/source."""
+    from tasks.simulate import WorldSpec, simulate_world
+
+    settings = _settings()
+    spec = WorldSpec(
+        subscribers=subscribers, days=days, start=_day(start, "--start"), seed=seed, scenario=scenario,
+        scenario_start=_day(scenario_start, "--scenario-start") if scenario_start else None,
+    )
+    began = time.perf_counter()
+    with _progress("simulating days", days) as advance:
+        summary = simulate_world(spec, settings.source_dir, settings.truth_dir, chunk_days=settings.sim_chunk_days,
+                                 progress=advance)
+    _summary(
+        f"Simulated world {summary.start} .. {summary.end} ({scenario})",
+        [*((f"rows: {k}", v) for k, v in summary.rows.items()),
+         ("subscribers ever", summary.subscribers_ever), ("churned", summary.churned),
+         ("active at end", summary.active_at_end), ("source", summary.source_dir), ("truth", summary.truth_dir),
+         ("seconds", f"{time.perf_counter() - began:.1f}")],
+    )
+
+
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet file to import.")],
+    mapping: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Mapping YAML (see README).")],
+) -> None:
+    """Import your own subscriber data (CSV/Parquet) into the source schema; nothing is written unless it all passes."""
+    from tasks.importer import import_file
+
+    summary = import_file(path, mapping, _settings().source_dir)
+    _summary(f"Imported {path.name}", [("table", summary.table), ("rows", summary.rows),
+                                       *((f"wrote", str(p)) for p in summary.written)])
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the Feast declarations in feature_repo/ (feast apply)."""
+    from tasks.feature_store import apply_feature_repo
+
+    result = apply_feature_repo(_settings())
+    _summary("Feast registry applied", [("entities", ", ".join(result.entities)),
+                                        ("feature views", ", ".join(result.feature_views)),
+                                        ("feature services", ", ".join(result.feature_services)),
+                                        ("registry", result.registry)])
+
+
+@features_app.command("build")
+def features_build(
+    start: Annotated[str | None, typer.Option(help="First snapshot day (default: first source day).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last snapshot day (default: last source day).")] = None,
+    materialize: Annotated[bool, typer.Option(help="Also load the last day into the online store.")] = True,
+) -> None:
+    """Run the build-features flow: source contracts, sql/features, feature contracts, feast apply, online store."""
+    from flows.features import build_features_flow
+
+    began = time.perf_counter()
+    summary = build_features_flow(
+        start=_day(start, "--start") if start else None, end=_day(end, "--end") if end else None,
+        materialize_online_store=materialize,
+    )
+    _summary(
+        f"Feature tables {summary.start} .. {summary.end}",
+        [*((f"rows: {k}", v) for k, v in summary.rows.items()),
+         ("written to", summary.features_dir), ("seconds", f"{time.perf_counter() - began:.1f}")],
+    )
+
+
+@features_app.command("materialize")
+def features_materialize(date_: Annotated[str, typer.Option("--date", help="Snapshot day to load (YYYY-MM-DD).")]) -> None:
+    """Load the features as of DATE into the Feast online store (SQLite), in bounded batches."""
+    from tasks.feature_jobs import materialize_online
+
+    settings = _settings()
+    began = time.perf_counter()
+    rows = materialize_online(settings, _day(date_, "--date"))
+    _summary(f"Online store as of {date_}", [*((f"rows: {k}", v) for k, v in rows.items()),
+                                             ("batch size", settings.online_write_batch_size),
+                                             ("seconds", f"{time.perf_counter() - began:.1f}")])
+
+
+@features_app.command("training-frame")
+def features_training_frame(
+    as_of: Annotated[str, typer.Option("--as-of", help="Training day (YYYY-MM-DD): labels must be mature by then.")],
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+) -> None:
+    """Build the point-in-time training frame at AS_OF through Feast and write it to OUT."""
+    from tasks.features import build_training_frame, write_frame
+
+    settings = _settings()
+    began = time.perf_counter()
+    as_of_day = _day(as_of, "--as-of")
+    frame = build_training_frame(settings, as_of_day)
+    write_frame(frame, out)
+    first, last = settings.training_window(as_of_day)
+    labels = frame.column("churned_30d").to_pylist()
+    _summary(f"Training frame at {as_of}", [
+        ("rows", frame.num_rows), ("snapshot window", f"{first} .. {last}"),
+        ("snapshots every", f"{settings.training_snapshot_every_days} days"),
+        ("positive rate", f"{sum(labels) / max(len(labels), 1):.2%}"),
+        ("feature service", settings.feature_service), ("written to", out),
+        ("seconds", f"{time.perf_counter() - began:.1f}")])
+
+
+@features_app.command("scoring-frame")
+def features_scoring_frame(
+    date_: Annotated[str, typer.Option("--date", help="Scoring day (YYYY-MM-DD).")],
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+) -> None:
+    """Build the features of every active subscriber as of DATE (bulk Polars path) and write them to OUT."""
+    from tasks.features import build_scoring_frame, write_frame
+
+    began = time.perf_counter()
+    frame = build_scoring_frame(_settings(), _day(date_, "--date"))
+    write_frame(frame, out)
+    _summary(f"Scoring frame for {date_}", [("subscribers", frame.num_rows), ("columns", frame.num_columns),
+                                            ("written to", out), ("seconds", f"{time.perf_counter() - began:.1f}")])
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    subscribers: Annotated[int, typer.Option(min=100, help="Subscribers in the demo world.")] = 20_000,
+    days: Annotated[int, typer.Option(min=150, help="Days of history to simulate.")] = 180,
+    start: DateOption = "2026-01-01",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """Run the whole job on simulated data: simulate, build and apply features, build a training frame."""
+    from flows.demo import run_demo
+
+    run_demo(_settings(), subscribers=subscribers, days=days, start=_day(start, "--start"), seed=seed,
+             console=console)
+
+
+def run() -> None:
+    """Entry point: ChurnErrors become one clear line on stderr and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except ChurnError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,46 @@
+"""The error hierarchy: every message names what failed, where and how often."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ChurnError(Exception):
+    """Base of every error churn-ops raises on purpose; the CLI prints it without a traceback."""
+
+
+@dataclass(frozen=True)
+class ContractViolation:
+    """One failed rule of a data contract: which table and column, which rule, how many rows."""
+
+    table: str
+    column: str
+    rule: str
+    count: int
+    detail: str = ""
+
+    def __str__(self) -> str:
+        suffix = f" ({self.detail})" if self.detail else ""
+        return f"{self.table}.{self.column}: {self.rule} failed for {self.count:,} rows{suffix}"
+
+
+class DataContractError(ChurnError):
+    """A table broke its data contract; carries every violation, not just the first."""
+
+    def __init__(self, table: str, violations: list[ContractViolation]):
+        self.table = table
+        self.violations = violations
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"data contract failed for {table}: {len(violations)} rule(s) broken\n{lines}")
+
+
+class SourceDataMissing(ChurnError):
+    """An expected input (source table, feature table, registry) is not there yet."""
+
+
+class FeatureStoreError(ChurnError):
+    """Feast was asked for something it cannot answer (unknown service, no registry, …)."""
+
+
+class ImportMappingError(ChurnError):
+    """A user's import mapping file is malformed."""

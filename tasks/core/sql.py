@@ -1,0 +1,50 @@
+"""Load the project's SQL files and run them on a DuckDB session pinned to UTC."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import duckdb
+
+from tasks.core.settings import PROJECT_ROOT
+
+SQL_ROOT = PROJECT_ROOT / "sql"
+
+
+@lru_cache(maxsize=None)
+def load_sql(name: str) -> str:
+    """The text of ``sql/<name>.sql`` (e.g. ``features/subscriber_usage_30d``)."""
+    path = SQL_ROOT / f"{name}.sql"
+    if not path.is_file():
+        raise FileNotFoundError(f"no SQL file {path.relative_to(PROJECT_ROOT)}")
+    return path.read_text()
+
+
+def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB session in UTC.
+
+    Mixed naive/aware timestamps are interpreted in the session time zone; pinning it to
+    UTC keeps as-of joins identical on every machine whatever its local zone.
+    """
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit is not None:
+        con.execute("SET memory_limit = ?", [memory_limit])
+    return con
+
+
+def parquet_glob(directory: Path) -> str:
+    """The DuckDB glob that reads every Parquet file below ``directory``."""
+    return str(Path(directory) / "**" / "*.parquet")
+
+
+def used_params(sql_text: str, params: dict[str, object]) -> dict[str, object]:
+    """The subset of ``params`` that ``sql_text`` references as ``$name`` (DuckDB rejects extras)."""
+    import re
+
+    code = re.sub(r"--[^\n]*", "", sql_text)  # header comments mention parameters too
+    names = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", code))
+    return {k: v for k, v in params.items() if k in names}

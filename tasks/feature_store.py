@@ -1,0 +1,125 @@
+"""Open the Feast feature store of churn-ops and apply its declarations (``feature_repo/``)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from feast import FeatureService, FeatureStore, FeatureView
+import yaml
+from feast.repo_config import RepoConfig
+
+from tasks.core.errors import FeatureStoreError
+from tasks.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def repo_config(settings: Settings, offline_store_type: str | None = None) -> RepoConfig:
+    """``feature_repo/feature_store.yaml`` with ``${CHURN_HOME}`` resolved and batch size from settings."""
+    repo = settings.feature_repo_dir
+    # feature_store.yaml names its paths through ${CHURN_HOME}, as Feast expands environment variables.
+    os.environ["CHURN_HOME"] = str(settings.home)
+    raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
+    raw.setdefault("materialization", {})["online_write_batch_size"] = settings.online_write_batch_size
+    if offline_store_type is not None:
+        raw["offline_store"] = {"type": offline_store_type}
+    config = RepoConfig(**raw)
+    config.repo_path = repo
+    return config
+
+
+def open_store(settings: Settings, *, stock_offline_store: bool = False) -> FeatureStore:
+    """The feature store over ``$CHURN_HOME/feast``; its registry must have been applied.
+
+    ``stock_offline_store`` swaps in Feast's own DuckDB offline store: the reference that tests
+    and benchmarks hold the partition-pruning store to.
+    """
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    config = repo_config(settings, "duckdb" if stock_offline_store else None)
+    return FeatureStore(repo_path=str(settings.feature_repo_dir), config=config)
+
+
+def feature_service(store: FeatureStore, name: str) -> FeatureService:
+    """A registered feature service, or a clear error saying to apply the repo first."""
+    try:
+        return store.get_feature_service(name)
+    except Exception as exc:  # Feast raises several unrelated types for "not found"/"no registry".
+        raise FeatureStoreError(
+            f"feature service {name!r} is not in the registry at {store.config.registry.path}: "
+            "run `churn features apply` first"
+        ) from exc
+
+
+def service_views(store: FeatureStore, service: FeatureService) -> list[tuple[FeatureView, list[str]]]:
+    """The feature views behind a service, each with the feature names it selects, in service order."""
+    views = []
+    for projection in service.feature_view_projections:
+        view = store.get_feature_view(projection.name)
+        views.append((view, [f.name for f in projection.features]))
+    return views
+
+
+def service_columns(store: FeatureStore, service: FeatureService) -> list[str]:
+    """The model-input column names of a service, in order."""
+    return [name for _, names in service_views(store, service) for name in names]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What ``feast apply`` registered."""
+
+    entities: list[str]
+    feature_views: list[str]
+    feature_services: list[str]
+    registry: str
+
+
+@contextlib.contextmanager
+def _inside_repo(repo: Path) -> Iterator[None]:
+    """Import the repo's modules as `feast apply` does: from its directory, freshly."""
+    module_names = {p.stem for p in repo.glob("*.py")}
+    for name in module_names:
+        sys.modules.pop(name, None)  # their paths depend on CHURN_HOME, read at import
+    cwd = os.getcwd()
+    sys.path.insert(0, str(repo))
+    os.chdir(repo)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(repo))
+        for name in module_names:
+            sys.modules.pop(name, None)
+
+
+def apply_feature_repo(settings: Settings) -> ApplyResult:
+    """Register every object declared in ``feature_repo/`` (``feast apply``), removing stale ones."""
+    from feast.repo_operations import apply_total_with_repo_instance, parse_repo
+    from feast.repo_contents import RepoContents  # noqa: F401  (documented return type of parse_repo)
+
+    store = open_store(settings)
+    repo = settings.feature_repo_dir
+    with _inside_repo(repo):
+        contents = parse_repo(repo)
+        out = io.StringIO()
+        # Feast reports its plan on stdout; keep it in our log instead of the user's terminal.
+        with contextlib.redirect_stdout(out):
+            apply_total_with_repo_instance(
+                store, store.project, store.registry, contents, skip_source_validation=True
+            )
+    for line in out.getvalue().splitlines():
+        if line.strip():
+            logger.info("feast: %s", line.strip())
+    return ApplyResult(
+        entities=sorted(e.name for e in contents.entities if not e.name.startswith("__")),
+        feature_views=sorted(v.name for v in contents.feature_views),
+        feature_services=sorted(s.name for s in contents.feature_services),
+        registry=str(store.config.registry.path),
+    )

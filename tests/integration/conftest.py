@@ -1,0 +1,63 @@
+"""A small simulated world with its feature store applied and built, shared by a test module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from tasks.core.settings import Settings, get_settings, reset_settings
+from tasks.feature_store import apply_feature_repo
+from tasks.features import build_feature_tables
+from tasks.simulate import WorldSpec, simulate_world
+
+WORLD_START = date(2026, 1, 1)
+WORLD_DAYS = 150
+WORLD_END = date(2026, 5, 30)  # WORLD_START + WORLD_DAYS - 1
+
+
+@dataclass(frozen=True)
+class World:
+    settings: Settings
+    spec: WorldSpec
+
+
+def make_world(home: Path, spec: WorldSpec, *, build: bool = True) -> World:
+    """Simulate ``spec`` under ``home``, apply the Feast repo and build every feature day."""
+    os.environ["CHURN_HOME"] = str(home)
+    reset_settings()
+    settings = get_settings()
+    simulate_world(spec, settings.source_dir, settings.truth_dir, chunk_days=31)
+    if build:
+        apply_feature_repo(settings)
+        build_feature_tables(settings)
+    return World(settings, spec)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """800 subscribers × 150 days, features built; read-only for the tests that share it."""
+    previous = os.environ.get("CHURN_HOME")
+    built = make_world(
+        tmp_path_factory.mktemp("world"),
+        WorldSpec(subscribers=800, days=WORLD_DAYS, start=WORLD_START, seed=11),
+    )
+    yield built
+    if previous is None:
+        os.environ.pop("CHURN_HOME", None)
+    else:
+        os.environ["CHURN_HOME"] = previous
+    reset_settings()
+
+
+@pytest.fixture
+def world_settings(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The shared world's settings, with CHURN_HOME pointing at it for the test."""
+    monkeypatch.setenv("CHURN_HOME", str(world.settings.home))
+    reset_settings()
+    yield get_settings()
+    reset_settings()
