@@ -225,21 +225,9 @@ def demo(
 
 
 def run() -> None:
-    """Entry point: ChurnErrors become one clear line on stderr and exit code 1."""
+    """Entry point: a ChurnError becomes one clear line on stderr and exit code 1 (usage errors exit 2)."""
     try:
-        app(standalone_mode=False)
+        app()
     except ChurnError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise

@@ -75,7 +75,9 @@ def register_sources(con, source_dir: Path) -> None:
     for spec in SOURCE_TABLES.values():
         pattern = table_glob(source_dir, spec)
         if not list(Path(pattern).parent.glob(Path(pattern).name)):
-            raise SourceDataMissing(f"source table {spec.name} is missing ({pattern})")
+            raise SourceDataMissing(
+                f"source table {spec.name} is missing ({pattern}): run `churn simulate` or `churn import` first"
+            )
         con.read_parquet(pattern).create_view(spec.name)
     catalog = pa.table({"plan": list(PLANS), "list_price": list(PLANS.values())})
     con.register("plan_catalog", catalog)

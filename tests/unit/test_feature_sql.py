@@ -23,9 +23,17 @@ def day(offset: int) -> date:
 
 
 def subscriber(sid: int, signup: date, plan: str = "standard", charge: float = 55.0) -> dict:
-    return {"subscriber_id": sid, "signup_date": signup, "plan": plan, "contract_type": "month_to_month",
-            "payment_method": "card", "monthly_charge": charge, "region": "north", "age_band": "25-34",
-            "gender": "female"}
+    return {
+        "subscriber_id": sid,
+        "signup_date": signup,
+        "plan": plan,
+        "contract_type": "month_to_month",
+        "payment_method": "card",
+        "monthly_charge": charge,
+        "region": "north",
+        "age_band": "25-34",
+        "gender": "female",
+    }
 
 
 def write_sources(settings: Settings, **rows: list[dict]) -> None:
@@ -47,37 +55,69 @@ def features_on(settings: Settings, name: str, snapshot: date = D) -> dict[int, 
     return {r["subscriber_id"]: r for r in read_feature_day(settings, name, snapshot).to_pylist()}
 
 
-def test_spine_includes_signup_day_and_excludes_first_day_without_service(churn_home: Settings) -> None:
+def test_spine_includes_signup_day_and_excludes_first_day_without_service(
+    churn_home: Settings,
+) -> None:
     write_sources(
         churn_home,
-        subscribers=[subscriber(1, D), subscriber(2, START), subscriber(3, START), subscriber(4, day(1))],
+        subscribers=[
+            subscriber(1, D),
+            subscriber(2, START),
+            subscriber(3, START),
+            subscriber(4, day(1)),
+        ],
         cancellations=[
             {"subscriber_id": 2, "cancel_date": D, "reason": "price"},  # gone on D
-            {"subscriber_id": 3, "cancel_date": day(1), "reason": "price"},  # last day of service is D
+            {
+                "subscriber_id": 3,
+                "cancel_date": day(1),
+                "reason": "price",
+            },  # last day of service is D
         ],
     )
     assert set(features_on(churn_home, "subscriber_profile")) == {1, 3}
 
 
 def test_support_windows_have_exact_edges(churn_home: Settings) -> None:
-    offsets = [-30, -29, -7, -6, 0, 1]  # -30 and +1 fall outside the 30-day window; -7 outside the 7-day one
+    offsets = [
+        -30,
+        -29,
+        -7,
+        -6,
+        0,
+        1,
+    ]  # -30 and +1 fall outside the 30-day window; -7 outside the 7-day one
     write_sources(
         churn_home,
         subscribers=[subscriber(1, START)],
         support_tickets=[
-            {"ticket_id": i + 1, "subscriber_id": 1, "opened_date": day(o), "category": "network" if o == 0 else "billing"}
+            {
+                "ticket_id": i + 1,
+                "subscriber_id": 1,
+                "opened_date": day(o),
+                "category": "network" if o == 0 else "billing",
+            }
             for i, o in enumerate(offsets)
         ],
     )
     row = features_on(churn_home, "subscriber_support_30d")[1]
-    assert (row["support_calls_30d"], row["support_calls_7d"], row["network_tickets_30d"]) == (4, 2, 1)
+    assert (row["support_calls_30d"], row["support_calls_7d"], row["network_tickets_30d"]) == (
+        4,
+        2,
+        1,
+    )
 
 
 def test_late_payment_counts_from_the_day_after_due(churn_home: Settings) -> None:
     def bill(due_offset: int, late: int) -> dict:
         due = day(due_offset)
-        return {"subscriber_id": 1, "bill_date": due - timedelta(days=14), "due_date": due, "amount": 55.0,
-                "days_late": late}
+        return {
+            "subscriber_id": 1,
+            "bill_date": due - timedelta(days=14),
+            "due_date": due,
+            "amount": 55.0,
+            "days_late": late,
+        }
 
     write_sources(
         churn_home,
@@ -95,11 +135,19 @@ def test_late_payment_counts_from_the_day_after_due(churn_home: Settings) -> Non
 
 def test_usage_windows_count_missing_days_as_no_use(churn_home: Settings) -> None:
     usage = [
-        {"subscriber_id": 1, "usage_date": day(o), "data_gb": 1.0, "voice_minutes": 10.0, "dropped_calls": 1}
+        {
+            "subscriber_id": 1,
+            "usage_date": day(o),
+            "data_gb": 1.0,
+            "voice_minutes": 10.0,
+            "dropped_calls": 1,
+        }
         for o in range(-40, 1)
         if o not in (-3, -2)  # two days without a row inside the last week
     ]
-    write_sources(churn_home, subscribers=[subscriber(1, START), subscriber(2, START)], usage_daily=usage)
+    write_sources(
+        churn_home, subscribers=[subscriber(1, START), subscriber(2, START)], usage_daily=usage
+    )
     rows = features_on(churn_home, "subscriber_usage_30d")
     one = rows[1]
     assert one["data_gb_7d"] == pytest.approx(5.0)
@@ -112,12 +160,24 @@ def test_usage_windows_count_missing_days_as_no_use(churn_home: Settings) -> Non
 
 def test_profile_takes_plan_and_charge_as_of_the_day(churn_home: Settings) -> None:
     def change(sid: int, offset: int, old: float, new: float, plan: str = "premium") -> dict:
-        return {"subscriber_id": sid, "change_date": day(offset), "old_plan": "standard", "new_plan": plan,
-                "old_monthly_charge": old, "new_monthly_charge": new, "reason": "upgrade"}
+        return {
+            "subscriber_id": sid,
+            "change_date": day(offset),
+            "old_plan": "standard",
+            "new_plan": plan,
+            "old_monthly_charge": old,
+            "new_monthly_charge": new,
+            "reason": "upgrade",
+        }
 
     write_sources(
         churn_home,
-        subscribers=[subscriber(1, START), subscriber(2, START), subscriber(3, day(-20)), subscriber(4, START)],
+        subscribers=[
+            subscriber(1, START),
+            subscriber(2, START),
+            subscriber(3, day(-20)),
+            subscriber(4, START),
+        ],
         plan_changes=[
             change(1, -100, 55.0, 75.0),  # before the 90-day window: no change within it
             change(2, -50, 55.0, 75.0),  # inside
@@ -126,8 +186,16 @@ def test_profile_takes_plan_and_charge_as_of_the_day(churn_home: Settings) -> No
         ],
     )
     rows = features_on(churn_home, "subscriber_profile")
-    assert (rows[1]["plan"], rows[1]["charge_change_90d"], rows[1]["plan_changes_90d"]) == ("premium", 0.0, 0)
-    assert (rows[2]["monthly_charge"], rows[2]["charge_change_90d"], rows[2]["plan_changes_90d"]) == (75.0, 20.0, 1)
+    assert (rows[1]["plan"], rows[1]["charge_change_90d"], rows[1]["plan_changes_90d"]) == (
+        "premium",
+        0.0,
+        0,
+    )
+    assert (
+        rows[2]["monthly_charge"],
+        rows[2]["charge_change_90d"],
+        rows[2]["plan_changes_90d"],
+    ) == (75.0, 20.0, 1)
     assert rows[3]["charge_change_90d"] == pytest.approx(25.0) and rows[3]["tenure_days"] == 20
     assert (rows[4]["plan"], rows[4]["monthly_charge"]) == ("standard", 55.0)
     assert rows[2]["charge_to_list_ratio"] == pytest.approx(1.0)  # 75 on premium, list 75
@@ -138,7 +206,11 @@ def test_labels_look_exactly_horizon_days_ahead(churn_home: Settings) -> None:
         churn_home,
         subscribers=[subscriber(i, START) for i in (1, 2, 3)],
         cancellations=[
-            {"subscriber_id": 1, "cancel_date": day(30), "reason": "price"},  # last service day D+29: churned
+            {
+                "subscriber_id": 1,
+                "cancel_date": day(30),
+                "reason": "price",
+            },  # last service day D+29: churned
             {"subscriber_id": 2, "cancel_date": day(31), "reason": "price"},  # one day too late
         ],
     )
