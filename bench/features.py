@@ -57,8 +57,11 @@ def prepare_world(home: Path, subscribers: int, days: int, as_of: date, console:
     if not (settings.source_dir / "_manifest.json").exists():
         began = time.perf_counter()
         with console.status(f"simulating {subscribers:,} × {days} days"):
-            simulate_world(WorldSpec(subscribers=subscribers, days=days, start=START, seed=7),
-                           settings.source_dir, settings.truth_dir)
+            simulate_world(
+                WorldSpec(subscribers=subscribers, days=days, start=START, seed=7),
+                settings.source_dir,
+                settings.truth_dir,
+            )
         timings["simulate_s"] = time.perf_counter() - began
     apply_feature_repo(settings)
     wanted = training_snapshot_days(settings, as_of)
@@ -74,10 +77,10 @@ def prepare_world(home: Path, subscribers: int, days: int, as_of: date, console:
 
 def raw_asof_frame(settings, as_of: date) -> pa.Table:
     """The same frame from one DuckDB query over whole tables: the baseline."""
+    from tasks.core.schema import PROTECTED_ATTRIBUTES
     from tasks.core.sql import connect
     from tasks.feature_store import feature_service, open_store, service_views
     from tasks.features import LABEL, TIMESTAMP, training_entities
-    from tasks.core.schema import PROTECTED_ATTRIBUTES
 
     store = open_store(settings)
     views = service_views(store, feature_service(store, settings.feature_service))
@@ -88,14 +91,23 @@ def raw_asof_frame(settings, as_of: date) -> pa.Table:
     for i, (view, names) in enumerate(views):
         glob = str(settings.features_dir / view.name / "*" / "*.parquet")
         con.read_parquet(glob, hive_partitioning=False).create_view(f"v{i}")
-        joins.append(f"ASOF LEFT JOIN v{i} ON e.subscriber_id = v{i}.subscriber_id "
-                     f"AND e.{TIMESTAMP} >= v{i}.snapshot_ts")
+        joins.append(
+            f"ASOF LEFT JOIN v{i} ON e.subscriber_id = v{i}.subscriber_id "
+            f"AND e.{TIMESTAMP} >= v{i}.snapshot_ts"
+        )
         ttl_us = int(view.ttl / timedelta(microseconds=1))
-        selects += [f"CASE WHEN v{i}.snapshot_ts >= e.{TIMESTAMP} - to_microseconds({ttl_us}) "
-                    f"THEN v{i}.{n} END AS {n}" for n in names]
-    query = (f"SELECT e.subscriber_id, e.snapshot_date, e.{TIMESTAMP}, {', '.join(selects)}, e.{LABEL}, "
-             + ", ".join(f"e.{c}" for c in PROTECTED_ATTRIBUTES)
-             + " FROM entities e " + " ".join(joins) + " ORDER BY e.snapshot_date, e.subscriber_id")
+        selects += [
+            f"CASE WHEN v{i}.snapshot_ts >= e.{TIMESTAMP} - to_microseconds({ttl_us}) "
+            f"THEN v{i}.{n} END AS {n}"
+            for n in names
+        ]
+    query = (
+        f"SELECT e.subscriber_id, e.snapshot_date, e.{TIMESTAMP}, {', '.join(selects)}, e.{LABEL}, "
+        + ", ".join(f"e.{c}" for c in PROTECTED_ATTRIBUTES)
+        + " FROM entities e "
+        + " ".join(joins)
+        + " ORDER BY e.snapshot_date, e.subscriber_id"
+    )
     return con.sql(query).to_arrow_table()
 
 
@@ -105,8 +117,8 @@ def child(path: str, home: Path, as_of: date, out: Path) -> None:
 
     disable_telemetry()
     settings = _settings(home)
-    from tasks.features import build_training_frame
     from tasks.feature_store import open_store
+    from tasks.features import build_training_frame
 
     began = time.perf_counter()
     if path == "project":
@@ -114,7 +126,9 @@ def child(path: str, home: Path, as_of: date, out: Path) -> None:
     elif path == "raw asof":
         frame = raw_asof_frame(settings, as_of)
     else:
-        frame = build_training_frame(settings, as_of, store=open_store(settings, stock_offline_store=True))
+        frame = build_training_frame(
+            settings, as_of, store=open_store(settings, stock_offline_store=True)
+        )
     seconds = time.perf_counter() - began
     pq.write_table(frame.replace_schema_metadata(None), out)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -122,17 +136,27 @@ def child(path: str, home: Path, as_of: date, out: Path) -> None:
 
 
 def _same_rows(a: Path, b: Path) -> bool:
-    left = pq.read_table(a).sort_by([("snapshot_date", "ascending"), ("subscriber_id", "ascending")])
-    right = pq.read_table(b).sort_by([("snapshot_date", "ascending"), ("subscriber_id", "ascending")])
+    left = pq.read_table(a).sort_by(
+        [("snapshot_date", "ascending"), ("subscriber_id", "ascending")]
+    )
+    right = pq.read_table(b).sort_by(
+        [("snapshot_date", "ascending"), ("subscriber_id", "ascending")]
+    )
     right = right.select(left.column_names).cast(left.schema)
     return left.equals(right)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--days", type=int, default=120, help="days simulated; the frame is built at the last one")
-    parser.add_argument("--stock-max", type=int, default=100_000, help="largest size to run Feast's stock store on")
+    parser.add_argument(
+        "--days", type=int, default=120, help="days simulated; the frame is built at the last one"
+    )
+    parser.add_argument(
+        "--stock-max", type=int, default=100_000, help="largest size to run Feast's stock store on"
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--child", choices=PATHS)
     parser.add_argument("--home", type=Path)
@@ -145,13 +169,27 @@ def main() -> None:
 
     console = Console()
     as_of = START + timedelta(days=args.days - 1)
-    table = Table(title=f"Training frame at {as_of} (rolling window, weekly snapshots)", title_justify="left")
-    for column in ("subscribers", "path", "rows", "seconds", "rows/s", "peak RSS", "× raw asof", "same rows"):
+    table = Table(
+        title=f"Training frame at {as_of} (rolling window, weekly snapshots)", title_justify="left"
+    )
+    for column in (
+        "subscribers",
+        "path",
+        "rows",
+        "seconds",
+        "rows/s",
+        "peak RSS",
+        "× raw asof",
+        "same rows",
+    ):
         table.add_column(column, justify="left" if column == "path" else "right")
     for size in args.sizes:
         home = args.workdir / f"world_{size}_{args.days}d"
         prep = prepare_world(home, size, args.days, as_of, console)
-        console.print(f"{size:,} subscribers: " + (", ".join(f"{k} {v:.1f}" for k, v in prep.items()) or "world reused"))
+        console.print(
+            f"{size:,} subscribers: "
+            + (", ".join(f"{k} {v:.1f}" for k, v in prep.items()) or "world reused")
+        )
         results, outputs = {}, {}
         for path in PATHS:
             if path == "feast stock" and size > args.stock_max:
@@ -159,17 +197,40 @@ def main() -> None:
             outputs[path] = home / f"frame_{path.replace(' ', '_')}.parquet"
             with console.status(f"{path} at {size:,}"):
                 done = subprocess.run(
-                    [sys.executable, __file__, "--child", path, "--home", str(home), "--as-of", as_of.isoformat(),
-                     "--out", str(outputs[path])],
-                    check=True, capture_output=True, text=True,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        path,
+                        "--home",
+                        str(home),
+                        "--as-of",
+                        as_of.isoformat(),
+                        "--out",
+                        str(outputs[path]),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 )
             results[path] = json.loads(done.stdout.strip().splitlines()[-1])
         base = results["raw asof"]["seconds"]
         for path, r in results.items():
-            same = "—" if path == "raw asof" else ("yes" if _same_rows(outputs["raw asof"], outputs[path]) else "NO")
-            table.add_row(f"{size:,}", path, f"{r['rows']:,}", f"{r['seconds']:.2f}",
-                          f"{r['rows'] / r['seconds']:,.0f}", f"{r['peak_rss'] / 2**30:.2f} GB",
-                          f"{r['seconds'] / base:.2f}", same)
+            same = (
+                "—"
+                if path == "raw asof"
+                else ("yes" if _same_rows(outputs["raw asof"], outputs[path]) else "NO")
+            )
+            table.add_row(
+                f"{size:,}",
+                path,
+                f"{r['rows']:,}",
+                f"{r['seconds']:.2f}",
+                f"{r['rows'] / r['seconds']:,.0f}",
+                f"{r['peak_rss'] / 2**30:.2f} GB",
+                f"{r['seconds'] / base:.2f}",
+                same,
+            )
     console.print(table)
 
 

@@ -20,7 +20,11 @@ def _daily_table(name: str, description: str) -> FileSource:
         timestamp_field="snapshot_ts",
         description=description,
         owner="ml-platform@churn-ops",
-        tags={"layer": "features", "partitioned_by": "snapshot_date", "built_by": f"sql/features/{name}.sql"},
+        tags={
+            "layer": "features",
+            "partitioned_by": "snapshot_date",
+            "built_by": f"sql/features/{name}.sql",
+        },
     )
 
 
@@ -28,7 +32,8 @@ subscriber_profile_source = _daily_table(
     "subscriber_profile", "Daily plan, contract and charges per subscriber in service."
 )
 subscriber_usage_30d_source = _daily_table(
-    "subscriber_usage_30d", "Daily rolling 7/30-day data, voice and dropped-call totals per subscriber."
+    "subscriber_usage_30d",
+    "Daily rolling 7/30-day data, voice and dropped-call totals per subscriber.",
 )
 subscriber_support_30d_source = _daily_table(
     "subscriber_support_30d", "Daily rolling 7/30-day support ticket counts per subscriber."

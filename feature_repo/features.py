@@ -8,9 +8,6 @@ missing, and never further: older values are treated as absent, as Feast defines
 
 from datetime import timedelta
 
-from feast import FeatureView, Field
-from feast.types import Float32, Int32, String
-
 from data_sources import (
     subscriber_billing_90d_source,
     subscriber_profile_source,
@@ -18,6 +15,8 @@ from data_sources import (
     subscriber_usage_30d_source,
 )
 from entities import subscriber
+from feast import FeatureView, Field
+from feast.types import Float32, Int32, String
 
 _OWNER = "ml-platform@churn-ops"
 _TTL = timedelta(days=1)
@@ -38,15 +37,30 @@ subscriber_profile = FeatureView(
     tags={"topic": "profile", "window": "point"},
     schema=[
         Field(name="tenure_days", dtype=Int32, description="Days since signup.", tags={"min": "0"}),
-        Field(name="plan", dtype=String, description="Current plan.", tags={"allowed": "basic,standard,premium,unlimited"}),
+        Field(
+            name="plan",
+            dtype=String,
+            description="Current plan.",
+            tags={"allowed": "basic,standard,premium,unlimited"},
+        ),
         Field(
             name="contract_type",
             dtype=String,
             description="Contract length.",
             tags={"allowed": "month_to_month,one_year,two_year"},
         ),
-        Field(name="payment_method", dtype=String, description="How bills are paid.", tags={"allowed": "autopay,card,invoice"}),
-        Field(name="monthly_charge", dtype=Float32, description="Current monthly charge (USD).", tags={"min": "0", "max": "500"}),
+        Field(
+            name="payment_method",
+            dtype=String,
+            description="How bills are paid.",
+            tags={"allowed": "autopay,card,invoice"},
+        ),
+        Field(
+            name="monthly_charge",
+            dtype=Float32,
+            description="Current monthly charge (USD).",
+            tags={"min": "0", "max": "500"},
+        ),
         Field(
             name="charge_to_list_ratio",
             dtype=Float32,
@@ -73,16 +87,36 @@ subscriber_usage_30d = FeatureView(
     owner=_OWNER,
     tags={"topic": "usage", "window": "30d"},
     schema=[
-        Field(name="data_gb_7d", dtype=Float32, description="Data used in the last 7 days (GB).", tags={"min": "0"}),
-        Field(name="data_gb_30d", dtype=Float32, description="Data used in the last 30 days (GB).", tags={"min": "0"}),
+        Field(
+            name="data_gb_7d",
+            dtype=Float32,
+            description="Data used in the last 7 days (GB).",
+            tags={"min": "0"},
+        ),
+        Field(
+            name="data_gb_30d",
+            dtype=Float32,
+            description="Data used in the last 30 days (GB).",
+            tags={"min": "0"},
+        ),
         Field(
             name="data_trend_7d_30d",
             dtype=Float32,
             description="Daily data use over the last 7 days relative to the last 30 (<1: falling); null without use.",
             tags={"min": "0", "nullable": "true"},
         ),
-        Field(name="voice_minutes_7d", dtype=Float32, description="Voice minutes in the last 7 days.", tags={"min": "0"}),
-        Field(name="voice_minutes_30d", dtype=Float32, description="Voice minutes in the last 30 days.", tags={"min": "0"}),
+        Field(
+            name="voice_minutes_7d",
+            dtype=Float32,
+            description="Voice minutes in the last 7 days.",
+            tags={"min": "0"},
+        ),
+        Field(
+            name="voice_minutes_30d",
+            dtype=Float32,
+            description="Voice minutes in the last 30 days.",
+            tags={"min": "0"},
+        ),
         _count("dropped_calls_30d", "Dropped calls in the last 30 days."),
         Field(
             name="active_days_30d",

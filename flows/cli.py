@@ -21,9 +21,14 @@ from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings, get_settings, reset_settings
 from tasks.core.telemetry import disable_telemetry
 
-app = typer.Typer(help="churn-ops: telecom churn scoring and retraining.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-features_app = typer.Typer(help="Feature tables, the Feast store and point-in-time frames.", no_args_is_help=True)
+app = typer.Typer(
+    help="churn-ops: telecom churn scoring and retraining.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+features_app = typer.Typer(
+    help="Feature tables, the Feast store and point-in-time frames.", no_args_is_help=True
+)
 app.add_typer(features_app, name="features")
 
 console = Console()
@@ -41,7 +46,9 @@ def _day(value: str, name: str) -> date:
 
 @app.callback()
 def main(
-    home: Annotated[Path | None, typer.Option("--home", help="Data root (default: $CHURN_HOME or ./.churn).")] = None,
+    home: Annotated[
+        Path | None, typer.Option("--home", help="Data root (default: $CHURN_HOME or ./.churn).")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     disable_telemetry()
@@ -50,13 +57,22 @@ def main(
     reset_settings()
     # Prefect's own state (its local database when no server is configured) lives with ours.
     os.environ.setdefault("PREFECT_HOME", str(get_settings().home / "prefect"))
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @contextmanager
 def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
@@ -79,45 +95,77 @@ def _settings() -> Settings:
 
 @app.command()
 def simulate(
-    subscribers: Annotated[int, typer.Option(min=1, help="Subscribers in service on the first day.")] = 20_000,
+    subscribers: Annotated[
+        int, typer.Option(min=1, help="Subscribers in service on the first day.")
+    ] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 180,
     start: DateOption = "2026-01-01",
-    seed: Annotated[int, typer.Option(help="Random seed: same seed and arguments, same bytes.")] = 7,
-    scenario: Annotated[str, typer.Option(help="baseline, price_shock, usage_shift or support_decline.")] = "baseline",
-    scenario_start: Annotated[str | None, typer.Option(help="First day of the scenario (YYYY-MM-DD).")] = None,
+    seed: Annotated[
+        int, typer.Option(help="Random seed: same seed and arguments, same bytes.")
+    ] = 7,
+    scenario: Annotated[
+        str, typer.Option(help="baseline, price_shock, usage_shift or support_decline.")
+    ] = "baseline",
+    scenario_start: Annotated[
+        str | None, typer.Option(help="First day of the scenario (YYYY-MM-DD).")
+    ] = None,
 ) -> None:
     """Simulate a subscriber world and write its source tables under $CHURN_HOME/source."""
     from tasks.simulate import WorldSpec, simulate_world
 
     settings = _settings()
     spec = WorldSpec(
-        subscribers=subscribers, days=days, start=_day(start, "--start"), seed=seed, scenario=scenario,
+        subscribers=subscribers,
+        days=days,
+        start=_day(start, "--start"),
+        seed=seed,
+        scenario=scenario,
         scenario_start=_day(scenario_start, "--scenario-start") if scenario_start else None,
     )
     began = time.perf_counter()
     with _progress("simulating days", days) as advance:
-        summary = simulate_world(spec, settings.source_dir, settings.truth_dir, chunk_days=settings.sim_chunk_days,
-                                 progress=advance)
+        summary = simulate_world(
+            spec,
+            settings.source_dir,
+            settings.truth_dir,
+            chunk_days=settings.sim_chunk_days,
+            progress=advance,
+        )
     _summary(
         f"Simulated world {summary.start} .. {summary.end} ({scenario})",
-        [*((f"rows: {k}", v) for k, v in summary.rows.items()),
-         ("subscribers ever", summary.subscribers_ever), ("churned", summary.churned),
-         ("active at end", summary.active_at_end), ("source", summary.source_dir), ("truth", summary.truth_dir),
-         ("seconds", f"{time.perf_counter() - began:.1f}")],
+        [
+            *((f"rows: {k}", v) for k, v in summary.rows.items()),
+            ("subscribers ever", summary.subscribers_ever),
+            ("churned", summary.churned),
+            ("active at end", summary.active_at_end),
+            ("source", summary.source_dir),
+            ("truth", summary.truth_dir),
+            ("seconds", f"{time.perf_counter() - began:.1f}"),
+        ],
     )
 
 
 @app.command("import")
 def import_(
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet file to import.")],
-    mapping: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Mapping YAML (see README).")],
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet file to import.")
+    ],
+    mapping: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="Mapping YAML (see README).")
+    ],
 ) -> None:
     """Import your own subscriber data (CSV/Parquet) into the source schema; nothing is written unless it all passes."""
     from tasks.importer import import_file
 
     summary = import_file(path, mapping, _settings().source_dir)
-    _summary(f"Imported {path.name}", [("table", summary.table), ("rows", summary.rows),
-                                       *((f"wrote", str(p)) for p in summary.written)])
+    _summary(
+        f"Imported {path.name}",
+        [
+            ("table", summary.table),
+            ("rows", summary.rows),
+            *(("wrote", str(p)) for p in summary.written),
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- features
@@ -129,49 +177,74 @@ def features_apply() -> None:
     from tasks.feature_store import apply_feature_repo
 
     result = apply_feature_repo(_settings())
-    _summary("Feast registry applied", [("entities", ", ".join(result.entities)),
-                                        ("feature views", ", ".join(result.feature_views)),
-                                        ("feature services", ", ".join(result.feature_services)),
-                                        ("registry", result.registry)])
+    _summary(
+        "Feast registry applied",
+        [
+            ("entities", ", ".join(result.entities)),
+            ("feature views", ", ".join(result.feature_views)),
+            ("feature services", ", ".join(result.feature_services)),
+            ("registry", result.registry),
+        ],
+    )
 
 
 @features_app.command("build")
 def features_build(
-    start: Annotated[str | None, typer.Option(help="First snapshot day (default: first source day).")] = None,
-    end: Annotated[str | None, typer.Option(help="Last snapshot day (default: last source day).")] = None,
-    materialize: Annotated[bool, typer.Option(help="Also load the last day into the online store.")] = True,
+    start: Annotated[
+        str | None, typer.Option(help="First snapshot day (default: first source day).")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option(help="Last snapshot day (default: last source day).")
+    ] = None,
+    materialize: Annotated[
+        bool, typer.Option(help="Also load the last day into the online store.")
+    ] = True,
 ) -> None:
     """Run the build-features flow: source contracts, sql/features, feature contracts, feast apply, online store."""
     from flows.features import build_features_flow
 
     began = time.perf_counter()
     summary = build_features_flow(
-        start=_day(start, "--start") if start else None, end=_day(end, "--end") if end else None,
+        start=_day(start, "--start") if start else None,
+        end=_day(end, "--end") if end else None,
         materialize_online_store=materialize,
     )
     _summary(
         f"Feature tables {summary.start} .. {summary.end}",
-        [*((f"rows: {k}", v) for k, v in summary.rows.items()),
-         ("written to", summary.features_dir), ("seconds", f"{time.perf_counter() - began:.1f}")],
+        [
+            *((f"rows: {k}", v) for k, v in summary.rows.items()),
+            ("written to", summary.features_dir),
+            ("seconds", f"{time.perf_counter() - began:.1f}"),
+        ],
     )
 
 
 @features_app.command("materialize")
-def features_materialize(date_: Annotated[str, typer.Option("--date", help="Snapshot day to load (YYYY-MM-DD).")]) -> None:
+def features_materialize(
+    date_: Annotated[str, typer.Option("--date", help="Snapshot day to load (YYYY-MM-DD).")],
+) -> None:
     """Load the features as of DATE into the Feast online store (SQLite), in bounded batches."""
     from tasks.feature_jobs import materialize_online
 
     settings = _settings()
     began = time.perf_counter()
     rows = materialize_online(settings, _day(date_, "--date"))
-    _summary(f"Online store as of {date_}", [*((f"rows: {k}", v) for k, v in rows.items()),
-                                             ("batch size", settings.online_write_batch_size),
-                                             ("seconds", f"{time.perf_counter() - began:.1f}")])
+    _summary(
+        f"Online store as of {date_}",
+        [
+            *((f"rows: {k}", v) for k, v in rows.items()),
+            ("batch size", settings.online_write_batch_size),
+            ("seconds", f"{time.perf_counter() - began:.1f}"),
+        ],
+    )
 
 
 @features_app.command("training-frame")
 def features_training_frame(
-    as_of: Annotated[str, typer.Option("--as-of", help="Training day (YYYY-MM-DD): labels must be mature by then.")],
+    as_of: Annotated[
+        str,
+        typer.Option("--as-of", help="Training day (YYYY-MM-DD): labels must be mature by then."),
+    ],
     out: Annotated[Path, typer.Option(help="Parquet file to write.")],
 ) -> None:
     """Build the point-in-time training frame at AS_OF through Feast and write it to OUT."""
@@ -184,12 +257,18 @@ def features_training_frame(
     write_frame(frame, out)
     first, last = settings.training_window(as_of_day)
     labels = frame.column("churned_30d").to_pylist()
-    _summary(f"Training frame at {as_of}", [
-        ("rows", frame.num_rows), ("snapshot window", f"{first} .. {last}"),
-        ("snapshots every", f"{settings.training_snapshot_every_days} days"),
-        ("positive rate", f"{sum(labels) / max(len(labels), 1):.2%}"),
-        ("feature service", settings.feature_service), ("written to", out),
-        ("seconds", f"{time.perf_counter() - began:.1f}")])
+    _summary(
+        f"Training frame at {as_of}",
+        [
+            ("rows", frame.num_rows),
+            ("snapshot window", f"{first} .. {last}"),
+            ("snapshots every", f"{settings.training_snapshot_every_days} days"),
+            ("positive rate", f"{sum(labels) / max(len(labels), 1):.2%}"),
+            ("feature service", settings.feature_service),
+            ("written to", out),
+            ("seconds", f"{time.perf_counter() - began:.1f}"),
+        ],
+    )
 
 
 @features_app.command("scoring-frame")
@@ -203,8 +282,15 @@ def features_scoring_frame(
     began = time.perf_counter()
     frame = build_scoring_frame(_settings(), _day(date_, "--date"))
     write_frame(frame, out)
-    _summary(f"Scoring frame for {date_}", [("subscribers", frame.num_rows), ("columns", frame.num_columns),
-                                            ("written to", out), ("seconds", f"{time.perf_counter() - began:.1f}")])
+    _summary(
+        f"Scoring frame for {date_}",
+        [
+            ("subscribers", frame.num_rows),
+            ("columns", frame.num_columns),
+            ("written to", out),
+            ("seconds", f"{time.perf_counter() - began:.1f}"),
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- demo
@@ -212,7 +298,9 @@ def features_scoring_frame(
 
 @app.command()
 def demo(
-    subscribers: Annotated[int, typer.Option(min=100, help="Subscribers in the demo world.")] = 20_000,
+    subscribers: Annotated[
+        int, typer.Option(min=100, help="Subscribers in the demo world.")
+    ] = 20_000,
     days: Annotated[int, typer.Option(min=150, help="Days of history to simulate.")] = 180,
     start: DateOption = "2026-01-01",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
@@ -220,8 +308,14 @@ def demo(
     """Run the whole job on simulated data: simulate, build and apply features, build a training frame."""
     from flows.demo import run_demo
 
-    run_demo(_settings(), subscribers=subscribers, days=days, start=_day(start, "--start"), seed=seed,
-             console=console)
+    run_demo(
+        _settings(),
+        subscribers=subscribers,
+        days=days,
+        start=_day(start, "--start"),
+        seed=seed,
+        console=console,
+    )
 
 
 def run() -> None:

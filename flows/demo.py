@@ -13,7 +13,9 @@ from tasks.features import build_scoring_frame, build_training_frame, write_fram
 from tasks.simulate import WorldSpec, simulate_world
 
 
-def run_demo(settings: Settings, *, subscribers: int, days: int, start: date, seed: int, console: Console) -> None:
+def run_demo(
+    settings: Settings, *, subscribers: int, days: int, start: date, seed: int, console: Console
+) -> None:
     """Simulate a world, build and apply its features, then build a training and a scoring frame."""
     from flows.features import build_features_flow
 
@@ -21,11 +23,17 @@ def run_demo(settings: Settings, *, subscribers: int, days: int, start: date, se
     began = time.perf_counter()
     console.rule("[bold]1. Simulate the subscriber world")
     with console.status(f"simulating {subscribers:,} subscribers × {days} days"):
-        world = simulate_world(WorldSpec(subscribers=subscribers, days=days, start=start, seed=seed),
-                               settings.source_dir, settings.truth_dir, chunk_days=settings.sim_chunk_days)
+        world = simulate_world(
+            WorldSpec(subscribers=subscribers, days=days, start=start, seed=seed),
+            settings.source_dir,
+            settings.truth_dir,
+            chunk_days=settings.sim_chunk_days,
+        )
     timings["simulate"] = time.perf_counter() - began
-    console.print(f"  {world.subscribers_ever:,} subscribers ever, {world.churned:,} churned, "
-                  f"{world.rows['usage_daily']:,} usage rows → {world.source_dir}")
+    console.print(
+        f"  {world.subscribers_ever:,} subscribers ever, {world.churned:,} churned, "
+        f"{world.rows['usage_daily']:,} usage rows → {world.source_dir}"
+    )
 
     console.rule("[bold]2. Build features (Prefect flow build-features)")
     began = time.perf_counter()
@@ -49,14 +57,26 @@ def run_demo(settings: Settings, *, subscribers: int, days: int, start: date, se
     table.add_column("what", style="bold")
     table.add_column("size", justify="right")
     table.add_column("where")
-    table.add_row("source tables", f"{sum(v for k, v in world.rows.items() if k != 'true_churn_probability'):,} rows",
-                  str(world.source_dir))
+    table.add_row(
+        "source tables",
+        f"{sum(v for k, v in world.rows.items() if k != 'true_churn_probability'):,} rows",
+        str(world.source_dir),
+    )
     table.add_row("feature tables", f"{sum(build.rows.values()):,} rows", str(build.features_dir))
-    table.add_row("Feast registry / online store", "4 views, churn_model_v1", str(settings.feast_dir))
-    table.add_row(f"training frame (snapshots {first} .. {last})",
-                  f"{training.num_rows:,} rows, {sum(labels) / max(len(labels), 1):.1%} churned", str(training_path))
-    table.add_row(f"scoring frame ({as_of})", f"{scoring.num_rows:,} subscribers", str(scoring_path))
+    table.add_row(
+        "Feast registry / online store", "4 views, churn_model_v1", str(settings.feast_dir)
+    )
+    table.add_row(
+        f"training frame (snapshots {first} .. {last})",
+        f"{training.num_rows:,} rows, {sum(labels) / max(len(labels), 1):.1%} churned",
+        str(training_path),
+    )
+    table.add_row(
+        f"scoring frame ({as_of})", f"{scoring.num_rows:,} subscribers", str(scoring_path)
+    )
     console.print(table)
     console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    console.print(f"next: the label horizon means a model trained at {as_of} learns from snapshots up to "
-                  f"{as_of - timedelta(days=settings.label_horizon_days)}.")
+    console.print(
+        f"next: the label horizon means a model trained at {as_of} learns from snapshots up to "
+        f"{as_of - timedelta(days=settings.label_horizon_days)}."
+    )

@@ -43,8 +43,13 @@ def materialize(day: date) -> dict[str, int]:
     return materialize_online(get_settings(), day)
 
 
-@flow(name="build-features", description="Source contracts → sql/features → feature contracts → feast apply → online store.")
-def build_features_flow(start: date | None = None, end: date | None = None, materialize_online_store: bool = True) -> BuildSummary:
+@flow(
+    name="build-features",
+    description="Source contracts → sql/features → feature contracts → feast apply → online store.",
+)
+def build_features_flow(
+    start: date | None = None, end: date | None = None, materialize_online_store: bool = True
+) -> BuildSummary:
     logger = get_run_logger()
     sources = check_source_contracts()
     views = apply_registry()
@@ -55,15 +60,20 @@ def build_features_flow(start: date | None = None, end: date | None = None, mate
     create_markdown_artifact(
         key="feature-build",
         description="Feature tables built by this run",
-        markdown="\n".join([
-            f"# Feature build {summary.start} .. {summary.end}",
-            "",
-            "| feature table | rows written | online rows |",
-            "|---|---:|---:|",
-            *(f"| {name} | {rows:,} | {online.get(name, 0):,} |" for name, rows in summary.rows.items()),
-            "",
-            f"Contracts passed: {', '.join(sources + checked)}.",
-            f"Feast views applied: {', '.join(views)}. Tables under `{summary.features_dir}`.",
-        ]),
+        markdown="\n".join(
+            [
+                f"# Feature build {summary.start} .. {summary.end}",
+                "",
+                "| feature table | rows written | online rows |",
+                "|---|---:|---:|",
+                *(
+                    f"| {name} | {rows:,} | {online.get(name, 0):,} |"
+                    for name, rows in summary.rows.items()
+                ),
+                "",
+                f"Contracts passed: {', '.join(sources + checked)}.",
+                f"Feast views applied: {', '.join(views)}. Tables under `{summary.features_dir}`.",
+            ]
+        ),
     )
     return summary

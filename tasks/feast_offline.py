@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (registers pa.compute)
+import pyarrow.compute
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
 from feast.infra.offline_stores.file_source import FileSource
@@ -81,9 +81,15 @@ class _ViewPlan:
     ttl: timedelta | None
 
 
-def _plan_view(fv: FeatureView, feature_refs: list[str], full_feature_names: bool) -> _ViewPlan | None:
+def _plan_view(
+    fv: FeatureView, feature_refs: list[str], full_feature_names: bool
+) -> _ViewPlan | None:
     source = fv.batch_source
-    if not isinstance(source, FileSource) or source.field_mapping or source.created_timestamp_column:
+    if (
+        not isinstance(source, FileSource)
+        or source.field_mapping
+        or source.created_timestamp_column
+    ):
         return None
     root = partition_root(source)
     if root is None:
@@ -175,7 +181,10 @@ def point_in_time_join(entity: pa.Table, timestamp_col: str, plans: list[_ViewPl
         for src, out in plan.features:
             selects.append(f"CASE WHEN {fresh} THEN {alias}.{_quote(src)} END AS {_quote(out)}")
     query = (
-        "SELECT " + ", ".join(selects) + " FROM entity_rows AS e " + " ".join(joins)
+        "SELECT "
+        + ", ".join(selects)
+        + " FROM entity_rows AS e "
+        + " ".join(joins)
         + f" ORDER BY e.{_quote(_ROW_ID)}"
     )
     return con.sql(query, params=params).to_arrow_table()
@@ -199,16 +208,26 @@ class PartitionedDuckDBOfflineStore(DuckDBOfflineStore):
         if not isinstance(entity_df, pd.DataFrame) or any(p is None for p in plans):
             logger.info("falling back to Feast's stock DuckDB retrieval")
             return DuckDBOfflineStore.get_historical_features(
-                config, feature_views, feature_refs, entity_df, registry, project,
-                full_feature_names, filter_by_created_timestamp,
+                config,
+                feature_views,
+                feature_refs,
+                entity_df,
+                registry,
+                project,
+                full_feature_names,
+                filter_by_created_timestamp,
             )
-        timestamp_col = infer_event_timestamp_from_entity_df(dict(zip(entity_df.columns, entity_df.dtypes)))
+        timestamp_col = infer_event_timestamp_from_entity_df(
+            dict(zip(entity_df.columns, entity_df.dtypes))
+        )
         entity = pa.Table.from_pandas(entity_df, preserve_index=False)
         ts = entity.column(timestamp_col)
         if not pa.types.is_timestamp(ts.type) or ts.type.tz is None:
             ts = pa.array(pd.to_datetime(entity_df[timestamp_col], utc=True))
         entity = entity.set_column(
-            entity.schema.get_field_index(timestamp_col), timestamp_col, ts.cast(pa.timestamp("us", tz="UTC"))
+            entity.schema.get_field_index(timestamp_col),
+            timestamp_col,
+            ts.cast(pa.timestamp("us", tz="UTC")),
         ).append_column(_ROW_ID, pa.array(range(entity.num_rows), pa.int64()))
         keys = sorted({ek for p in plans for ek in p.join_key_map.values()})  # type: ignore[union-attr]
         metadata = RetrievalMetadata(
@@ -237,12 +256,25 @@ class PartitionedDuckDBOfflineStore(DuckDBOfflineStore):
         root = partition_root(data_source) if isinstance(data_source, FileSource) else None
         if root is None or created_timestamp_column or data_source.field_mapping:
             return DuckDBOfflineStore.pull_latest_from_table_or_query(
-                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-                created_timestamp_column, start_date, end_date,
+                config,
+                data_source,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
             )
         return ArrowRetrievalJob(
-            lambda: read_time_range(root, join_key_columns, feature_name_columns, timestamp_field,
-                                    start_date, end_date, latest_only=True),
+            lambda: read_time_range(
+                root,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                start_date,
+                end_date,
+                latest_only=True,
+            ),
             full_feature_names=False,
         )
 
@@ -260,12 +292,25 @@ class PartitionedDuckDBOfflineStore(DuckDBOfflineStore):
         root = partition_root(data_source) if isinstance(data_source, FileSource) else None
         if root is None or created_timestamp_column or data_source.field_mapping:
             return DuckDBOfflineStore.pull_all_from_table_or_query(
-                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-                created_timestamp_column, start_date, end_date,
+                config,
+                data_source,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
             )
         return ArrowRetrievalJob(
-            lambda: read_time_range(root, join_key_columns, feature_name_columns, timestamp_field,
-                                    start_date, end_date, latest_only=False),
+            lambda: read_time_range(
+                root,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                start_date,
+                end_date,
+                latest_only=False,
+            ),
             full_feature_names=False,
         )
 
@@ -303,4 +348,4 @@ def read_time_range(
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -43,7 +43,9 @@ def check_feature_tables(settings: Settings, day: date) -> list[ContractReport]:
         spec = feature_table_spec(store.get_feature_view(name))
         days = [d for d in built_days(settings, name) if d in (day - timedelta(days=1), day)]
         table = pa.concat_tables([read_feature_day(settings, name, d) for d in days])
-        report = check_table(spec, table, expected_latest=None, volume_tolerance=settings.volume_tolerance)
+        report = check_table(
+            spec, table, expected_latest=None, volume_tolerance=settings.volume_tolerance
+        )
         reports.append(report)
     failed = [r for r in reports if not r.passed]
     if failed:
@@ -61,5 +63,7 @@ def materialize_online(settings: Settings, day: date) -> dict[str, int]:
     longest_ttl = max((v.ttl for v in views if v.ttl), default=timedelta(days=1))
     # Batched online writes (materialization.online_write_batch_size) keep memory flat.
     with contextlib.redirect_stdout(io.StringIO()):  # Feast prints a progress report per view
-        store.materialize(start_date=end - longest_ttl, end_date=end, feature_views=list(FEATURE_TABLES))
+        store.materialize(
+            start_date=end - longest_ttl, end_date=end, feature_views=list(FEATURE_TABLES)
+        )
     return {name: read_feature_day(settings, name, day).num_rows for name in FEATURE_TABLES}

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from feast import FeatureService, FeatureStore, FeatureView
 import yaml
+from feast import FeatureService, FeatureStore, FeatureView
 from feast.repo_config import RepoConfig
 
 from tasks.core.errors import FeatureStoreError
@@ -27,7 +27,9 @@ def repo_config(settings: Settings, offline_store_type: str | None = None) -> Re
     # feature_store.yaml names its paths through ${CHURN_HOME}, as Feast expands environment variables.
     os.environ["CHURN_HOME"] = str(settings.home)
     raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
-    raw.setdefault("materialization", {})["online_write_batch_size"] = settings.online_write_batch_size
+    raw.setdefault("materialization", {})["online_write_batch_size"] = (
+        settings.online_write_batch_size
+    )
     if offline_store_type is not None:
         raw["offline_store"] = {"type": offline_store_type}
     config = RepoConfig(**raw)
@@ -57,7 +59,9 @@ def feature_service(store: FeatureStore, name: str) -> FeatureService:
         ) from exc
 
 
-def service_views(store: FeatureStore, service: FeatureService) -> list[tuple[FeatureView, list[str]]]:
+def service_views(
+    store: FeatureStore, service: FeatureService
+) -> list[tuple[FeatureView, list[str]]]:
     """The feature views behind a service, each with the feature names it selects, in service order."""
     views = []
     for projection in service.feature_view_projections:
@@ -101,8 +105,8 @@ def _inside_repo(repo: Path) -> Iterator[None]:
 
 def apply_feature_repo(settings: Settings) -> ApplyResult:
     """Register every object declared in ``feature_repo/`` (``feast apply``), removing stale ones."""
-    from feast.repo_operations import apply_total_with_repo_instance, parse_repo
     from feast.repo_contents import RepoContents  # noqa: F401  (documented return type of parse_repo)
+    from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
     store = open_store(settings)
     repo = settings.feature_repo_dir

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +40,12 @@ from tasks.feature_store import feature_service, open_store, service_columns, se
 
 logger = logging.getLogger(__name__)
 
-FEATURE_TABLES = ("subscriber_profile", "subscriber_usage_30d", "subscriber_support_30d", "subscriber_billing_90d")
+FEATURE_TABLES = (
+    "subscriber_profile",
+    "subscriber_usage_30d",
+    "subscriber_support_30d",
+    "subscriber_billing_90d",
+)
 """Feature tables in build order; each is built by ``sql/features/<name>.sql`` and read by the Feast view of that name."""
 LOOKBACK_DAYS = 91
 """Longest window a feature looks back (90 days) plus the day itself."""
@@ -50,7 +55,7 @@ TIMESTAMP = "event_timestamp"
 
 def day_start(day: date) -> datetime:
     """The timestamp that stands for a snapshot of ``day``: ``day 00:00 UTC``."""
-    return datetime.combine(day, time.min, tzinfo=timezone.utc)
+    return datetime.combine(day, time.min, tzinfo=UTC)
 
 
 # ----------------------------------------------------------------------------- source tables
@@ -60,7 +65,9 @@ def read_manifest(source_dir: Path) -> dict:
     """What produced the source tables (simulator or import) and the days they cover."""
     path = source_dir / MANIFEST_NAME
     if not path.is_file():
-        raise SourceDataMissing(f"no source data under {source_dir}: run `churn simulate` or `churn import` first")
+        raise SourceDataMissing(
+            f"no source data under {source_dir}: run `churn simulate` or `churn import` first"
+        )
     return json.loads(path.read_text())
 
 
@@ -167,16 +174,27 @@ def _write_partitions(con, name: str, params: dict, table_dir: Path) -> int:
 def built_days(settings: Settings, name: str) -> list[date]:
     """The snapshot days a feature table has partitions for, oldest first."""
     root = settings.features_dir / name
-    return sorted(date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{PARTITION_KEY}=*"))
+    return sorted(
+        date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{PARTITION_KEY}=*")
+    )
 
 
-_FEAST_TO_ARROW = {"Int32": pa.int32(), "Int64": pa.int64(), "Float32": pa.float32(), "Float64": pa.float64(),
-                   "String": pa.string(), "Bool": pa.bool_()}
+_FEAST_TO_ARROW = {
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "Float32": pa.float32(),
+    "Float64": pa.float64(),
+    "String": pa.string(),
+    "Bool": pa.bool_(),
+}
 
 
 def feature_table_spec(view: FeatureView) -> TableSpec:
     """The data contract of a feature table, read from its Feast declaration (field tags carry ranges)."""
-    columns = [Column("subscriber_id", pa.int64(), min=1), Column("snapshot_ts", pa.timestamp("us", tz="UTC"))]
+    columns = [
+        Column("subscriber_id", pa.int64(), min=1),
+        Column("snapshot_ts", pa.timestamp("us", tz="UTC")),
+    ]
     for field in view.features:
         tags = field.tags or {}
         columns.append(
@@ -203,7 +221,9 @@ def read_feature_day(settings: Settings, name: str, day: date) -> pa.Table:
     """One day's partition of a feature table."""
     files = partition_files(settings.features_dir / name, day, day)
     if not files:
-        raise SourceDataMissing(f"feature table {name} has no partition for {day}: run `churn features build`")
+        raise SourceDataMissing(
+            f"feature table {name} has no partition for {day}: run `churn features build`"
+        )
     return pq.read_table(files)
 
 
@@ -233,6 +253,11 @@ def training_entities(settings: Settings, as_of: date) -> pd.DataFrame:
             f"labels at {as_of} need source data through {as_of}; the source ends on {source_last}"
         )
     days = training_snapshot_days(settings, as_of)
+    if days[0] < source_first:
+        raise SourceDataMissing(
+            f"the training window at {as_of} starts on {days[0]}, before the source data ({source_first}): "
+            f"use an as-of day on or after {source_first + (as_of - days[0])}"
+        )
     con = connect()
     register_sources(con, settings.source_dir)
     table = con.sql(
@@ -244,7 +269,9 @@ def training_entities(settings: Settings, as_of: date) -> pd.DataFrame:
     return frame
 
 
-def build_training_frame(settings: Settings, as_of: date, store: FeatureStore | None = None) -> pa.Table:
+def build_training_frame(
+    settings: Settings, as_of: date, store: FeatureStore | None = None
+) -> pa.Table:
     """The training frame at ``as_of`` through Feast point-in-time retrieval of the feature service.
 
     Grain: one row per (subscriber_id, snapshot_date) in the rolling window that ends
@@ -256,8 +283,14 @@ def build_training_frame(settings: Settings, as_of: date, store: FeatureStore | 
     entities = training_entities(settings, as_of)
     logger.info("training frame at %s: %d entity rows", as_of, len(entities))
     features = store.get_historical_features(entity_df=entities, features=service).to_arrow()
-    columns = ["subscriber_id", "snapshot_date", TIMESTAMP, *service_columns(store, service), LABEL,
-               *PROTECTED_ATTRIBUTES]
+    columns = [
+        "subscriber_id",
+        "snapshot_date",
+        TIMESTAMP,
+        *service_columns(store, service),
+        LABEL,
+        *PROTECTED_ATTRIBUTES,
+    ]
     return features.select(columns).replace_schema_metadata(None)
 
 
@@ -274,13 +307,21 @@ def active_subscribers(settings: Settings, day: date) -> pa.Table:
     con = connect()
     register_sources(con, settings.source_dir)
     return con.sql(
-        "SELECT subscriber_id FROM (" + load_sql("features/active_subscribers") + ") ORDER BY subscriber_id",
+        "SELECT subscriber_id FROM ("
+        + load_sql("features/active_subscribers")
+        + ") ORDER BY subscriber_id",
         params={"start_date": day, "end_date": day},
     ).to_arrow_table()
 
 
-def _latest_within_ttl(files: list[str], keys: list[str], ts_field: str, columns: list[str],
-                       at: datetime, ttl: timedelta | None) -> pl.LazyFrame:
+def _latest_within_ttl(
+    files: list[str],
+    keys: list[str],
+    ts_field: str,
+    columns: list[str],
+    at: datetime,
+    ttl: timedelta | None,
+) -> pl.LazyFrame:
     """Per key, the newest row with ``at - ttl <= ts <= at`` (Feast's point-in-time rule)."""
     frame = pl.scan_parquet(files, hive_partitioning=False).select([*keys, ts_field, *columns])
     condition = pl.col(ts_field) <= at
@@ -312,15 +353,19 @@ def build_scoring_frame(
     return features_at(settings, day_start(day), entities, store)
 
 
-def features_at(settings: Settings, at: datetime, entities: pa.Table, store: FeatureStore | None = None) -> pa.Table:
+def features_at(
+    settings: Settings, at: datetime, entities: pa.Table, store: FeatureStore | None = None
+) -> pa.Table:
     """The bulk point-in-time read: each entity's newest feature values at ``at`` within each view's TTL.
 
     Grain: one row per subscriber_id of ``entities``, ordered by id.
     """
     store = store or open_store(settings)
     service = feature_service(store, settings.feature_service)
-    result = pl.from_arrow(entities.select(["subscriber_id"])).lazy().with_columns(
-        pl.lit(at).dt.cast_time_unit("us").alias(TIMESTAMP)
+    result = (
+        pl.from_arrow(entities.select(["subscriber_id"]))
+        .lazy()
+        .with_columns(pl.lit(at).dt.cast_time_unit("us").alias(TIMESTAMP))
     )
     for view, names in service_views(store, service):
         ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else None

@@ -31,7 +31,9 @@ class DataContractError(ChurnError):
         self.table = table
         self.violations = violations
         lines = "\n".join(f"  - {v}" for v in violations)
-        super().__init__(f"data contract failed for {table}: {len(violations)} rule(s) broken\n{lines}")
+        super().__init__(
+            f"data contract failed for {table}: {len(violations)} rule(s) broken\n{lines}"
+        )
 
 
 class SourceDataMissing(ChurnError):

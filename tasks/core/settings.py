@@ -28,15 +28,21 @@ class Settings(BaseSettings):
     timezone: str = Field(default="UTC", description="Time zone that defines a business day.")
 
     # Training window and label (DESIGN §4).
-    label_horizon_days: int = Field(default=30, ge=1, description="churned_30d looks this far ahead.")
-    training_window_days: int = Field(default=90, ge=7, description="Rolling training window length.")
+    label_horizon_days: int = Field(
+        default=30, ge=1, description="churned_30d looks this far ahead."
+    )
+    training_window_days: int = Field(
+        default=90, ge=7, description="Rolling training window length."
+    )
     training_snapshot_every_days: int = Field(
         default=7,
         ge=1,
         description="Stride between training snapshots inside the window; daily snapshots of "
         "the same subscriber share 29 of 30 label days, so weekly keeps the signal at 1/7 the size.",
     )
-    feature_service: str = Field(default="churn_model_v1", description="Feast feature service of model inputs.")
+    feature_service: str = Field(
+        default="churn_model_v1", description="Feast feature service of model inputs."
+    )
 
     # Feast.
     online_write_batch_size: int = Field(
@@ -51,7 +57,9 @@ class Settings(BaseSettings):
     )
 
     # Simulator defaults (the demo world).
-    sim_chunk_days: int = Field(default=31, ge=1, description="Days of usage held in memory per Parquet file.")
+    sim_chunk_days: int = Field(
+        default=31, ge=1, description="Days of usage held in memory per Parquet file."
+    )
 
     @field_validator("home")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import duckdb
@@ -12,7 +12,7 @@ from tasks.core.settings import PROJECT_ROOT
 SQL_ROOT = PROJECT_ROOT / "sql"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_sql(name: str) -> str:
     """The text of ``sql/<name>.sql`` (e.g. ``features/subscriber_usage_30d``)."""
     path = SQL_ROOT / f"{name}.sql"
@@ -21,7 +21,9 @@ def load_sql(name: str) -> str:
     return path.read_text()
 
 
-def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    threads: int | None = None, memory_limit: str | None = None
+) -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB session in UTC.
 
     Mixed naive/aware timestamps are interpreted in the session time zone; pinning it to

@@ -13,13 +13,25 @@ import pytest
 pytestmark = pytest.mark.integration
 
 CHURN = [sys.executable, "-m", "flows"]
-COMMANDS = [[], ["simulate"], ["import"], ["demo"], ["features"], ["features", "apply"], ["features", "build"],
-            ["features", "materialize"], ["features", "training-frame"], ["features", "scoring-frame"]]
+COMMANDS = [
+    [],
+    ["simulate"],
+    ["import"],
+    ["demo"],
+    ["features"],
+    ["features", "apply"],
+    ["features", "build"],
+    ["features", "materialize"],
+    ["features", "training-frame"],
+    ["features", "scoring-frame"],
+]
 
 
 def churn(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "CHURN_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([*CHURN, *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [*CHURN, *args], capture_output=True, text=True, env=env, timeout=600, check=False
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "churn")
@@ -30,8 +42,15 @@ def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
 
 
 def test_missing_data_is_one_clear_error(tmp_path: Path) -> None:
-    result = churn("features", "scoring-frame", "--date", "2026-05-01", "--out", str(tmp_path / "x.parquet"),
-                   home=tmp_path / "empty")
+    result = churn(
+        "features",
+        "scoring-frame",
+        "--date",
+        "2026-05-01",
+        "--out",
+        str(tmp_path / "x.parquet"),
+        home=tmp_path / "empty",
+    )
     assert result.returncode == 1
     assert "error:" in result.stderr and "run `churn simulate`" in result.stderr
     assert "Traceback" not in result.stderr
@@ -54,9 +73,18 @@ def test_demo_story_end_to_end(tmp_path: Path) -> None:
     assert str(training) in result.stdout.replace("\n", "") or "training frame" in result.stdout
     frame = pq.read_table(training)
     assert frame.num_rows > 1000 and "churned_30d" in frame.column_names
-    assert (home / "feast" / "registry.db").is_file() and (home / "feast" / "online_store.db").is_file()
+    assert (home / "feast" / "registry.db").is_file() and (
+        home / "feast" / "online_store.db"
+    ).is_file()
     # The same day's frames again through the individual commands give the same rows.
-    again = churn("features", "training-frame", "--as-of", "2026-05-30", "--out", str(tmp_path / "t.parquet"),
-                  home=home)
+    again = churn(
+        "features",
+        "training-frame",
+        "--as-of",
+        "2026-05-30",
+        "--out",
+        str(tmp_path / "t.parquet"),
+        home=home,
+    )
     assert again.returncode == 0, again.stderr
     assert pq.read_table(tmp_path / "t.parquet").equals(frame)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import timedelta
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from feast import Entity, FeatureService, FeatureView, FileSource
@@ -28,7 +27,7 @@ from tasks.features import (
     write_frame,
 )
 
-from .conftest import WORLD_END, World
+from .conftest import WORLD_END
 
 pytestmark = pytest.mark.integration
 AS_OF = WORLD_END
@@ -56,7 +55,9 @@ def test_repo_declares_documented_objects(world_settings: Settings) -> None:
             objects += list(vars(importlib.import_module(module)).values())
     finally:
         sys.path.remove(str(repo))
-    declared = [o for o in objects if isinstance(o, (Entity, FileSource, FeatureView, FeatureService))]
+    declared = [
+        o for o in objects if isinstance(o, (Entity, FileSource, FeatureView, FeatureService))
+    ]
     assert len(declared) >= 13
     for obj in declared:
         assert obj.description and obj.owner and obj.tags, obj.name
@@ -72,7 +73,9 @@ def test_training_frame_has_only_mature_labels_in_window(world_settings: Setting
     assert frame["snapshot_date"].min() >= first
     assert frame["snapshot_date"].max() == last
     # Mature: every label's horizon has ended by as_of.
-    horizon_end = pd.to_datetime(frame["snapshot_date"]) + pd.Timedelta(days=world_settings.label_horizon_days)
+    horizon_end = pd.to_datetime(frame["snapshot_date"]) + pd.Timedelta(
+        days=world_settings.label_horizon_days
+    )
     assert (horizon_end <= pd.Timestamp(AS_OF)).all()
     assert set(frame[LABEL].unique()) == {0, 1}
     assert list(frame.columns[-4:]) == [LABEL, *PROTECTED_ATTRIBUTES]
@@ -113,8 +116,12 @@ def _last_snapshot_of_leavers(settings: Settings) -> pd.DataFrame:
     cancels = pq.read_table(settings.source_dir / "cancellations.parquet").to_pandas()
     cancels = cancels[pd.to_datetime(cancels["cancel_date"]) <= pd.Timestamp(WORLD_END)]
     last = pd.to_datetime(cancels["cancel_date"]) - pd.Timedelta(days=1)
-    return pd.DataFrame({"subscriber_id": cancels["subscriber_id"].to_numpy(),
-                         "last_ts": last.dt.tz_localize("UTC")}).head(40)
+    return pd.DataFrame(
+        {
+            "subscriber_id": cancels["subscriber_id"].to_numpy(),
+            "last_ts": last.dt.tz_localize("UTC"),
+        }
+    ).head(40)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +144,9 @@ def test_ttl_edges_match_feast(world_settings: Settings, offset: timedelta, pres
         entity_df = pd.DataFrame({"subscriber_id": ids.to_numpy(), TIMESTAMP: pd.Timestamp(moment)})
         stock = _sorted(_feast_frame(world_settings, entity_df, stock=True))
         ours = _sorted(_feast_frame(world_settings, entity_df, stock=False))
-        bulk = features_at(world_settings, moment, pa.table({"subscriber_id": ids.to_numpy()})).to_pandas()
+        bulk = features_at(
+            world_settings, moment, pa.table({"subscriber_id": ids.to_numpy()})
+        ).to_pandas()
         for frame in (stock, ours, bulk):
             assert frame[columns[0]].notna().all() if present else frame[columns].isna().all().all()
         pd.testing.assert_frame_equal(ours, stock[ours.columns], check_dtype=False)
@@ -147,11 +156,19 @@ def test_ttl_edges_match_feast(world_settings: Settings, offset: timedelta, pres
 def test_future_snapshots_are_never_used(world_settings: Settings) -> None:
     # An entity one microsecond before a snapshot sees the previous day's values, not that snapshot.
     day = AS_OF - timedelta(days=10)
-    ids = active_subscribers(world_settings, day - timedelta(days=1)).column("subscriber_id").to_numpy()[:50]
+    ids = (
+        active_subscribers(world_settings, day - timedelta(days=1))
+        .column("subscriber_id")
+        .to_numpy()[:50]
+    )
     just_before = day_start(day) - timedelta(microseconds=1)
     before = features_at(world_settings, just_before, pa.table({"subscriber_id": ids})).to_pandas()
-    previous = features_at(world_settings, day_start(day - timedelta(days=1)), pa.table({"subscriber_id": ids}))
-    pd.testing.assert_frame_equal(before.drop(columns=[TIMESTAMP]), previous.to_pandas().drop(columns=[TIMESTAMP]))
+    previous = features_at(
+        world_settings, day_start(day - timedelta(days=1)), pa.table({"subscriber_id": ids})
+    )
+    pd.testing.assert_frame_equal(
+        before.drop(columns=[TIMESTAMP]), previous.to_pandas().drop(columns=[TIMESTAMP])
+    )
 
 
 def test_training_frame_bytes_are_reproducible(world_settings: Settings, tmp_path) -> None:
