@@ -20,11 +20,12 @@ WORKDIR /app
 COPY --from=build --chown=churn:churn /app /app
 ENV PATH="/app/.venv/bin:$PATH" \
     CHURN_HOME=/data \
-    CHURN_PROJECT_DIR=/app \
-    WHYLOGS_NO_ANALYTICS=True \
+        WHYLOGS_NO_ANALYTICS=True \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY=false \
     DO_NOT_TRACK=true \
-    MLFLOW_DISABLE_TELEMETRY=true
+    MLFLOW_DISABLE_TELEMETRY=true \
+    SCARF_NO_ANALYTICS=true
 RUN mkdir -p /data && chown churn:churn /data
 USER churn
 VOLUME ["/data"]

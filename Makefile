@@ -4,15 +4,17 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+PYTHON ?= python3
 UV_VERSION := 0.13.9
-UV := $(shell command -v uv 2>/dev/null)
-ifeq ($(UV),)
-UV := $(HOME)/.local/bin/uv
-endif
+# uv from PATH, else the one `make` installs into $(PYTHON) with pip.
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+# uv may only use an installed Python 3.11 (the lock's); it never downloads one.
+export UV_PYTHON_DOWNLOADS := never
 
-# Nothing phones home: whylogs, Prefect, MLflow and friends are told to stay quiet.
+# Nothing phones home (same list as tasks/core/telemetry.py; a test keeps them equal).
 export WHYLOGS_NO_ANALYTICS := True
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY := false
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export SCARF_NO_ANALYTICS := true
@@ -21,10 +23,9 @@ export SCARF_NO_ANALYTICS := true
 
 setup: $(VENV)/.synced
 
-$(UV):
-	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-
-$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+$(VENV)/.synced: uv.lock pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen
 	touch $@
 

@@ -1,12 +1,12 @@
 """Benchmark the training frame: the project's Feast path against a raw DuckDB ASOF JOIN.
 
-    python bench/features.py [--sizes 100000 1000000] [--days 120] [--workdir bench/out]
+    python bench/features.py [--sizes 100000 1000000] [--days 210] [--workdir bench/out]
 
 For each size it simulates a world (once; reused on later runs), builds the feature partitions
 of the training snapshot days, then builds the same training frame three ways, each in a fresh
 child process so its peak RSS is its own:
 
-* project   — ``tasks.features.build_training_frame``: Feast ``get_historical_features`` on the
+* project   — ``tasks.frames.build_training_frame``: Feast ``get_historical_features`` on the
               feature service, served by the partition-pruning offline store;
 * raw asof  — one hand-written DuckDB query: the label spine ASOF LEFT JOIN each feature table
               (whole history, TTL applied), the baseline the target is measured against;
@@ -36,6 +36,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 START = date(2026, 1, 1)
 PATHS = ("project", "raw asof", "feast stock")
+"""Ways to build the training frame; each runs in its own child process."""
 
 
 def _settings(home: Path):
@@ -46,10 +47,13 @@ def _settings(home: Path):
     return get_settings()
 
 
-def prepare_world(home: Path, subscribers: int, days: int, as_of: date, console: Console) -> dict:
+def prepare_world(
+    home: Path, subscribers: int, days: int, as_of: date, console: Console, full_history: bool
+) -> dict:
     """Simulate the world and build the feature days the training frame reads (skipped if done)."""
     from tasks.feature_store import apply_feature_repo
-    from tasks.features import build_feature_tables, built_days, training_snapshot_days
+    from tasks.feature_tables import build_feature_tables, built_days
+    from tasks.frames import training_snapshot_days
     from tasks.simulate import WorldSpec, simulate_world
 
     settings = _settings(home)
@@ -64,13 +68,23 @@ def prepare_world(home: Path, subscribers: int, days: int, as_of: date, console:
             )
         timings["simulate_s"] = time.perf_counter() - began
     apply_feature_repo(settings)
-    wanted = training_snapshot_days(settings, as_of)
-    missing = [d for d in wanted if d not in built_days(settings, "subscriber_billing_90d")]
+    if full_history:
+        wanted = [START + timedelta(days=i) for i in range(days)]
+    else:
+        # Only the days the frame reads (and the day before each, so the TTL fallback exists).
+        snapshots = training_snapshot_days(settings, as_of)
+        wanted = sorted({d - timedelta(days=k) for d in snapshots for k in (0, 1)} | {as_of})
+    done = set(built_days(settings, "subscriber_billing_90d"))
+    missing = [d for d in wanted if d not in done]
     began = time.perf_counter()
     with console.status(f"building {len(missing)} feature days at {subscribers:,} subscribers"):
-        for day in missing:
-            build_feature_tables(settings, day, day)
+        if full_history and missing:
+            build_feature_tables(settings, missing[0], missing[-1])
+        else:
+            for day in missing:
+                build_feature_tables(settings, day, day)
     if missing:
+        timings["feature days built"] = len(missing)
         timings["build_s_per_day"] = (time.perf_counter() - began) / len(missing)
     return timings
 
@@ -80,7 +94,7 @@ def raw_asof_frame(settings, as_of: date) -> pa.Table:
     from tasks.core.schema import PROTECTED_ATTRIBUTES
     from tasks.core.sql import connect
     from tasks.feature_store import feature_service, open_store, service_views
-    from tasks.features import LABEL, TIMESTAMP, training_entities
+    from tasks.frames import LABEL, TIMESTAMP, training_entities
 
     store = open_store(settings)
     views = service_views(store, feature_service(store, settings.feature_service))
@@ -118,9 +132,17 @@ def child(path: str, home: Path, as_of: date, out: Path) -> None:
     disable_telemetry()
     settings = _settings(home)
     from tasks.feature_store import open_store
-    from tasks.features import build_training_frame
+    from tasks.frames import build_training_frame
 
     began = time.perf_counter()
+    if path == "materialize":
+        from tasks.feature_tables import materialize_online
+
+        rows = materialize_online(settings, as_of)["subscriber_profile"]
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        seconds = time.perf_counter() - began
+        print(json.dumps({"seconds": seconds, "peak_rss": peak, "rows": rows}))
+        return
     if path == "project":
         frame = build_training_frame(settings, as_of)
     elif path == "raw asof":
@@ -152,13 +174,22 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument(
-        "--days", type=int, default=120, help="days simulated; the frame is built at the last one"
+        "--days",
+        type=int,
+        default=210,
+        help="days simulated (≥ 210: window + horizon + feature history); the frame is built at the last one",
+    )
+    parser.add_argument(
+        "--full-history-max",
+        type=int,
+        default=100_000,
+        help="largest size whose every day is built (larger ones build only the days the frame reads)",
     )
     parser.add_argument(
         "--stock-max", type=int, default=100_000, help="largest size to run Feast's stock store on"
     )
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
-    parser.add_argument("--child", choices=PATHS)
+    parser.add_argument("--child", choices=(*PATHS, "materialize"))
     parser.add_argument("--home", type=Path)
     parser.add_argument("--as-of", type=date.fromisoformat)
     parser.add_argument("--out", type=Path)
@@ -167,7 +198,7 @@ def main() -> None:
         child(args.child, args.home, args.as_of, args.out)
         return
 
-    console = Console()
+    console = Console(width=150)
     as_of = START + timedelta(days=args.days - 1)
     table = Table(
         title=f"Training frame at {as_of} (rolling window, weekly snapshots)", title_justify="left"
@@ -183,9 +214,16 @@ def main() -> None:
         "same rows",
     ):
         table.add_column(column, justify="left" if column == "path" else "right")
+    online_table = Table(
+        title=f"Online store: materialize {as_of} (batched writes)", title_justify="left"
+    )
+    for column in ("subscribers", "rows", "seconds", "rows/s", "peak RSS"):
+        online_table.add_column(column, justify="right")
     for size in args.sizes:
         home = args.workdir / f"world_{size}_{args.days}d"
-        prep = prepare_world(home, size, args.days, as_of, console)
+        prep = prepare_world(
+            home, size, args.days, as_of, console, full_history=size <= args.full_history_max
+        )
         console.print(
             f"{size:,} subscribers: "
             + (", ".join(f"{k} {v:.1f}" for k, v in prep.items()) or "world reused")
@@ -196,24 +234,8 @@ def main() -> None:
                 continue
             outputs[path] = home / f"frame_{path.replace(' ', '_')}.parquet"
             with console.status(f"{path} at {size:,}"):
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--child",
-                        path,
-                        "--home",
-                        str(home),
-                        "--as-of",
-                        as_of.isoformat(),
-                        "--out",
-                        str(outputs[path]),
-                    ],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-            results[path] = json.loads(done.stdout.strip().splitlines()[-1])
+                results[path] = _run_child(path, home, as_of, outputs[path])
+
         base = results["raw asof"]["seconds"]
         for path, r in results.items():
             same = (
@@ -231,7 +253,38 @@ def main() -> None:
                 f"{r['seconds'] / base:.2f}",
                 same,
             )
+        with console.status(f"materialize at {size:,}"):
+            online = _run_child("materialize", home, as_of, home / "unused")
+        online_table.add_row(
+            f"{size:,}",
+            f"{online['rows']:,}",
+            f"{online['seconds']:.1f}",
+            f"{online['rows'] / online['seconds']:,.0f}",
+            f"{online['peak_rss'] / 2**30:.2f} GB",
+        )
     console.print(table)
+    console.print(online_table)
+
+
+def _run_child(path: str, home: Path, as_of: date, out: Path) -> dict:
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            path,
+            "--home",
+            str(home),
+            "--as-of",
+            as_of.isoformat(),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -55,6 +56,8 @@ def main(
     if home is not None:
         os.environ["CHURN_HOME"] = str(home)
     reset_settings()
+    # Prefect narrates every task at INFO and logs tracebacks itself; the CLI reports errors once.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
     # Prefect's own state (its local database when no server is configured) lives with ours.
     os.environ.setdefault("PREFECT_HOME", str(get_settings().home / "prefect"))
     logging.basicConfig(
@@ -93,19 +96,24 @@ def _settings() -> Settings:
 # ----------------------------------------------------------------------------- simulate / import
 
 
+class Scenario(str, Enum):
+    baseline = "baseline"
+    price_shock = "price_shock"
+    usage_shift = "usage_shift"
+    support_decline = "support_decline"
+
+
 @app.command()
 def simulate(
     subscribers: Annotated[
         int, typer.Option(min=1, help="Subscribers in service on the first day.")
     ] = 20_000,
-    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 180,
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 240,
     start: DateOption = "2026-01-01",
     seed: Annotated[
-        int, typer.Option(help="Random seed: same seed and arguments, same bytes.")
+        int, typer.Option(min=0, help="Random seed: same seed and arguments, same bytes.")
     ] = 7,
-    scenario: Annotated[
-        str, typer.Option(help="baseline, price_shock, usage_shift or support_decline.")
-    ] = "baseline",
+    scenario: Annotated[Scenario, typer.Option(help="Drift to inject.")] = Scenario.baseline,
     scenario_start: Annotated[
         str | None, typer.Option(help="First day of the scenario (YYYY-MM-DD).")
     ] = None,
@@ -114,14 +122,17 @@ def simulate(
     from tasks.simulate import WorldSpec, simulate_world
 
     settings = _settings()
-    spec = WorldSpec(
-        subscribers=subscribers,
-        days=days,
-        start=_day(start, "--start"),
-        seed=seed,
-        scenario=scenario,
-        scenario_start=_day(scenario_start, "--scenario-start") if scenario_start else None,
-    )
+    try:
+        spec = WorldSpec(
+            subscribers=subscribers,
+            days=days,
+            start=_day(start, "--start"),
+            seed=seed,
+            scenario=scenario.value,
+            scenario_start=_day(scenario_start, "--scenario-start") if scenario_start else None,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scenario-start") from None
     began = time.perf_counter()
     with _progress("simulating days", days) as advance:
         summary = simulate_world(
@@ -203,6 +214,9 @@ def features_build(
     """Run the build-features flow: source contracts, sql/features, feature contracts, feast apply, online store."""
     from flows.features import build_features_flow
 
+    first, last = (_day(start, "--start") if start else None), (_day(end, "--end") if end else None)
+    if first and last and first > last:
+        raise typer.BadParameter(f"--start {first} is after --end {last}", param_hint="--start")
     began = time.perf_counter()
     summary = build_features_flow(
         start=_day(start, "--start") if start else None,
@@ -224,7 +238,7 @@ def features_materialize(
     date_: Annotated[str, typer.Option("--date", help="Snapshot day to load (YYYY-MM-DD).")],
 ) -> None:
     """Load the features as of DATE into the Feast online store (SQLite), in bounded batches."""
-    from tasks.feature_jobs import materialize_online
+    from tasks.feature_tables import materialize_online
 
     settings = _settings()
     began = time.perf_counter()
@@ -248,7 +262,7 @@ def features_training_frame(
     out: Annotated[Path, typer.Option(help="Parquet file to write.")],
 ) -> None:
     """Build the point-in-time training frame at AS_OF through Feast and write it to OUT."""
-    from tasks.features import build_training_frame, write_frame
+    from tasks.frames import build_training_frame, write_frame
 
     settings = _settings()
     began = time.perf_counter()
@@ -277,7 +291,7 @@ def features_scoring_frame(
     out: Annotated[Path, typer.Option(help="Parquet file to write.")],
 ) -> None:
     """Build the features of every active subscriber as of DATE (bulk Polars path) and write them to OUT."""
-    from tasks.features import build_scoring_frame, write_frame
+    from tasks.frames import build_scoring_frame, write_frame
 
     began = time.perf_counter()
     frame = build_scoring_frame(_settings(), _day(date_, "--date"))
@@ -301,7 +315,13 @@ def demo(
     subscribers: Annotated[
         int, typer.Option(min=100, help="Subscribers in the demo world.")
     ] = 20_000,
-    days: Annotated[int, typer.Option(min=150, help="Days of history to simulate.")] = 180,
+    days: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Days of history (≥ window + horizon + 90-day feature history = 210 by default).",
+        ),
+    ] = 240,
     start: DateOption = "2026-01-01",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.core.settings import Settings
-from tasks.features import build_scoring_frame, build_training_frame, write_frame
+from tasks.frames import build_scoring_frame, build_training_frame, write_frame
 from tasks.simulate import WorldSpec, simulate_world
 
 

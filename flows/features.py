@@ -1,4 +1,4 @@
-"""Prefect flow: the feature stage, from source contracts to a Feast registry that serves the new days."""
+"""Prefect flow: the feature stage, from source contracts to an online store that serves the newest day."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.core.settings import get_settings
-from tasks.feature_jobs import check_feature_tables, check_sources, materialize_online
 from tasks.feature_store import apply_feature_repo
-from tasks.features import BuildSummary, build_feature_tables
+from tasks.feature_tables import BuildSummary, build_feature_tables, built_days, materialize_online
+from tasks.sources import check_sources
 
 
 @task
-def check_source_contracts() -> list[str]:
-    """Source tables pass their data contracts on the newest day."""
-    return [r.table for r in check_sources(get_settings())]
+def check_source_contracts(expected_latest: date | None) -> list[str]:
+    """Source tables pass their data contracts on the newest day (which must be ``expected_latest``)."""
+    return [r.table for r in check_sources(get_settings(), expected_latest)]
 
 
 @task
@@ -27,14 +27,8 @@ def apply_registry() -> list[str]:
 
 @task
 def build_tables(start: date | None, end: date | None) -> BuildSummary:
-    """Feature tables hold one partition per snapshot day in [start, end]."""
+    """Feature tables hold one checked partition per snapshot day in [start, end]."""
     return build_feature_tables(get_settings(), start, end)
-
-
-@task
-def check_feature_contracts(day: date) -> list[str]:
-    """Feature tables pass their data contracts on ``day``."""
-    return [r.table for r in check_feature_tables(get_settings(), day)]
 
 
 @task
@@ -45,17 +39,22 @@ def materialize(day: date) -> dict[str, int]:
 
 @flow(
     name="build-features",
-    description="Source contracts → sql/features → feature contracts → feast apply → online store.",
+    description="Source contracts → feast apply → sql/features, checked before publishing → online store.",
 )
 def build_features_flow(
     start: date | None = None, end: date | None = None, materialize_online_store: bool = True
 ) -> BuildSummary:
     logger = get_run_logger()
-    sources = check_source_contracts()
+    sources = check_source_contracts(end)
     views = apply_registry()
     summary = build_tables(start, end)
-    checked = check_feature_contracts(summary.end)
-    online = materialize(summary.end) if materialize_online_store else {}
+    newest = built_days(get_settings(), "subscriber_profile")[-1]
+    online: dict[str, int] = {}
+    if materialize_online_store and summary.end >= newest:
+        online = materialize(summary.end)
+    elif materialize_online_store:
+        # A backfill must not replace what the online store serves with older values.
+        logger.info("backfill up to %s: online store left at %s", summary.end, newest)
     logger.info("built %s .. %s: %s", summary.start, summary.end, summary.rows)
     create_markdown_artifact(
         key="feature-build",
@@ -71,7 +70,8 @@ def build_features_flow(
                     for name, rows in summary.rows.items()
                 ),
                 "",
-                f"Contracts passed: {', '.join(sources + checked)}.",
+                f"Contracts passed: sources ({', '.join(sources)}); features on "
+                + f"{len(summary.contracts)} table-days.",
                 f"Feast views applied: {', '.join(views)}. Tables under `{summary.features_dir}`.",
             ]
         ),

@@ -799,21 +799,25 @@ def _read_newest_days(source_dir: Path, spec: TableSpec, days: int) -> tuple[pa.
 
     column = spec.date_column
     assert column is not None  # is_daily() guarantees it
-    source = f"read_parquet('{table_glob(source_dir, spec)}')"
+    # The path is a bound parameter, never SQL text: a quote in it cannot break the query.
+    source = "read_parquet($path)"
+    path = table_glob(source_dir, spec)
     con = connect()
     try:
-        newest = con.sql(f'SELECT max("{column}") FROM {source}').fetchall()[0][0]
+        found = con.sql(f'SELECT max("{column}") FROM {source}', params={"path": path}).fetchall()
+        newest = found[0][0]
         if newest is None:
             return pq.read_schema(
                 next(table_path(source_dir, spec).glob("*.parquet"))
             ).empty_table(), 0
         first = newest - timedelta(days=days - 1)
         data = con.sql(
-            f'SELECT * FROM {source} WHERE "{column}" >= $first', params={"first": first}
+            f'SELECT * FROM {source} WHERE "{column}" >= $first',
+            params={"path": path, "first": first},
         ).to_arrow_table()
         previous = con.sql(
             f'SELECT count(*) FROM {source} WHERE "{column}" = $day',
-            params={"day": newest - timedelta(days=1)},
+            params={"path": path, "day": newest - timedelta(days=1)},
         ).fetchall()[0][0]
     finally:
         con.close()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute
+import pyarrow.compute as pc
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
 from feast.infra.offline_stores.file_source import FileSource
@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 PARTITION_KEY = "snapshot_date"
 _ROW_ID = "__entity_row_id"
+_POS = "__batch_position"
 
 
 class PartitionedDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
@@ -51,11 +52,20 @@ class PartitionedDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
 
 
 def partition_root(source: FileSource) -> Path | None:
-    """The table directory of a source whose path is ``<dir>/*/*.parquet`` over date partitions."""
+    """The table directory of a source laid out as ``<dir>/snapshot_date=YYYY-MM-DD/*.parquet``.
+
+    None (use the stock store) unless the path is ``<dir>/*/*.parquet`` and every visible
+    subdirectory of ``<dir>`` is a ``snapshot_date=`` partition.
+    """
     path = Path(source.path)
     if path.name != "*.parquet" or path.parent.name != "*":
         return None
-    return path.parent.parent
+    root = path.parent.parent
+    if root.is_dir() and any(
+        p.is_dir() and not p.name.startswith((".", f"{PARTITION_KEY}=")) for p in root.iterdir()
+    ):
+        return None
+    return root
 
 
 def partition_files(root: Path, first: date | None, last: date | None) -> list[str]:
@@ -68,6 +78,19 @@ def partition_files(root: Path, first: date | None, last: date | None) -> list[s
         if (first is None or day >= first) and (last is None or day <= last):
             files.extend(str(f) for f in sorted(part.glob("*.parquet")))
     return files
+
+
+def partition_files_between(
+    root: Path, earliest: datetime | None, latest: datetime | None
+) -> list[str]:
+    """Files that can hold rows timestamped within ``[earliest, latest]``.
+
+    The snapshot of day d is stamped d + 1, 00:00 UTC, so a timestamp on calendar day t lives in
+    partition t - 1 (or t, for a source stamped within its own day): one day of margin below.
+    """
+    first = (_utc(earliest).date() - timedelta(days=1)) if earliest is not None else None
+    last = _utc(latest).date() if latest is not None else None
+    return partition_files(root, first, last)
 
 
 @dataclass(frozen=True)
@@ -108,7 +131,7 @@ def _quote(name: str) -> str:
 
 
 class ArrowRetrievalJob(RetrievalJob):
-    """A retrieval job whose result is computed, once, by a function returning an Arrow table."""
+    """A retrieval job whose result a function computes each time it is asked for (nothing is kept)."""
 
     def __init__(
         self,
@@ -139,35 +162,83 @@ class ArrowRetrievalJob(RetrievalJob):
         return self._compute().to_pandas()
 
 
+BATCH_ROWS = 500_000
+"""Entity rows joined per query; bounds DuckDB's working memory whatever the frame's size."""
+JOIN_MEMORY_LIMIT = "1GB"
+"""DuckDB memory per batch join; measured need at 250k rows × 4 views is well below it."""
+
+
 def point_in_time_join(entity: pa.Table, timestamp_col: str, plans: list[_ViewPlan]) -> pa.Table:
     """Entity rows (in their order) with each view's newest feature values within its TTL.
 
     Grain: one row per entity row; columns: the entity columns, then the features per view.
+    Entity rows are joined in batches of consecutive timestamps, each reading only the partitions
+    its own time span can reach, so memory follows the batch, not the frame.
     """
-    con = connect()
-    con.register("entity_rows", entity)
-    selects = ["e.* EXCLUDE (" + _quote(_ROW_ID) + ")"]
+    in_order = _is_sorted(entity.column(timestamp_col))
+    ordered = (
+        entity
+        if in_order
+        else entity.sort_by([(timestamp_col, "ascending"), (_ROW_ID, "ascending")])
+    )
+    batches = [
+        _join_batch(ordered.slice(offset, BATCH_ROWS), timestamp_col, plans)
+        for offset in range(0, max(ordered.num_rows, 1), BATCH_ROWS)
+    ]
+    joined = pa.concat_tables(batches)
+    if not in_order:
+        # Back to the caller's row order, as Feast's own stores return it.
+        joined = joined.take(pc.sort_indices(joined.column(_ROW_ID)))
+    return joined.drop_columns([_ROW_ID])
+
+
+def _is_sorted(values: pa.ChunkedArray) -> bool:
+    """Whether timestamps never decrease (then batches of days are already in row order)."""
+    if len(values) < 2:
+        return True
+    flat = values.combine_chunks()
+    return bool(pc.all(pc.greater_equal(flat.slice(1), flat.slice(0, len(flat) - 1))).as_py())
+
+
+def _feature_source(
+    con, name: str, plan: _ViewPlan, earliest: datetime | None, latest: datetime | None
+) -> None:
+    """Create view ``name`` over the partitions of ``plan`` that can hold rows in ``[earliest, latest]``."""
+    names = [*plan.join_key_map, plan.timestamp_field, *(src for src, _ in plan.features)]
+    columns = ", ".join(_quote(c) for c in names)
+    files = partition_files_between(plan.root, earliest, latest)
+    if files:
+        con.read_parquet(files, hive_partitioning=False).select(columns).create_view(name)
+        return
+    # No partition in reach: an empty view that keeps the table's column types when any day exists.
+    any_day = partition_files(plan.root, None, None)[:1]
+    if any_day:
+        con.read_parquet(any_day, hive_partitioning=False).select(columns).limit(0).create_view(
+            name
+        )
+    else:
+        nulls = ", ".join(f"NULL AS {_quote(c)}" for c in names)
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM (SELECT {nulls}) WHERE false")
+
+
+def _join_batch(entity: pa.Table, timestamp_col: str, plans: list[_ViewPlan]) -> pa.Table:
+    """One batch: the entity columns as given, then each view's features, row for row."""
+    keys = sorted({ek for plan in plans for ek in plan.join_key_map.values()})
+    # DuckDB sees only what the join needs; the other entity columns are reattached untouched.
+    narrow = entity.select([*keys, timestamp_col]).append_column(
+        _POS, pa.array(range(entity.num_rows), pa.int64())
+    )
+    con = connect(memory_limit=JOIN_MEMORY_LIMIT)
+    con.register("entity_rows", narrow)
+    ts_values = entity.column(timestamp_col)
+    low, high = pc.min(ts_values).as_py(), pc.max(ts_values).as_py()
+    selects: list[str] = []
     joins: list[str] = []
     params: dict[str, object] = {}
-    ts_values = entity.column(timestamp_col)
     for i, plan in enumerate(plans):
         alias = f"f{i}"
-        first = None
-        if plan.ttl is not None:
-            first = (pa.compute.min(ts_values).as_py() - plan.ttl).date()
-        files = partition_files(plan.root, first, pa.compute.max(ts_values).as_py().date())
-        columns = [*plan.join_key_map, plan.timestamp_field, *(src for src, _ in plan.features)]
-        if files:
-            con.read_parquet(files, hive_partitioning=False).select(
-                ", ".join(_quote(c) for c in columns)
-            ).create_view(f"view_{i}")
-        else:
-            # No partition in reach: every value is absent, with the declared columns.
-            con.execute(
-                f"CREATE VIEW view_{i} AS SELECT * FROM (SELECT "
-                + ", ".join(f"NULL AS {_quote(c)}" for c in columns)
-                + ") WHERE false"
-            )
+        earliest = low - plan.ttl if plan.ttl is not None and low is not None else None
+        _feature_source(con, f"view_{i}", plan, earliest, high)
         on = [f"e.{_quote(ek)} = {alias}.{_quote(fk)}" for fk, ek in plan.join_key_map.items()]
         on.append(f"e.{_quote(timestamp_col)} >= {alias}.{_quote(plan.timestamp_field)}")
         joins.append(f"ASOF LEFT JOIN view_{i} AS {alias} ON " + " AND ".join(on))
@@ -185,9 +256,13 @@ def point_in_time_join(entity: pa.Table, timestamp_col: str, plans: list[_ViewPl
         + ", ".join(selects)
         + " FROM entity_rows AS e "
         + " ".join(joins)
-        + f" ORDER BY e.{_quote(_ROW_ID)}"
+        + f" ORDER BY e.{_quote(_POS)}"
     )
-    return con.sql(query, params=params).to_arrow_table()
+    features = con.sql(query, params=params).to_arrow_table()
+    con.close()
+    for name in features.column_names:
+        entity = entity.append_column(name, features.column(name))
+    return entity
 
 
 class PartitionedDuckDBOfflineStore(DuckDBOfflineStore):
@@ -205,7 +280,11 @@ class PartitionedDuckDBOfflineStore(DuckDBOfflineStore):
         filter_by_created_timestamp: bool = False,
     ) -> RetrievalJob:
         plans = [_plan_view(fv, feature_refs, full_feature_names) for fv in feature_views]
-        if not isinstance(entity_df, pd.DataFrame) or any(p is None for p in plans):
+        if (
+            not isinstance(entity_df, pd.DataFrame)
+            or any(p is None for p in plans)
+            or OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
+        ):
             logger.info("falling back to Feast's stock DuckDB retrieval")
             return DuckDBOfflineStore.get_historical_features(
                 config,
@@ -233,8 +312,8 @@ class PartitionedDuckDBOfflineStore(DuckDBOfflineStore):
         metadata = RetrievalMetadata(
             features=feature_refs,
             keys=keys,
-            min_event_timestamp=pa.compute.min(ts).as_py() if len(entity) else None,
-            max_event_timestamp=pa.compute.max(ts).as_py() if len(entity) else None,
+            min_event_timestamp=pc.min(ts).as_py() if len(entity) else None,
+            max_event_timestamp=pc.max(ts).as_py() if len(entity) else None,
         )
         return ArrowRetrievalJob(
             lambda: point_in_time_join(entity, timestamp_col, plans),  # type: ignore[arg-type]
@@ -327,9 +406,7 @@ def read_time_range(
 ) -> pa.Table:
     """Rows with ``start <= ts <= end`` from the partitions in reach; with ``latest_only``, the newest per key."""
     columns = [*join_key_columns, *feature_name_columns, timestamp_field]
-    files = partition_files(
-        root, _utc(start).date() if start else None, _utc(end).date() if end else None
-    )
+    files = partition_files_between(root, start, end)
     if not files:
         return pa.table({c: pa.array([], pa.null()) for c in columns})
     con = connect()

@@ -11,24 +11,52 @@ source table the file fills and how its columns become that table's columns::
       contract_type: {"Month-to-month": month_to_month, "One year": one_year, "Two year": two_year}
     constants:                    # optional: target columns filled with one value
       payment_method: autopay
-    snapshot_date: 2026-01-31     # optional: fills the table's date column when the file has none
+    snapshot_date: 2026-01-31     # optional: the day the file was observed (exported)
+    tenure: {column: tenure, unit: months}  # subscribers only: signup_date from a tenure column
     date_format: "%Y-%m-%d"       # optional: strftime format of string dates (default: inferred)
+
+What a usable source needs: all six source tables, ``subscribers``, ``usage_daily``,
+``billing``, ``support_tickets``, ``plan_changes`` and ``cancellations`` (the feature build
+refuses a source directory that lacks one), each imported with its own mapping. The event
+tables (``billing``, ``support_tickets``, ``plan_changes``, ``cancellations``) may be imported
+from a file with a header and no rows when there is nothing to record; ``subscribers`` and
+``usage_daily`` need rows, and ``usage_daily`` sets the days the source covers.
+
+Churn is not a column: a subscriber churned when a ``cancellations`` row (``subscriber_id``,
+``cancel_date`` = first day without service, ``reason``) says so. A file column such as
+``Churn``/``Exited`` is therefore never mapped (the importer ignores it with a warning); import
+the churned subscribers as their own file with ``table: cancellations`` and a ``cancel_date``.
+Labels are only as mature as the cancellations data reaches: the 30-day label of a snapshot
+day is known only once cancellations are recorded through the 30 days that follow it, so
+cancellations that stop earlier make the newest labels look like "stayed".
+
+``snapshot_date`` and ``tenure`` (a snapshot export is an observation on ``snapshot_date``):
+
+* for the event and daily tables (``usage_daily``, ``billing``, …) ``snapshot_date`` fills the
+  table's date column when the file has none: the rows were observed on that day;
+* it never fills ``subscribers.signup_date``: a subscriber seen in a snapshot did not sign up on
+  that day. ``signup_date`` is mapped from a file column, or derived from a tenure column with
+  ``tenure: {column: FILE_COLUMN, unit: months|days}``, which needs ``snapshot_date``:
+  ``signup_date = snapshot_date - tenure``, a month being 30.4375 days, rounded down to whole
+  days (tenure 0 signed up on the snapshot day). A tenure that is not a number, negative or
+  over 100 years is a violation of ``signup_date`` (``type``, ``min``, ``max``).
 
 Rules of the mapping (any breach raises :class:`ImportMappingError` naming the culprit):
 
 * ``table`` must be a source table; every target column must belong to it; a target is filled
-  once (from ``columns``, ``constants`` or ``snapshot_date``), and every non-nullable column of
-  the table must be filled. File columns named in ``columns`` must exist in the file; other
-  file columns are ignored.
+  once (from ``columns``, ``constants``, ``snapshot_date`` or ``tenure``), and every
+  non-nullable column of the table must be filled. File columns named in ``columns`` or
+  ``tenure`` must exist in the file; other file columns are ignored.
 * ``values`` keys are compared with the file's text (CSV) or the value's text form (Parquet);
   values without an entry pass through unchanged (and the contract judges them). Booleans are
   YAML 1.2 ``true``/``false`` only, so ``Yes``/``No`` keys stay strings.
 * Unknown top-level keys are rejected (a typo would otherwise be silently ignored).
 
-What happens to the data: CSV cells are read as text, trimmed, and empty cells are nulls. Each
-column is cast to the table's arrow type; a value that cannot be cast becomes a ``type``
-violation (column, rows, examples), not an exception. Then the table's full data contract runs
-(:func:`tasks.contracts.check_table`). All violations are raised together in one
+What happens to the data: a missing, empty, corrupt or unparseable file raises
+:class:`ImportFileError` naming it. CSV cells are read as text, trimmed, and empty cells are
+nulls. Each column is cast to the table's arrow type; a value that cannot be cast becomes a
+``type`` violation (column, rows, examples), not an exception. Then the table's full data
+contract runs (:func:`tasks.contracts.check_table`). All violations are raised together in one
 :class:`DataContractError`, and nothing is written unless the whole import passes.
 
 Writing (each file atomically, rows sorted by the table's keys, exactly the spec's arrow schema):
@@ -43,8 +71,8 @@ Writing (each file atomically, rows sorted by the table's keys, exactly the spec
   another producer wrote the directory), ``start``/``end`` (the days covered: the range of the
   daily table ``usage_daily`` once it exists, else the union of the tables' ranges),
   ``tables.<table>`` (rows, date column, first and last date of the whole table after the
-  import) and ``imports`` (one entry per input file and table). Keys written by other code
-  are kept.
+  import) and ``imports`` (one entry per input file and table, with its ``snapshot_date`` if
+  the mapping gave one). Keys written by other code are kept.
 """
 
 from __future__ import annotations
@@ -71,6 +99,7 @@ from tasks.core.errors import (
     ChurnError,
     ContractViolation,
     DataContractError,
+    ImportFileError,
     ImportMappingError,
 )
 from tasks.core.files import atomic_path, write_parquet_atomic
@@ -80,15 +109,30 @@ from tasks.core.sql import connect
 
 logger = logging.getLogger(__name__)
 
-MAPPING_KEYS = ("table", "columns", "values", "constants", "snapshot_date", "date_format")
+MAPPING_KEYS = (
+    "table",
+    "columns",
+    "values",
+    "constants",
+    "snapshot_date",
+    "tenure",
+    "date_format",
+)
 MAX_EXAMPLES = 5
 HASH_PREFIX = 16
 TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_TEXT = frozenset({"false", "f", "no", "n", "0"})
 
-
-class ImportFileError(ChurnError):
-    """The file to import is missing, of an unsupported kind, empty or unreadable."""
+TENURE_TARGETS = {"subscribers": "signup_date"}
+"""Table → the column a tenure column derives (``snapshot_date - tenure``)."""
+TENURE_UNIT_DAYS = {"months": 30.4375, "days": 1.0}
+"""Days per tenure unit (a month is 365.25 / 12 days)."""
+MAX_TENURE_DAYS = 36_525
+"""A tenure over 100 years is a unit mix-up, not a customer."""
+EVENT_TABLES = ("billing", "support_tickets", "plan_changes", "cancellations")
+"""Tables that may legitimately be empty: an import of a header-only file writes no rows."""
+LABEL_LIKE = re.compile(r"churn|attrition|exited", re.IGNORECASE)
+"""File column names that look like a churn label (churn is imported as cancellations rows)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +142,19 @@ class ImportSummary:
     table: str
     rows: int
     written: list[Path]
+
+
+@dataclass(frozen=True)
+class Tenure:
+    """``target`` (e.g. ``signup_date``) is ``snapshot_date`` minus the file ``column`` in ``unit``."""
+
+    column: str
+    unit: str
+    target: str
+
+    @property
+    def unit_days(self) -> float:
+        return TENURE_UNIT_DAYS[self.unit]
 
 
 @dataclass(frozen=True)
@@ -111,12 +168,37 @@ class ImportMapping:
     """Target column → {file value as text → target value}."""
     constants: dict[str, Any]
     snapshot_date: date | None
+    """The day the file was observed."""
     date_format: str | None
+    tenure: Tenure | None = None
 
     @property
     def sources(self) -> dict[str, str]:
         """Target column → file column."""
         return {target: source for source, target in self.columns.items()}
+
+    @property
+    def file_columns(self) -> list[str]:
+        """Every file column the mapping reads, in mapping order."""
+        names = list(self.columns)
+        if self.tenure is not None and self.tenure.column not in names:
+            names.append(self.tenure.column)
+        return names
+
+    @property
+    def snapshot_fills(self) -> str | None:
+        """The date column ``snapshot_date`` fills: the table's date column, unless the mapping
+        fills it otherwise or the table is one whose date is not an observation date."""
+        spec = self.spec
+        if (
+            self.snapshot_date is None
+            or spec.date_column is None
+            or spec.name in TENURE_TARGETS
+            or spec.date_column in self.columns.values()
+            or spec.date_column in self.constants
+        ):
+            return None
+        return spec.date_column
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,9 +211,14 @@ def import_file(path: Path, mapping_path: Path, source_dir: Path) -> ImportSumma
     path, source_dir = Path(path), Path(source_dir)
     mapping = load_mapping(Path(mapping_path))
     spec = mapping.spec
-    raw = read_input(path, list(mapping.columns))
-    if raw.num_rows == 0:
-        raise ImportFileError(f"{path} has no data rows")
+    available = input_columns(path)
+    _warn_label_columns(path, available, mapping)
+    raw = read_input(path, mapping.file_columns, available)
+    if raw.num_rows == 0 and spec.name not in EVENT_TABLES:
+        raise ImportFileError(
+            f"{path} has no data rows ({spec.name} needs rows; only "
+            f"{', '.join(EVENT_TABLES)} may be imported empty)"
+        )
 
     table, cast_failures = build_table(mapping, raw)
     report = check_table(spec, table)
@@ -150,7 +237,9 @@ def import_file(path: Path, mapping_path: Path, source_dir: Path) -> ImportSumma
     if not spec.partitioned:
         data = _upsert(spec, data, target)
     write_parquet_atomic(data, target)
-    manifest = update_manifest(source_dir, spec, path, digest, table)
+    manifest = update_manifest(
+        source_dir, spec, path, digest, table, snapshot_date=mapping.snapshot_date
+    )
     logger.info("imported %d %s rows from %s into %s", table.num_rows, spec.name, path, target)
     return ImportSummary(table=spec.name, rows=table.num_rows, written=[target, manifest])
 
@@ -205,15 +294,27 @@ def load_mapping(mapping_path: Path) -> ImportMapping:
     snapshot = _snapshot_date(
         doc.get("snapshot_date"), spec, columns, constants, date_format, where
     )
+    tenure = _tenure(doc.get("tenure"), spec, columns, constants, snapshot, where)
+    mapping = ImportMapping(spec, columns, values, constants, snapshot, date_format, tenure)
 
-    filled = set(columns.values()) | set(constants) | ({spec.date_column} if snapshot else set())
+    filled = set(columns.values()) | set(constants)
+    filled |= {mapping.snapshot_fills} - {None}
+    filled |= {tenure.target} if tenure else set()
+    derivable = TENURE_TARGETS.get(spec.name)
+    if derivable is not None and derivable not in filled:
+        raise ImportMappingError(
+            f"{where}: {spec.name}.{derivable} is not filled: map a file column to {derivable} "
+            f"(columns: {{FILE_COLUMN: {derivable}}}), or derive it from a tenure column with "
+            "tenure: {column: FILE_COLUMN, unit: months} plus snapshot_date "
+            "(snapshot_date alone is the day the file was observed, not a sign-up date)"
+        )
     unfilled = [c.name for c in spec.columns if not c.nullable and c.name not in filled]
     if unfilled:
         raise ImportMappingError(
             f"{where}: required column(s) of {spec.name} not filled: {', '.join(unfilled)} "
             "(map a file column to them, or give a constant)"
         )
-    return ImportMapping(spec, columns, values, constants, snapshot, date_format)
+    return mapping
 
 
 def _table(value: Any, where: str) -> TableSpec:
@@ -306,7 +407,9 @@ def _snapshot_date(
         return None
     if spec.date_column is None:
         raise ImportMappingError(f"{where}: snapshot_date given but {spec.name} has no date column")
-    if spec.date_column in columns.values() or spec.date_column in constants:
+    if spec.name not in TENURE_TARGETS and (
+        spec.date_column in columns.values() or spec.date_column in constants
+    ):
         raise ImportMappingError(
             f"{where}: snapshot_date given but {spec.date_column} is already filled by the mapping"
         )
@@ -320,6 +423,51 @@ def _snapshot_date(
         return date.fromisoformat(str(value))
     except ValueError as exc:
         raise ImportMappingError(f"{where}: snapshot_date {value!r} is not a date") from exc
+
+
+def _tenure(
+    value: Any,
+    spec: TableSpec,
+    columns: dict[str, str],
+    constants: dict[str, Any],
+    snapshot: date | None,
+    where: str,
+) -> Tenure | None:
+    """The validated ``tenure`` entry; for subscribers, also that ``snapshot_date`` has a use."""
+    target = TENURE_TARGETS.get(spec.name)
+    if value is None:
+        if target is not None and snapshot is not None:
+            raise ImportMappingError(
+                f"{where}: snapshot_date does not fill {spec.name}.{target}: it is the day the "
+                f"file was observed, not a sign-up date; to derive {target} from it add "
+                "tenure: {column: FILE_COLUMN, unit: months}, or remove snapshot_date"
+            )
+        return None
+    if target is None:
+        raise ImportMappingError(
+            f"{where}: tenure derives {', '.join(f'{t}.{c}' for t, c in TENURE_TARGETS.items())} "
+            f"only; {spec.name} has no use for it"
+        )
+    usage = "tenure must look like {column: FILE_COLUMN, unit: months} (unit: months or days)"
+    if not isinstance(value, dict) or set(map(str, value)) != {"column", "unit"}:
+        raise ImportMappingError(f"{where}: {usage}")
+    column, unit = value["column"], value["unit"]
+    if not isinstance(column, str) or not column:
+        raise ImportMappingError(f"{where}: tenure.column must name a file column; {usage}")
+    if unit not in TENURE_UNIT_DAYS:
+        raise ImportMappingError(
+            f"{where}: tenure.unit {unit!r} unknown; use {' or '.join(TENURE_UNIT_DAYS)}"
+        )
+    if target in columns.values() or target in constants:
+        raise ImportMappingError(
+            f"{where}: tenure given but {target} is already filled by the mapping"
+        )
+    if snapshot is None:
+        raise ImportMappingError(
+            f"{where}: tenure needs snapshot_date (the day the file was observed): "
+            f"{target} = snapshot_date - tenure"
+        )
+    return Tenure(column=column, unit=unit, target=target)
 
 
 def _text(value: Any) -> str:
@@ -336,25 +484,47 @@ def _text(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def read_input(path: Path, sources: list[str]) -> pa.Table:
-    """The ``sources`` columns of a CSV (as text) or Parquet file."""
+CSV_SUFFIXES = (".csv", ".txt")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def input_columns(path: Path) -> list[str]:
+    """The column names of a CSV (its header) or Parquet file (its schema).
+
+    Raises :class:`ImportFileError` naming the file when it is missing, of another kind, empty,
+    or not readable as what its suffix says.
+    """
     if not path.is_file():
         raise ImportFileError(f"{path} not found")
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".txt"):
-        available = _csv_header(path)
-    elif suffix in (".parquet", ".pq"):
-        available = pq.read_schema(path).names
-    else:
-        raise ImportFileError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
+    if suffix in CSV_SUFFIXES:
+        return _csv_header(path)
+    if suffix in PARQUET_SUFFIXES:
+        try:
+            return pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as exc:
+            raise ImportFileError(
+                f"{path} is not a readable Parquet file (corrupt, truncated or another format): {exc}"
+            ) from exc
+    raise ImportFileError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
+
+
+def read_input(path: Path, sources: list[str], available: list[str] | None = None) -> pa.Table:
+    """The ``sources`` columns of a CSV (as text) or Parquet file.
+
+    ``available`` is the file's column list when the caller has already read it.
+    """
+    if available is None:
+        available = input_columns(path)
     missing = [s for s in sources if s not in available]
     if missing:
         raise ImportMappingError(
             f"column(s) {', '.join(missing)} named in the mapping are not in {path.name}; "
             f"it has: {', '.join(available)}"
         )
+    is_parquet = path.suffix.lower() in PARQUET_SUFFIXES
     try:
-        if suffix == ".parquet" or suffix == ".pq":
+        if is_parquet:
             return pq.read_table(path, columns=sources)
         return pacsv.read_csv(
             path,
@@ -364,18 +534,34 @@ def read_input(path: Path, sources: list[str]) -> pa.Table:
                 strings_can_be_null=True,
             ),
         )
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ImportFileError(f"{path} cannot be read: {exc}") from exc
+    except (pa.ArrowException, OSError) as exc:
+        kind = "Parquet" if is_parquet else "CSV"
+        raise ImportFileError(f"{path} cannot be read as {kind}: {exc}") from exc
 
 
 def _csv_header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        try:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             return next(csv.reader(handle))
-        except StopIteration:
-            raise ImportFileError(f"{path} is empty") from None
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise ImportFileError(f"{path}: cannot read the header: {exc}") from exc
+    except StopIteration:
+        raise ImportFileError(f"{path} is empty") from None
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(f"{path} is not a readable CSV file (not UTF-8 text): {exc}") from exc
+    except (csv.Error, OSError) as exc:
+        raise ImportFileError(f"{path} is not a readable CSV file: {exc}") from exc
+
+
+def _warn_label_columns(path: Path, available: list[str], mapping: ImportMapping) -> None:
+    """Warn about unmapped columns that look like a churn label: they are not imported."""
+    read = set(mapping.file_columns)
+    labels = [c for c in available if c not in read and LABEL_LIKE.search(c)]
+    if labels:
+        logger.warning(
+            "%s: column(s) %s look like a churn label and are not imported; churn is recorded "
+            "as cancellations rows (import them with table: cancellations and a cancel_date)",
+            path.name,
+            ", ".join(labels),
+        )
 
 
 def build_table(mapping: ImportMapping, raw: pa.Table) -> tuple[pa.Table, list[ContractViolation]]:
@@ -384,7 +570,10 @@ def build_table(mapping: ImportMapping, raw: pa.Table) -> tuple[pa.Table, list[C
     sources = mapping.sources
     arrays, failures = [], []
     for col in spec.columns:
-        if col.name in sources:
+        if mapping.tenure is not None and col.name == mapping.tenure.target:
+            array, tenure_failures = _from_tenure(mapping, raw.column(mapping.tenure.column))
+            failures += tenure_failures
+        elif col.name in sources:
             values = _clean(raw.column(sources[col.name]))
             if col.name in mapping.values:
                 values = _map_values(values, mapping.values[col.name])
@@ -396,12 +585,54 @@ def build_table(mapping: ImportMapping, raw: pa.Table) -> tuple[pa.Table, list[C
                 failures.append(ContractViolation(spec.name, col.name, "type", failed, detail))
         elif col.name in mapping.constants:
             array = pa.repeat(pa.scalar(mapping.constants[col.name], col.type), rows)
-        elif col.name == spec.date_column and mapping.snapshot_date is not None:
+        elif col.name == mapping.snapshot_fills:
             array = pa.repeat(pa.scalar(mapping.snapshot_date, col.type), rows)
         else:  # load_mapping guarantees only nullable columns are left unfilled
             array = pa.nulls(rows, col.type)
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=_nullable(spec.arrow_schema)), failures
+
+
+def _from_tenure(
+    mapping: ImportMapping, values: pa.ChunkedArray
+) -> tuple[pa.ChunkedArray, list[ContractViolation]]:
+    """``snapshot_date - tenure`` (whole days, rounded down) and the tenure's violations.
+
+    A tenure that is not a number (``type``), negative (``min``) or over
+    :data:`MAX_TENURE_DAYS` (``max``) is reported against the derived column and left null.
+    """
+    tenure, spec, snapshot = mapping.tenure, mapping.spec, mapping.snapshot_date
+    assert tenure is not None and snapshot is not None  # load_mapping guarantees both
+    source = f"tenure column {tenure.column!r}"
+    values = _clean(values)
+    number, failed, examples = _cast(values, Column(tenure.column, pa.float64()), None)
+    violations = []
+    if failed:
+        violations.append(
+            ContractViolation(
+                spec.name,
+                tenure.target,
+                "type",
+                failed,
+                f"cannot read {source} as a number: e.g. {', '.join(map(repr, examples))}",
+            )
+        )
+    days = pc.floor(pc.multiply(number, tenure.unit_days))
+    for rule, bad in (
+        ("min", pc.less(days, 0)),
+        ("max", pc.greater(days, MAX_TENURE_DAYS)),
+    ):
+        bad = bad.fill_null(False)
+        count = int(pc.sum(bad).as_py() or 0)
+        if count:
+            limit = "negative" if rule == "min" else f"over {MAX_TENURE_DAYS:,} days"
+            shown = pc.unique(pc.filter(values, bad)).to_pylist()[:MAX_EXAMPLES]
+            detail = f"{source} is {limit}: e.g. {', '.join(map(repr, map(str, shown)))}"
+            violations.append(ContractViolation(spec.name, tenure.target, rule, count, detail))
+            days = pc.if_else(bad, pa.scalar(None, days.type), days)
+    epoch_day = (snapshot - date(1970, 1, 1)).days
+    signup = pc.subtract(pa.scalar(epoch_day, pa.int32()), days.cast(pa.int32()))
+    return signup.cast(pa.date32()), violations
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
@@ -499,10 +730,13 @@ def _merge(
 ) -> list[ContractViolation]:
     """Cast failures plus the contract's violations, each bad cell reported once.
 
-    A value that failed to cast is null in the checked table; ``not_null`` would count it a
-    second time, so its count is reduced by the cast failures of the same column.
+    A value that failed to cast (or a tenure out of range) is null in the checked table;
+    ``not_null`` would count it a second time, so its count is reduced by the failures of the
+    same column.
     """
-    failed = {v.column: v.count for v in cast_failures}
+    failed: dict[str, int] = {}
+    for v in cast_failures:
+        failed[v.column] = failed.get(v.column, 0) + v.count
     merged = list(cast_failures)
     for v in contract:
         if v.rule == "not_null" and v.column in failed:
@@ -541,14 +775,14 @@ def _overlap_with_other_parts(
     others = sorted(p for p in target.parent.glob("*.parquet") if p.name != target.name)
     if not others:
         return []
-    files = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in others) + "]"
     keys = ", ".join(f'"{k}"' for k in spec.keys)
     con = connect()
     try:
         con.register("incoming", table.select(list(spec.keys)))
         found = con.execute(
-            f"SELECT count(*), min(filename) FROM read_parquet({files}, filename = true) "
-            f"JOIN incoming USING ({keys})"
+            "SELECT count(*), min(filename) FROM read_parquet($files, filename = true) "
+            f"JOIN incoming USING ({keys})",
+            {"files": [str(p) for p in others]},
         ).fetchone()
     finally:
         con.close()
@@ -575,7 +809,13 @@ def _upsert(spec: TableSpec, incoming: pa.Table, target: Path) -> pa.Table:
 
 
 def update_manifest(
-    source_dir: Path, spec: TableSpec, path: Path, digest: str, imported: pa.Table
+    source_dir: Path,
+    spec: TableSpec,
+    path: Path,
+    digest: str,
+    imported: pa.Table,
+    *,
+    snapshot_date: date | None = None,
 ) -> Path:
     """Record the import in ``_manifest.json``, keeping every key other code wrote."""
     manifest_path = source_dir / MANIFEST_NAME
@@ -609,6 +849,8 @@ def update_manifest(
         "last_date": last,
         "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if snapshot_date is not None:
+        record["snapshot_date"] = snapshot_date.isoformat()
     imports = [
         i
         for i in manifest.get("imports", [])
@@ -628,7 +870,7 @@ def _table_stats(source_dir: Path, spec: TableSpec) -> dict[str, Any]:
     con = connect()
     try:
         found = con.execute(
-            f"SELECT {select} FROM read_parquet('{table_glob(source_dir, spec)}')"
+            f"SELECT {select} FROM read_parquet($path)", {"path": table_glob(source_dir, spec)}
         ).fetchone()
     finally:
         con.close()

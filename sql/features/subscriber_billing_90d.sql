@@ -1,5 +1,5 @@
 -- Grain: one row per (subscriber_id, snapshot_date) in service; bills known late in the 90 days ending on snapshot_date.
--- Keys: subscriber_id, snapshot_ts (= snapshot_date 00:00 UTC, the state at the close of that day).
+-- Keys: subscriber_id, snapshot_ts (= snapshot_date + 1 day, 00:00 UTC: the moment the day's data is complete).
 -- Inputs: spine (active_subscribers.sql), billing; $start_date, $end_date.
 -- A bill is known to be late on due_date + 1 (unpaid at the due date), not on bill_date: counting
 -- it any earlier would leak the future into the snapshot.
@@ -57,7 +57,7 @@ bills_lag AS (
 )
 SELECT
     subscriber_id,
-    timezone('UTC', CAST(snapshot_date AS TIMESTAMP)) AS snapshot_ts,
+    timezone('UTC', CAST(snapshot_date + INTERVAL 1 DAY AS TIMESTAMP)) AS snapshot_ts,
     CAST(COALESCE(cum_late, 0) - COALESCE(cum_late_90, 0) AS INTEGER) AS late_payments_90d,
     CAST(COALESCE(cum_bills, 0) - COALESCE(cum_bills_90, 0) AS INTEGER) AS bills_90d,
     snapshot_date

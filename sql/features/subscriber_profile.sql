@@ -1,5 +1,5 @@
 -- Grain: one row per (subscriber_id, snapshot_date) in service; plan, contract and charges as of snapshot_date.
--- Keys: subscriber_id, snapshot_ts (= snapshot_date 00:00 UTC, the state at the close of that day).
+-- Keys: subscriber_id, snapshot_ts (= snapshot_date + 1 day, 00:00 UTC: the moment the day's data is complete).
 -- Inputs: spine (active_subscribers.sql), subscribers, plan_changes, plan_catalog (plan, list_price); $start_date, $end_date.
 -- Plan and charge come from the latest plan change on or before the day (else the signup values);
 -- the charge 90 days ago is taken as of max(d - 90, signup_date), so a newcomer's change is since signup.
@@ -63,7 +63,7 @@ resolved AS (
 )
 SELECT
     r.subscriber_id,
-    timezone('UTC', CAST(r.snapshot_date AS TIMESTAMP)) AS snapshot_ts,
+    timezone('UTC', CAST(r.snapshot_date + INTERVAL 1 DAY AS TIMESTAMP)) AS snapshot_ts,
     CAST(date_diff('day', r.signup_date, r.snapshot_date) AS INTEGER) AS tenure_days,
     r.plan,
     r.contract_type,

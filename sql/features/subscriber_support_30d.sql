@@ -1,5 +1,5 @@
 -- Grain: one row per (subscriber_id, snapshot_date) in service; support tickets opened in the 7 and 30 days ending on snapshot_date.
--- Keys: subscriber_id, snapshot_ts (= snapshot_date 00:00 UTC, the state at the close of that day).
+-- Keys: subscriber_id, snapshot_ts (= snapshot_date + 1 day, 00:00 UTC: the moment the day's data is complete).
 -- Inputs: spine (active_subscribers.sql), support_tickets; $start_date, $end_date.
 WITH daily AS (
     SELECT
@@ -45,7 +45,7 @@ lag30 AS (
 )
 SELECT
     subscriber_id,
-    timezone('UTC', CAST(snapshot_date AS TIMESTAMP)) AS snapshot_ts,
+    timezone('UTC', CAST(snapshot_date + INTERVAL 1 DAY AS TIMESTAMP)) AS snapshot_ts,
     CAST(COALESCE(cum_tickets, 0) - COALESCE(cum_tickets_7, 0) AS INTEGER) AS support_calls_7d,
     CAST(COALESCE(cum_tickets, 0) - COALESCE(cum_tickets_30, 0) AS INTEGER) AS support_calls_30d,
     CAST(COALESCE(cum_network_tickets, 0) - COALESCE(cum_network_tickets_30, 0) AS INTEGER)

@@ -1,5 +1,5 @@
 -- Grain: one row per (subscriber_id, snapshot_date) in service; usage in the 7 and 30 days ending on snapshot_date.
--- Keys: subscriber_id, snapshot_ts (= snapshot_date 00:00 UTC, the state at the close of that day).
+-- Keys: subscriber_id, snapshot_ts (= snapshot_date + 1 day, 00:00 UTC: the moment the day's data is complete).
 -- Inputs: spine (active_subscribers.sql), usage_daily; $start_date.
 -- Windowed sums are differences of running totals looked up as of d, d-7 and d-30, so a day
 -- without a usage row counts as zero use instead of hiding the window.
@@ -61,7 +61,7 @@ windows AS (
 )
 SELECT
     subscriber_id,
-    timezone('UTC', CAST(snapshot_date AS TIMESTAMP)) AS snapshot_ts,
+    timezone('UTC', CAST(snapshot_date + INTERVAL 1 DAY AS TIMESTAMP)) AS snapshot_ts,
     CAST(data_gb_7d AS FLOAT) AS data_gb_7d,
     CAST(data_gb_30d AS FLOAT) AS data_gb_30d,
     -- Daily average over the last week relative to the last month: < 1 means use is falling.

@@ -46,3 +46,7 @@ class FeatureStoreError(ChurnError):
 
 class ImportMappingError(ChurnError):
     """A user's import mapping file is malformed."""
+
+
+class ImportFileError(ChurnError):
+    """A file to import is missing, of an unsupported kind, empty, corrupt or unreadable."""

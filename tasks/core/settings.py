@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         default=10_000, ge=100, description="Rows per online-store write while materializing."
     )
 
+    duckdb_memory_limit: str = Field(
+        default="4GB",
+        description="Memory DuckDB may use while building feature tables; beyond it, it spills to disk.",
+    )
+
     # Data contracts.
     volume_tolerance: float = Field(
         default=0.2,

@@ -22,25 +22,23 @@ def load_sql(name: str) -> str:
 
 
 def connect(
-    threads: int | None = None, memory_limit: str | None = None
+    memory_limit: str | None = None, spill_dir: Path | None = None
 ) -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB session in UTC.
 
     Mixed naive/aware timestamps are interpreted in the session time zone; pinning it to
-    UTC keeps as-of joins identical on every machine whatever its local zone.
+    UTC keeps as-of joins identical on every machine whatever its local zone. With a memory
+    limit, DuckDB spills to ``spill_dir`` instead of growing.
     """
-    con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
-    if threads is not None:
-        con.execute(f"SET threads = {int(threads)}")
+    config: dict[str, str] = {}
     if memory_limit is not None:
-        con.execute("SET memory_limit = ?", [memory_limit])
+        config["memory_limit"] = memory_limit
+    if spill_dir is not None:
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        config["temp_directory"] = str(spill_dir)
+    con = duckdb.connect(":memory:", config=config)
+    con.execute("SET TimeZone = 'UTC'")
     return con
-
-
-def parquet_glob(directory: Path) -> str:
-    """The DuckDB glob that reads every Parquet file below ``directory``."""
-    return str(Path(directory) / "**" / "*.parquet")
 
 
 def used_params(sql_text: str, params: dict[str, object]) -> dict[str, object]:

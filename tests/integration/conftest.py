@@ -12,9 +12,11 @@ import pytest
 
 from tasks.core.settings import Settings, get_settings, reset_settings
 from tasks.feature_store import apply_feature_repo
-from tasks.features import build_feature_tables
+from tasks.feature_tables import build_feature_tables
 from tasks.simulate import WorldSpec, simulate_world
 
+# A 28-day training window keeps the worlds small: 28 + 30-day horizon + 90-day feature history.
+TRAINING_WINDOW_DAYS = "28"
 WORLD_START = date(2026, 1, 1)
 WORLD_DAYS = 150
 WORLD_END = date(2026, 5, 30)  # WORLD_START + WORLD_DAYS - 1
@@ -29,6 +31,7 @@ class World:
 def make_world(home: Path, spec: WorldSpec, *, build: bool = True) -> World:
     """Simulate ``spec`` under ``home``, apply the Feast repo and build every feature day."""
     os.environ["CHURN_HOME"] = str(home)
+    os.environ["CHURN_TRAINING_WINDOW_DAYS"] = TRAINING_WINDOW_DAYS
     reset_settings()
     settings = get_settings()
     simulate_world(spec, settings.source_dir, settings.truth_dir, chunk_days=31)
@@ -41,16 +44,17 @@ def make_world(home: Path, spec: WorldSpec, *, build: bool = True) -> World:
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """800 subscribers × 150 days, features built; read-only for the tests that share it."""
-    previous = os.environ.get("CHURN_HOME")
+    previous = {k: os.environ.get(k) for k in ("CHURN_HOME", "CHURN_TRAINING_WINDOW_DAYS")}
     built = make_world(
         tmp_path_factory.mktemp("world"),
         WorldSpec(subscribers=800, days=WORLD_DAYS, start=WORLD_START, seed=11),
     )
     yield built
-    if previous is None:
-        os.environ.pop("CHURN_HOME", None)
-    else:
-        os.environ["CHURN_HOME"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     reset_settings()
 
 
@@ -58,6 +62,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def world_settings(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """The shared world's settings, with CHURN_HOME pointing at it for the test."""
     monkeypatch.setenv("CHURN_HOME", str(world.settings.home))
+    monkeypatch.setenv("CHURN_TRAINING_WINDOW_DAYS", TRAINING_WINDOW_DAYS)
     reset_settings()
     yield get_settings()
     reset_settings()

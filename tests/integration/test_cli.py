@@ -65,12 +65,14 @@ def test_bad_date_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_demo_story_end_to_end(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    result = churn("demo", "--subscribers", "400", "--days", "150", home=home)
+    result = churn("demo", "--subscribers", "400", "--days", "210", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
-    training = home / "frames" / "training_2026-05-30.parquet"
-    scoring = home / "frames" / "scoring_2026-05-30.parquet"
+    training = home / "frames" / "training_2026-07-29.parquet"
+    scoring = home / "frames" / "scoring_2026-07-29.parquet"
     assert training.is_file() and scoring.is_file()
-    assert str(training) in result.stdout.replace("\n", "") or "training frame" in result.stdout
+    assert "training frame" in result.stdout and str(home / "frames") in result.stdout.replace(
+        "\n", ""
+    )
     frame = pq.read_table(training)
     assert frame.num_rows > 1000 and "churned_30d" in frame.column_names
     assert (home / "feast" / "registry.db").is_file() and (
@@ -81,7 +83,7 @@ def test_demo_story_end_to_end(tmp_path: Path) -> None:
         "features",
         "training-frame",
         "--as-of",
-        "2026-05-30",
+        "2026-07-29",
         "--out",
         str(tmp_path / "t.parquet"),
         home=home,

@@ -14,9 +14,13 @@ import yaml
 
 from tasks.core.errors import DataContractError
 from tasks.core.settings import PROJECT_ROOT
-from tasks.feature_jobs import check_feature_tables
-from tasks.features import FEATURE_TABLES
 from tasks.feast_offline import partition_files
+from tasks.feature_tables import (
+    FEATURE_TABLES,
+    build_feature_tables,
+    built_days,
+    check_feature_tables,
+)
 from tasks.simulate import WorldSpec
 
 from .conftest import WORLD_START, make_world
@@ -28,7 +32,9 @@ pytestmark = pytest.mark.integration
 def own_world(tmp_path, monkeypatch):
     """A world this test may damage."""
     monkeypatch.setenv("CHURN_HOME", str(tmp_path))
-    return make_world(tmp_path / "home", WorldSpec(subscribers=300, days=40, start=WORLD_START, seed=3))
+    return make_world(
+        tmp_path / "home", WorldSpec(subscribers=300, days=40, start=WORLD_START, seed=3)
+    )
 
 
 def test_built_feature_tables_pass_their_contracts(own_world) -> None:
@@ -44,7 +50,12 @@ def test_corrupted_feature_day_names_column_rule_and_count(own_world) -> None:
     table = pq.read_table(path)
     calls = table.column("support_calls_30d")
     broken = pc.if_else(pc.less(pa.array(range(table.num_rows)), 3), -1, calls).cast(pa.int32())
-    pq.write_table(table.set_column(table.column_names.index("support_calls_30d"), "support_calls_30d", broken), path)
+    pq.write_table(
+        table.set_column(
+            table.column_names.index("support_calls_30d"), "support_calls_30d", broken
+        ),
+        path,
+    )
 
     with pytest.raises(DataContractError) as err:
         check_feature_tables(own_world.settings, day)
@@ -71,16 +82,43 @@ def test_every_deployment_entrypoint_imports() -> None:
         assert callable(getattr(module, name)), deployment["name"]
 
 
-def test_feature_build_can_extend_by_one_day(own_world) -> None:
-    # A nightly build of one new day leaves earlier days untouched and adds exactly that day.
-    from tasks.features import build_feature_tables, built_days
-
+def test_rebuilding_a_day_gives_the_same_rows_and_leaves_others_alone(own_world) -> None:
     settings = own_world.settings
     last = own_world.spec.end
-    before = {d: pq.read_table(partition_files(settings.features_dir / "subscriber_profile", d, d)) for d in
-              (last - timedelta(days=1),)}
-    shutil.rmtree(settings.features_dir / "subscriber_profile" / f"snapshot_date={last}")
+    root = settings.features_dir / "subscriber_profile"
+    original = {
+        d: pq.read_table(partition_files(root, d, d)) for d in (last - timedelta(days=1), last)
+    }
+    shutil.rmtree(root / f"snapshot_date={last}")
     build_feature_tables(settings, last, last)
     assert built_days(settings, "subscriber_profile")[-1] == last
-    for d, table in before.items():
-        assert pq.read_table(partition_files(settings.features_dir / "subscriber_profile", d, d)).equals(table)
+    for day, table in original.items():
+        assert pq.read_table(partition_files(root, day, day)).equals(table), day
+
+
+def test_a_day_that_breaks_its_contract_is_not_published(own_world) -> None:
+    # Corrupt the newest day's usage so its 7-day data total goes negative, then rebuild that day.
+    settings = own_world.settings
+    last = own_world.spec.end
+    usage_dir = settings.source_dir / "usage_daily"
+    for part in sorted(usage_dir.glob("*.parquet")):
+        table = pq.read_table(part)
+        bad = pc.if_else(
+            pc.equal(table["usage_date"], pa.scalar(last, pa.date32())), -50.0, table["data_gb"]
+        )
+        pq.write_table(table.set_column(table.column_names.index("data_gb"), "data_gb", bad), part)
+    published = {
+        name: (
+            settings.features_dir / name / f"snapshot_date={last}" / "part_0.parquet"
+        ).read_bytes()
+        for name in FEATURE_TABLES
+    }
+    with pytest.raises(DataContractError) as err:
+        build_feature_tables(settings, last, last)
+    assert "subscriber_usage_30d.data_gb_7d: min failed" in str(err.value)
+    assert "nothing of this chunk was published" in str(err.value)
+    for name, before in published.items():
+        assert (
+            settings.features_dir / name / f"snapshot_date={last}" / "part_0.parquet"
+        ).read_bytes() == before
+    assert not list((settings.home / "tmp" / "staging").glob("*"))

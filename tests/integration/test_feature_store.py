@@ -15,17 +15,17 @@ from feast import Entity, FeatureService, FeatureView, FileSource
 from tasks.core.schema import PROTECTED_ATTRIBUTES
 from tasks.core.settings import Settings
 from tasks.feature_store import feature_service, open_store, service_columns
-from tasks.features import (
+from tasks.feature_tables import as_of_timestamp
+from tasks.frames import (
     LABEL,
     TIMESTAMP,
-    active_subscribers,
     build_scoring_frame,
     build_training_frame,
-    day_start,
     features_at,
     training_entities,
     write_frame,
 )
+from tasks.sources import active_subscribers
 
 from .conftest import WORLD_END
 
@@ -105,7 +105,7 @@ def test_partition_pruning_store_equals_stock_feast(world_settings: Settings) ->
 def test_bulk_scoring_frame_equals_feast_retrieval(world_settings: Settings) -> None:
     day = AS_OF - timedelta(days=3)
     bulk = build_scoring_frame(world_settings, day).to_pandas()
-    entity_df = bulk[["subscriber_id"]].assign(**{TIMESTAMP: pd.Timestamp(day_start(day))})
+    entity_df = bulk[["subscriber_id"]].assign(**{TIMESTAMP: pd.Timestamp(as_of_timestamp(day))})
     feast = _feast_frame(world_settings, entity_df, stock=True)
     assert len(bulk) == len(active_subscribers(world_settings, day)) > 0
     pd.testing.assert_frame_equal(bulk, _sorted(feast)[bulk.columns], check_dtype=False)
@@ -115,7 +115,8 @@ def _last_snapshot_of_leavers(settings: Settings) -> pd.DataFrame:
     """Subscribers who left during the world, with the timestamp of their last feature snapshot."""
     cancels = pq.read_table(settings.source_dir / "cancellations.parquet").to_pandas()
     cancels = cancels[pd.to_datetime(cancels["cancel_date"]) <= pd.Timestamp(WORLD_END)]
-    last = pd.to_datetime(cancels["cancel_date"]) - pd.Timedelta(days=1)
+    # The snapshot of the last day in service (cancel_date - 1) is stamped cancel_date 00:00 UTC.
+    last = pd.to_datetime(cancels["cancel_date"])
     return pd.DataFrame(
         {
             "subscriber_id": cancels["subscriber_id"].to_numpy(),
@@ -161,10 +162,10 @@ def test_future_snapshots_are_never_used(world_settings: Settings) -> None:
         .column("subscriber_id")
         .to_numpy()[:50]
     )
-    just_before = day_start(day) - timedelta(microseconds=1)
+    just_before = as_of_timestamp(day) - timedelta(microseconds=1)
     before = features_at(world_settings, just_before, pa.table({"subscriber_id": ids})).to_pandas()
     previous = features_at(
-        world_settings, day_start(day - timedelta(days=1)), pa.table({"subscriber_id": ids})
+        world_settings, as_of_timestamp(day - timedelta(days=1)), pa.table({"subscriber_id": ids})
     )
     pd.testing.assert_frame_equal(
         before.drop(columns=[TIMESTAMP]), previous.to_pandas().drop(columns=[TIMESTAMP])
@@ -178,15 +179,76 @@ def test_training_frame_bytes_are_reproducible(world_settings: Settings, tmp_pat
 
 
 def test_online_store_serves_what_bulk_reads(world_settings: Settings) -> None:
-    from tasks.feature_jobs import materialize_online
+    from tasks.feature_tables import materialize_online
 
-    rows = materialize_online(world_settings, AS_OF)
-    assert set(rows.values()) == {len(active_subscribers(world_settings, AS_OF))}
+    materialize_online(world_settings, AS_OF)
     store = open_store(world_settings)
     service = feature_service(store, world_settings.feature_service)
-    bulk = build_scoring_frame(world_settings, AS_OF).to_pandas().head(100)
+    columns = service_columns(store, service)
+    bulk = build_scoring_frame(world_settings, AS_OF).to_pandas()
     online = store.get_online_features(
         features=service, entity_rows=[{"subscriber_id": int(i)} for i in bulk["subscriber_id"]]
     ).to_df()
-    columns = service_columns(store, service)
+    # Every subscriber in service was loaded, with exactly the bulk path's values.
+    assert online["tenure_days"].notna().all()
     pd.testing.assert_frame_equal(online[columns], bulk[columns], check_dtype=False)
+
+
+def test_offline_store_equals_stock_on_shuffled_intraday_rows_in_small_batches(
+    world_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unsorted entity rows at arbitrary instants (TTL expiry, leavers, unknown ids), joined in
+    # batches of 97 rows: the pruning store must still answer exactly as Feast's own store.
+    import numpy as np
+
+    from tasks import feast_offline
+
+    monkeypatch.setattr(feast_offline, "BATCH_ROWS", 97)
+    rng = np.random.default_rng(3)
+    n = 1500
+    start = pd.Timestamp(as_of_timestamp(AS_OF - timedelta(days=60)))
+    entity_df = pd.DataFrame(
+        {
+            "subscriber_id": rng.integers(1, 1100, n),
+            TIMESTAMP: start + pd.to_timedelta(rng.integers(0, 60 * 86_400 * 10**6, n), unit="us"),
+        }
+    )
+    ours = _feast_frame(world_settings, entity_df, stock=False)
+    stock = _feast_frame(world_settings, entity_df, stock=True)
+    keys = ["subscriber_id", TIMESTAMP]
+    # Ours keeps the caller's row order, as documented.
+    pd.testing.assert_frame_equal(ours[keys], entity_df[keys].astype(ours[keys].dtypes.to_dict()))
+    stock = stock.sort_values(keys).reset_index(drop=True)
+    ours = ours.sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours, stock[ours.columns], check_dtype=False)
+    assert ours["tenure_days"].isna().any() and ours["tenure_days"].notna().any()
+
+
+def test_training_frame_refuses_missing_feature_days(
+    world_settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Point the registry at an empty feature directory: the frame would be all nulls, so it refuses.
+    import shutil
+
+    from tasks.core.errors import SourceDataMissing
+
+    home = tmp_path / "copy"
+    shutil.copytree(world_settings.home / "source", home / "source")
+    shutil.copytree(world_settings.home / "truth", home / "truth")
+    monkeypatch.setenv("CHURN_HOME", str(home))
+    from tasks.core.settings import get_settings, reset_settings
+    from tasks.feature_store import apply_feature_repo
+
+    reset_settings()
+    settings = get_settings()
+    apply_feature_repo(settings)
+    with pytest.raises(SourceDataMissing, match=r"feature partitions missing for \d+ view-day"):
+        build_training_frame(settings, AS_OF)
+
+
+def test_training_window_must_not_start_in_the_feature_warm_up(world_settings: Settings) -> None:
+    from tasks.core.errors import SourceDataMissing
+
+    too_early = AS_OF - timedelta(days=30)
+    with pytest.raises(SourceDataMissing, match="use an as-of day on or after"):
+        training_entities(world_settings, too_early)

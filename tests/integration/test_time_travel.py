@@ -7,7 +7,8 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from tasks.features import FEATURE_TABLES, build_training_frame, read_feature_day, write_frame
+from tasks.feature_tables import FEATURE_TABLES, read_feature_day
+from tasks.frames import build_training_frame, write_frame
 from tasks.simulate import WorldSpec
 
 from .conftest import WORLD_START, make_world
@@ -18,9 +19,9 @@ pytestmark = pytest.mark.integration
 def test_training_frame_is_byte_identical_after_more_days(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CHURN_HOME", str(tmp_path))  # restored after the test
     short = make_world(
-        tmp_path / "short", WorldSpec(subscribers=500, days=125, start=WORLD_START, seed=5)
+        tmp_path / "short", WorldSpec(subscribers=500, days=160, start=WORLD_START, seed=5)
     )
-    as_of = WORLD_START + timedelta(days=124)
+    as_of = WORLD_START + timedelta(days=159)
     before = write_frame(
         build_training_frame(short.settings, as_of), tmp_path / "before.parquet"
     ).read_bytes()
@@ -29,7 +30,7 @@ def test_training_frame_is_byte_identical_after_more_days(tmp_path, monkeypatch)
     }
 
     longer = make_world(
-        tmp_path / "longer", WorldSpec(subscribers=500, days=165, start=WORLD_START, seed=5)
+        tmp_path / "longer", WorldSpec(subscribers=500, days=200, start=WORLD_START, seed=5)
     )
     after = write_frame(
         build_training_frame(longer.settings, as_of), tmp_path / "after.parquet"

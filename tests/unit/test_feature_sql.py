@@ -12,10 +12,11 @@ import pytest
 from tasks.core.layout import MANIFEST_NAME, table_path
 from tasks.core.schema import SOURCE_TABLES
 from tasks.core.settings import Settings
-from tasks.features import build_feature_tables, read_feature_day, training_entities
+from tasks.feature_tables import build_feature_tables, read_feature_day
+from tasks.frames import training_entities
 
 D = date(2026, 6, 1)  # the snapshot day under test
-START = D - timedelta(days=120)
+START = D - timedelta(days=200)
 
 
 def day(offset: int) -> date:
@@ -51,7 +52,7 @@ def write_sources(settings: Settings, **rows: list[dict]) -> None:
 
 
 def features_on(settings: Settings, name: str, snapshot: date = D) -> dict[int, dict]:
-    build_feature_tables(settings, snapshot, snapshot)
+    build_feature_tables(settings, snapshot, snapshot, specs={})  # the SQL alone, no contracts
     return {r["subscriber_id"]: r for r in read_feature_day(settings, name, snapshot).to_pylist()}
 
 

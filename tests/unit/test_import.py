@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import date
 from pathlib import Path
 
@@ -10,17 +11,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.errors import DataContractError, ImportMappingError
+from tasks.contracts import check_source_dir
+from tasks.core.errors import DataContractError, ImportFileError, ImportMappingError
 from tasks.core.layout import MANIFEST_NAME, table_path
-from tasks.core.schema import SUBSCRIBERS, USAGE_DAILY
-from tasks.importer import ImportFileError, import_file, load_mapping
+from tasks.core.schema import CANCELLATIONS, SUBSCRIBERS, USAGE_DAILY
+from tasks.importer import import_file, load_mapping
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "import"
 SUBSCRIBERS_CSV = FIXTURES / "subscribers.csv"
 SUBSCRIBERS_MAPPING = FIXTURES / "subscribers_mapping.yaml"
+CANCELLATIONS_CSV = FIXTURES / "cancellations.csv"
+CANCELLATIONS_MAPPING = FIXTURES / "cancellations_mapping.yaml"
 USAGE_CSV = FIXTURES / "usage.csv"
 USAGE_MAPPING = FIXTURES / "usage_mapping.yaml"
 HEADER = SUBSCRIBERS_CSV.read_text().splitlines()[0]
+SNAPSHOT = date(2026, 1, 31)  # the fixture mapping's snapshot_date
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -35,9 +40,17 @@ def write_csv(path: Path, *rows: str, header: str = HEADER) -> Path:
     return path
 
 
-def test_good_csv_round_trips_with_the_spec_schema(tmp_path: Path) -> None:
-    # the Telco-style fixture: value maps, trimmed cells, an ignored extra column
-    summary = import_file(SUBSCRIBERS_CSV, SUBSCRIBERS_MAPPING, tmp_path)
+def row(customer: str = "2001", tenure: str = "12", plan: str = "Basic", charge: str = "10") -> str:
+    """One line of the Telco-style subscribers CSV."""
+    return f"{customer},Male,0,No,{tenure},{plan},North,25-34,One year,Mailed check,{charge},,No"
+
+
+def test_good_csv_round_trips_with_the_spec_schema(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the Telco-style fixture: tenure in months, value maps, trimmed cells, ignored extra columns
+    with caplog.at_level(logging.WARNING, logger="tasks.importer"):
+        summary = import_file(SUBSCRIBERS_CSV, SUBSCRIBERS_MAPPING, tmp_path)
     target = table_path(tmp_path, SUBSCRIBERS)
     assert (summary.table, summary.rows) == ("subscribers", 5)
     assert summary.written == [target, tmp_path / MANIFEST_NAME]
@@ -45,43 +58,77 @@ def test_good_csv_round_trips_with_the_spec_schema(tmp_path: Path) -> None:
     table = pq.read_table(target)
     assert table.schema.equals(SUBSCRIBERS.arrow_schema)
     assert table["subscriber_id"].to_pylist() == [1001, 1002, 1003, 1004, 1005]  # sorted by key
-    first, last = table.slice(0, 1).to_pylist()[0], table.slice(4, 1).to_pylist()[0]
-    assert first == {
+    assert table.slice(0, 1).to_pylist()[0] == {
         "subscriber_id": 1001,
-        "signup_date": date(2025, 3, 14),
+        "signup_date": date(2025, 4, 2),  # 2026-01-31 - 10 months (304.375 days, rounded down)
         "plan": "basic",
         "contract_type": "month_to_month",
-        "payment_method": "autopay",
+        "payment_method": "card",
         "monthly_charge": 35.0,
         "region": "north",
         "age_band": "25-34",
         "gender": "female",
     }
-    assert last["signup_date"] == date(2024, 12, 31)  # " 2024-12-31 " was trimmed
+    # signup_date = snapshot - tenure: 7, 2, 0 and " 13 " (trimmed) months
+    assert table["signup_date"].to_pylist()[1:] == [
+        date(2025, 7, 2),
+        date(2025, 12, 2),
+        SNAPSHOT,  # tenure 0: signed up on the snapshot day, in service on it
+        date(2025, 1, 1),
+    ]
+    assert all(d <= SNAPSHOT for d in table["signup_date"].to_pylist())
 
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert manifest["source"] == "import"
     assert manifest["tables"]["subscribers"] == {
         "rows": 5,
         "date_column": "signup_date",
-        "first_date": "2024-12-31",
-        "last_date": "2026-01-05",
+        "first_date": "2025-01-01",
+        "last_date": "2026-01-31",
         "source": "import",
     }
-    assert [i["file"] for i in manifest["imports"]] == ["subscribers.csv"]
+    assert [(i["file"], i["snapshot_date"]) for i in manifest["imports"]] == [
+        ("subscribers.csv", "2026-01-31")
+    ]
+    # the Churn column is not imported, and the user is told where churn goes
+    assert "Churn" in caplog.text and "cancellations" in caplog.text
+
+
+def test_churn_is_imported_as_cancellation_rows(tmp_path: Path) -> None:
+    # the fixture's churned subscriber, as a row of the cancellations table
+    import_file(SUBSCRIBERS_CSV, SUBSCRIBERS_MAPPING, tmp_path)
+    summary = import_file(CANCELLATIONS_CSV, CANCELLATIONS_MAPPING, tmp_path)
+    assert (summary.table, summary.rows) == ("cancellations", 1)
+    table = pq.read_table(table_path(tmp_path, CANCELLATIONS))
+    assert table.schema.equals(CANCELLATIONS.arrow_schema)
+    assert table.to_pylist() == [
+        {"subscriber_id": 1003, "cancel_date": date(2026, 1, 20), "reason": "competitor"}
+    ]
+
+
+def test_event_table_may_be_imported_empty(tmp_path: Path) -> None:
+    # a header-only file for an event table writes an empty table with the exact schema
+    empty = write_csv(tmp_path / "no_cancellations.csv", header="customerID,CancelDate,Reason")
+    summary = import_file(empty, CANCELLATIONS_MAPPING, tmp_path / "source")
+    assert summary.rows == 0
+    table = pq.read_table(table_path(tmp_path / "source", CANCELLATIONS))
+    assert table.num_rows == 0 and table.schema.equals(CANCELLATIONS.arrow_schema)
+    manifest = json.loads((tmp_path / "source" / MANIFEST_NAME).read_text())
+    assert manifest["tables"]["cancellations"]["rows"] == 0
 
 
 def test_bad_file_is_rejected_with_every_violation_and_writes_nothing(tmp_path: Path) -> None:
-    # an existing import stays byte for byte; the bad file's four problems come in one error
+    # an existing import stays byte for byte; the bad file's problems come in one error
     import_file(SUBSCRIBERS_CSV, SUBSCRIBERS_MAPPING, tmp_path)
     before = snapshot(tmp_path)
     bad = write_csv(
         tmp_path.parent / "bad.csv",
-        "2001,2025-01-01,Gold,One year,Credit card,10,North,25-34,Male,No",  # bad category
-        ",2025-01-01,Basic,One year,Credit card,10,North,25-34,Male,No",  # null id
-        "2003,someday,Basic,One year,Credit card,10,North,25-34,Male,No",  # unparseable date
-        "2004,2025-01-01,Basic,One year,Credit card,-5,North,25-34,Male,No",  # negative charge
-        "2005,2025-01-01,Gold,One year,Credit card,10,North,25-34,Male,No",  # bad category again
+        row("2001", plan="Gold"),  # bad category
+        row(""),  # null id
+        row("2003", tenure="long"),  # tenure that is not a number
+        row("2004", charge="-5"),  # negative charge
+        row("2005", plan="Gold"),  # bad category again
+        row("2006", tenure="-3"),  # negative tenure
     )
     with pytest.raises(DataContractError) as err:
         import_file(bad, SUBSCRIBERS_MAPPING, tmp_path)
@@ -90,13 +137,17 @@ def test_bad_file_is_rejected_with_every_violation_and_writes_nothing(tmp_path: 
     assert found == [
         ("subscriber_id", "not_null", 1),
         ("signup_date", "type", 1),  # reported once: not also as not_null
+        ("signup_date", "min", 1),
         ("plan", "allowed_values", 2),
         ("monthly_charge", "min", 1),
     ]
     message = str(err.value)
     assert (
-        "subscribers.signup_date: type failed for 1 rows (cannot read as date: e.g. 'someday')"
-        in message
+        "subscribers.signup_date: type failed for 1 rows "
+        "(cannot read tenure column 'tenure' as a number: e.g. 'long')"
+    ) in message
+    assert "subscribers.signup_date: min failed for 1 rows (tenure column 'tenure' is negative" in (
+        message
     )
     assert "subscribers.plan: allowed_values failed for 2 rows (e.g. 'Gold')" in message
     assert snapshot(tmp_path) == before
@@ -107,18 +158,18 @@ def test_single_file_table_is_upserted_by_key(tmp_path: Path) -> None:
     import_file(SUBSCRIBERS_CSV, SUBSCRIBERS_MAPPING, tmp_path)
     update = write_csv(
         tmp_path.parent / "update.csv",
-        "1002,2025-06-01,Basic,One year,Credit card,40,South,45-54,Male,No",  # changed
-        "1006,2026-01-20,Standard,Two year,Mailed check,55,East,35-44,Female,No",  # new
+        row("1002", tenure="7", charge="40"),  # changed
+        row("1006", tenure="1", plan="Standard", charge="55"),  # new
     )
     summary = import_file(update, SUBSCRIBERS_MAPPING, tmp_path)
     table = pq.read_table(table_path(tmp_path, SUBSCRIBERS))
     assert summary.rows == 2
     assert table["subscriber_id"].to_pylist() == [1001, 1002, 1003, 1004, 1005, 1006]
-    row = table.filter(pa.compute.equal(table["subscriber_id"], 1002)).to_pylist()[0]
-    assert (row["plan"], row["monthly_charge"]) == ("basic", 40.0)
+    row_1002 = table.filter(pa.compute.equal(table["subscriber_id"], 1002)).to_pylist()[0]
+    assert (row_1002["plan"], row_1002["monthly_charge"]) == ("basic", 40.0)
+    assert table["signup_date"].to_pylist()[-1] == date(2026, 1, 1)  # 1 month before snapshot
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert manifest["tables"]["subscribers"]["rows"] == 6
-    assert manifest["tables"]["subscribers"]["last_date"] == "2026-01-20"
 
 
 def test_reimporting_a_partitioned_file_replaces_its_part(tmp_path: Path) -> None:
@@ -155,6 +206,20 @@ def test_rows_already_in_other_parts_are_refused(tmp_path: Path) -> None:
     assert snapshot(tmp_path) == before
 
 
+def test_paths_with_a_quote_reach_duckdb_intact(tmp_path: Path) -> None:
+    # the source directory's path is bound as a parameter, never pasted into SQL text
+    source = tmp_path / "o'brien's data"
+    import_file(USAGE_CSV, USAGE_MAPPING, source)
+    overlap = tmp_path / "more_usage.csv"
+    overlap.write_text("account,day,gb_used,call_minutes,dropped\n1001,31/01/2026,9.0,1.0,0\n")
+    with pytest.raises(DataContractError, match="unique_keys failed for 1 rows"):
+        import_file(overlap, USAGE_MAPPING, source)
+    manifest = json.loads((source / MANIFEST_NAME).read_text())
+    assert manifest["tables"]["usage_daily"]["rows"] == 5
+    (report,) = check_source_dir(source, specs=[USAGE_DAILY], volume_tolerance=10.0)
+    assert report.passed, report.violations
+
+
 def test_manifest_keeps_keys_written_by_other_code(tmp_path: Path) -> None:
     # a simulator manifest: its keys survive, the directory becomes "mixed"
     (tmp_path / MANIFEST_NAME).write_text(
@@ -167,8 +232,8 @@ def test_manifest_keeps_keys_written_by_other_code(tmp_path: Path) -> None:
     assert manifest["tables"]["subscribers"]["rows"] == 5
 
 
-def test_parquet_input_with_constants_and_snapshot_date(tmp_path: Path) -> None:
-    # typed Parquet columns, a constant column and a snapshot date filling signup_date
+def test_parquet_input_with_constants_and_tenure_in_days(tmp_path: Path) -> None:
+    # typed Parquet columns, constant columns, signup_date from a tenure in days
     source = tmp_path.parent / "subs.parquet"
     pq.write_table(
         pa.table(
@@ -176,6 +241,7 @@ def test_parquet_input_with_constants_and_snapshot_date(tmp_path: Path) -> None:
                 "id": pa.array([3.0, 1.0], pa.float64()),  # integral floats cast to int64
                 "tier": ["premium", "basic"],
                 "fee": pa.array([75, 35], pa.int32()),  # ints cast to float64
+                "days_active": pa.array([0.0, 400.9]),  # fractions of a day rounded down
             }
         ),
         source,
@@ -187,22 +253,39 @@ def test_parquet_input_with_constants_and_snapshot_date(tmp_path: Path) -> None:
         "constants: {contract_type: one_year, payment_method: card, region: west,\n"
         "            age_band: 35-44, gender: unspecified}\n"
         "snapshot_date: 2026-01-31\n"
+        "tenure: {column: days_active, unit: days}\n"
     )
     import_file(source, mapping, tmp_path)
     table = pq.read_table(table_path(tmp_path, SUBSCRIBERS))
     assert table["subscriber_id"].to_pylist() == [1, 3]
-    assert set(table["signup_date"].to_pylist()) == {date(2026, 1, 31)}
+    assert table["signup_date"].to_pylist() == [date(2024, 12, 27), SNAPSHOT]  # - 400, - 0 days
     assert table["monthly_charge"].to_pylist() == [35.0, 75.0]
     assert set(table["region"].to_pylist()) == {"west"}
+
+
+def test_snapshot_date_fills_the_date_of_a_daily_table(tmp_path: Path) -> None:
+    # one day's usage export without a date column: the rows were observed on snapshot_date
+    usage = tmp_path / "usage_today.csv"
+    usage.write_text("account,gb_used,call_minutes,dropped\n1001,1.5,10,0\n1002,0.5,3,1\n")
+    mapping = tmp_path / "usage.yaml"
+    mapping.write_text(
+        "table: usage_daily\n"
+        "columns: {account: subscriber_id, gb_used: data_gb, call_minutes: voice_minutes,\n"
+        "          dropped: dropped_calls}\n"
+        "snapshot_date: 2026-01-31\n"
+    )
+    import_file(usage, mapping, tmp_path / "source")
+    (part,) = table_path(tmp_path / "source", USAGE_DAILY).glob("*.parquet")
+    assert set(pq.read_table(part)["usage_date"].to_pylist()) == {SNAPSHOT}
 
 
 def test_cast_failures_count_rows(tmp_path: Path) -> None:
     # fractional ids and text in a number column: type violations with row counts
     bad = write_csv(
         tmp_path / "bad.csv",
-        "1.5,2025-01-01,Basic,One year,Credit card,10,North,25-34,Male,No",
-        "2,2025-01-01,Basic,One year,Credit card,ten,North,25-34,Male,No",
-        "3,2025-01-01,Basic,One year,Credit card,eleven,North,25-34,Male,No",
+        row("1.5"),
+        row("2", charge="ten"),
+        row("3", charge="eleven"),
     )
     with pytest.raises(DataContractError) as err:
         import_file(bad, SUBSCRIBERS_MAPPING, tmp_path / "source")
@@ -211,12 +294,14 @@ def test_cast_failures_count_rows(tmp_path: Path) -> None:
     assert not (tmp_path / "source").exists()
 
 
-MAPPING_BASE = (
-    "table: subscribers\n"
-    "columns: {customerID: subscriber_id, SignupDate: signup_date, PlanName: plan,\n"
+COLUMNS = (
+    "columns: {customerID: subscriber_id, PlanName: plan,\n"
     "          Contract: contract_type, PaymentMethod: payment_method,\n"
     "          MonthlyCharges: monthly_charge, Region: region, AgeBand: age_band, gender: gender}\n"
 )
+SNAPSHOT_LINE = "snapshot_date: 2026-01-31\n"
+TENURE_LINE = "tenure: {column: tenure, unit: months}\n"
+MAPPING_BASE = "table: subscribers\n" + COLUMNS + SNAPSHOT_LINE + TENURE_LINE
 
 
 @pytest.mark.parametrize(
@@ -246,8 +331,50 @@ MAPPING_BASE = (
             "region is not filled from a file column",
             id="values",
         ),
+        # a snapshot is an observation day: alone it does not fill signup_date
+        pytest.param(
+            MAPPING_BASE.replace(TENURE_LINE, ""),
+            "snapshot_date does not fill subscribers.signup_date",
+            id="snapshot-without-tenure",
+        ),
         # snapshot_date while signup_date is already mapped
-        pytest.param(MAPPING_BASE + "snapshot_date: 2026-01-31\n", "signup_date", id="snapshot"),
+        pytest.param(
+            MAPPING_BASE.replace(TENURE_LINE, "").replace(
+                "PlanName", "SignupDate: signup_date, PlanName"
+            ),
+            "signup_date",
+            id="snapshot-and-signup",
+        ),
+        # tenure needs the day it is counted back from
+        pytest.param(
+            MAPPING_BASE.replace(SNAPSHOT_LINE, ""), "tenure needs snapshot_date", id="no-snapshot"
+        ),
+        # tenure and a mapped signup_date both fill it
+        pytest.param(
+            MAPPING_BASE.replace("PlanName", "Partner: signup_date, PlanName"),
+            "signup_date is already filled",
+            id="tenure-and-signup",
+        ),
+        # an unknown tenure unit
+        pytest.param(
+            MAPPING_BASE.replace("unit: months", "unit: years"), "tenure.unit 'years'", id="unit"
+        ),
+        # a tenure entry without its unit
+        pytest.param(
+            MAPPING_BASE.replace(", unit: months", ""), "tenure must look like", id="tenure-shape"
+        ),
+        # a tenure column the CSV does not have
+        pytest.param(
+            MAPPING_BASE.replace("column: tenure", "column: Tenure"), "Tenure", id="tenure-source"
+        ),
+        # tenure for a table without a signup date
+        pytest.param(
+            "table: cancellations\ncolumns: {customerID: subscriber_id, Churn: reason}\n"
+            + SNAPSHOT_LINE
+            + TENURE_LINE,
+            "tenure derives subscribers.signup_date only",
+            id="tenure-table",
+        ),
         # not YAML at all
         pytest.param("table: [subscribers\n", "not valid YAML", id="yaml"),
     ],
@@ -260,6 +387,19 @@ def test_bad_mapping_raises_naming_the_problem(tmp_path: Path, text: str, named:
     assert not (tmp_path / "source").exists()
 
 
+def test_missing_signup_date_names_both_ways_to_provide_it(tmp_path: Path) -> None:
+    # neither mapped nor derivable: the message says how to map it or derive it from tenure
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text("table: subscribers\n" + COLUMNS)
+    with pytest.raises(ImportMappingError) as err:
+        import_file(SUBSCRIBERS_CSV, mapping, tmp_path / "source")
+    message = str(err.value)
+    assert "subscribers.signup_date is not filled" in message
+    assert "map a file column to signup_date" in message
+    assert "tenure: {column: FILE_COLUMN, unit: months} plus snapshot_date" in message
+    assert not (tmp_path / "source").exists()
+
+
 def test_yes_no_value_keys_stay_strings(tmp_path: Path) -> None:
     # YAML 1.1 would read Yes/No as booleans, which never match a CSV cell; they stay text
     mapping = tmp_path / "mapping.yaml"
@@ -267,18 +407,63 @@ def test_yes_no_value_keys_stay_strings(tmp_path: Path) -> None:
     mapping.write_text(text.replace("gender: {Female", "gender: {Yes: female, No: male, Female"))
     loaded = load_mapping(mapping)
     assert list(loaded.values["gender"])[:2] == ["Yes", "No"]
-    assert loaded.values["payment_method"]["Electronic check"] == "autopay"
+    assert loaded.values["payment_method"]["Electronic check"] == "card"
+    assert loaded.tenure is not None and (loaded.tenure.column, loaded.tenure.unit) == (
+        "tenure",
+        "months",
+    )
+
+
+def _truncated_parquet() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"customerID": [1, 2, 3]}), buffer)
+    data = buffer.getvalue()
+    return data[: len(data) // 2]
 
 
 @pytest.mark.parametrize(
-    ("name", "content"),
+    ("name", "content", "message"),
     [
-        pytest.param("data.xlsx", b"x", id="unsupported-type"),  # not CSV or Parquet
-        pytest.param("empty.csv", HEADER.encode() + b"\n", id="no-rows"),  # a header only
+        # not CSV or Parquet
+        pytest.param("data.xlsx", b"x", "unsupported file type", id="unsupported-type"),
+        # a header only, for a table that needs rows
+        pytest.param("empty.csv", HEADER.encode() + b"\n", "has no data rows", id="no-rows"),
+        # nothing at all
+        pytest.param("blank.csv", b"", "is empty", id="blank"),
+        # bytes that are not Parquet behind a .parquet name
+        pytest.param(
+            "corrupt.parquet", b"customerID,tenure\n1,2\n", "not a readable Parquet", id="corrupt"
+        ),
+        # a Parquet file cut short
+        pytest.param(
+            "truncated.parquet", _truncated_parquet(), "not a readable Parquet", id="truncated"
+        ),
+        # a row with more fields than the header: the CSV cannot be parsed
+        pytest.param(
+            "ragged.csv",
+            (HEADER + "\n" + row("2001") + ",extra,fields\n").encode(),
+            "cannot be read as CSV",
+            id="ragged-csv",
+        ),
+        # bytes that are not UTF-8 text in the body
+        pytest.param(
+            "binary.csv",
+            HEADER.encode() + b"\n" + row("2001").encode().replace(b"Male", b"\xff\xfe"),
+            "not a readable CSV file",
+            id="binary-csv",
+        ),
+        # not UTF-8 from the first byte
+        pytest.param(
+            "header.csv", b"\xff\xfe\x00\x81garbage", "not a readable CSV file", id="binary-header"
+        ),
     ],
 )
-def test_unusable_input_file(tmp_path: Path, name: str, content: bytes) -> None:
+def test_unusable_input_file(tmp_path: Path, name: str, content: bytes, message: str) -> None:
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(ImportFileError):
+    with pytest.raises(ImportFileError, match=message) as err:
         import_file(path, SUBSCRIBERS_MAPPING, tmp_path / "source")
+    assert name in str(err.value)  # the message names the file
+    assert not (tmp_path / "source").exists()
