@@ -332,29 +332,10 @@ class PartitionedDuckDBOfflineStore(DuckDBOfflineStore):
         start_date: datetime,
         end_date: datetime,
     ) -> RetrievalJob:
-        root = partition_root(data_source) if isinstance(data_source, FileSource) else None
-        if root is None or created_timestamp_column or data_source.field_mapping:
-            return DuckDBOfflineStore.pull_latest_from_table_or_query(
-                config,
-                data_source,
-                join_key_columns,
-                feature_name_columns,
-                timestamp_field,
-                created_timestamp_column,
-                start_date,
-                end_date,
-            )
-        return ArrowRetrievalJob(
-            lambda: read_time_range(
-                root,
-                join_key_columns,
-                feature_name_columns,
-                timestamp_field,
-                start_date,
-                end_date,
-                latest_only=True,
-            ),
-            full_feature_names=False,
+        args = (config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date)  # fmt: skip
+        return _pruned_pull(
+            DuckDBOfflineStore.pull_latest_from_table_or_query, *args, latest_only=True
         )
 
     @staticmethod
@@ -368,30 +349,43 @@ class PartitionedDuckDBOfflineStore(DuckDBOfflineStore):
         start_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> RetrievalJob:
-        root = partition_root(data_source) if isinstance(data_source, FileSource) else None
-        if root is None or created_timestamp_column or data_source.field_mapping:
-            return DuckDBOfflineStore.pull_all_from_table_or_query(
-                config,
-                data_source,
-                join_key_columns,
-                feature_name_columns,
-                timestamp_field,
-                created_timestamp_column,
-                start_date,
-                end_date,
-            )
-        return ArrowRetrievalJob(
-            lambda: read_time_range(
-                root,
-                join_key_columns,
-                feature_name_columns,
-                timestamp_field,
-                start_date,
-                end_date,
-                latest_only=False,
-            ),
-            full_feature_names=False,
+        args = (config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date)  # fmt: skip
+        return _pruned_pull(
+            DuckDBOfflineStore.pull_all_from_table_or_query, *args, latest_only=False
         )
+
+
+def _pruned_pull(
+    stock: Callable[..., RetrievalJob],
+    config: RepoConfig,
+    data_source,
+    join_key_columns: list[str],
+    feature_name_columns: list[str],
+    timestamp_field: str,
+    created_timestamp_column: str | None,
+    start_date: datetime | None,
+    end_date: datetime | None,
+    *,
+    latest_only: bool,
+) -> RetrievalJob:
+    """Read a time range from the partitions in reach, or hand the request to the stock store."""
+    root = partition_root(data_source) if isinstance(data_source, FileSource) else None
+    if root is None or created_timestamp_column or data_source.field_mapping:
+        return stock(config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                     created_timestamp_column, start_date, end_date)  # fmt: skip
+    return ArrowRetrievalJob(
+        lambda: read_time_range(
+            root,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            start_date,
+            end_date,
+            latest_only=latest_only,
+        ),
+        full_feature_names=False,
+    )
 
 
 def read_time_range(

@@ -105,7 +105,6 @@ def _inside_repo(repo: Path) -> Iterator[None]:
 
 def apply_feature_repo(settings: Settings) -> ApplyResult:
     """Register every object declared in ``feature_repo/`` (``feast apply``), removing stale ones."""
-    from feast.repo_contents import RepoContents  # noqa: F401  (documented return type of parse_repo)
     from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
     store = open_store(settings)

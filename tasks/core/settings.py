@@ -25,8 +25,6 @@ class Settings(BaseSettings):
         default=Path(".churn"),
         description="Data root: every piece of state lives below it (DESIGN §3).",
     )
-    timezone: str = Field(default="UTC", description="Time zone that defines a business day.")
-
     # Training window and label (DESIGN §4).
     label_horizon_days: int = Field(
         default=30, ge=1, description="churned_30d looks this far ahead."
@@ -93,10 +91,6 @@ class Settings(BaseSettings):
     @property
     def feature_repo_dir(self) -> Path:
         return PROJECT_ROOT / "feature_repo"
-
-    @property
-    def sql_dir(self) -> Path:
-        return PROJECT_ROOT / "sql"
 
     def training_window(self, as_of: date) -> tuple[date, date]:
         """First and last snapshot date whose label is mature at ``as_of`` (both inclusive)."""
