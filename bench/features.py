@@ -125,6 +125,21 @@ def raw_asof_frame(settings, as_of: date) -> pa.Table:
     return con.sql(query).to_arrow_table()
 
 
+def peak_rss_bytes() -> int:
+    """This process's own peak resident memory.
+
+    ``ru_maxrss`` is no good here: a child started with vfork/exec inherits the parent's
+    high-water mark, so every child would report at least what the parent once held.
+    ``VmHWM`` belongs to the process's own address space.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(path: str, home: Path, as_of: date, out: Path) -> None:
     """Build one frame in this fresh process and report seconds and peak RSS as JSON."""
     from tasks.core.telemetry import disable_telemetry
@@ -139,7 +154,7 @@ def child(path: str, home: Path, as_of: date, out: Path) -> None:
         from tasks.feature_tables import materialize_online
 
         rows = materialize_online(settings, as_of)["subscriber_profile"]
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
         seconds = time.perf_counter() - began
         print(json.dumps({"seconds": seconds, "peak_rss": peak, "rows": rows}))
         return
@@ -153,7 +168,7 @@ def child(path: str, home: Path, as_of: date, out: Path) -> None:
         )
     seconds = time.perf_counter() - began
     pq.write_table(frame.replace_schema_metadata(None), out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     print(json.dumps({"seconds": seconds, "peak_rss": peak, "rows": frame.num_rows}))
 
 
