@@ -58,8 +58,6 @@ def main(
     reset_settings()
     # Prefect narrates every task at INFO and logs tracebacks itself; the CLI reports errors once.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
-    # Prefect's own state (its local database when no server is configured) lives with ours.
-    os.environ.setdefault("PREFECT_HOME", str(get_settings().home / "prefect"))
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -83,7 +81,7 @@ def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
 def _summary(title: str, rows: list[tuple[str, object]]) -> None:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     for key, value in rows:
         table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
@@ -91,6 +89,15 @@ def _summary(title: str, rows: list[tuple[str, object]]) -> None:
 
 def _settings() -> Settings:
     return get_settings()
+
+
+def _use_prefect() -> None:
+    """Before a command runs a flow: Prefect's own state (its local database when no server is
+    configured) lives with ours, in a directory that exists before Prefect is imported."""
+    if "PREFECT_HOME" not in os.environ:
+        prefect_home = get_settings().home / "prefect"
+        prefect_home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(prefect_home)
 
 
 # ----------------------------------------------------------------------------- simulate / import
@@ -212,6 +219,7 @@ def features_build(
     ] = True,
 ) -> None:
     """Run the build-features flow: source contracts, sql/features, feature contracts, feast apply, online store."""
+    _use_prefect()
     from flows.features import build_features_flow
 
     first, last = (_day(start, "--start") if start else None), (_day(end, "--end") if end else None)
@@ -326,6 +334,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
     """Run the whole job on simulated data: simulate, build and apply features, build a training frame."""
+    _use_prefect()
     from flows.demo import run_demo
 
     run_demo(

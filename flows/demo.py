@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import date, timedelta
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -11,6 +12,14 @@ from rich.table import Table
 from tasks.core.settings import Settings
 from tasks.frames import build_scoring_frame, build_training_frame, write_frame
 from tasks.simulate import WorldSpec, simulate_world
+
+
+def _shown(path: Path) -> str:
+    """A path as the operator would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def run_demo(
@@ -32,7 +41,7 @@ def run_demo(
     timings["simulate"] = time.perf_counter() - began
     console.print(
         f"  {world.subscribers_ever:,} subscribers ever, {world.churned:,} churned, "
-        f"{world.rows['usage_daily']:,} usage rows → {world.source_dir}"
+        f"{world.rows['usage_daily']:,} usage rows → {_shown(world.source_dir)}"
     )
 
     console.rule("[bold]2. Build features (Prefect flow build-features)")
@@ -56,23 +65,25 @@ def run_demo(
     table = Table(title="churn-ops demo: what was made, and where", title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("size", justify="right")
-    table.add_column("where")
+    table.add_column("where", overflow="fold")
     table.add_row(
         "source tables",
         f"{sum(v for k, v in world.rows.items() if k != 'true_churn_probability'):,} rows",
-        str(world.source_dir),
+        _shown(world.source_dir),
     )
-    table.add_row("feature tables", f"{sum(build.rows.values()):,} rows", str(build.features_dir))
     table.add_row(
-        "Feast registry / online store", "4 views, churn_model_v1", str(settings.feast_dir)
+        "feature tables", f"{sum(build.rows.values()):,} rows", _shown(build.features_dir)
+    )
+    table.add_row(
+        "Feast registry / online store", "4 views, churn_model_v1", _shown(settings.feast_dir)
     )
     table.add_row(
         f"training frame (snapshots {first} .. {last})",
         f"{training.num_rows:,} rows, {sum(labels) / max(len(labels), 1):.1%} churned",
-        str(training_path),
+        _shown(training_path),
     )
     table.add_row(
-        f"scoring frame ({as_of})", f"{scoring.num_rows:,} subscribers", str(scoring_path)
+        f"scoring frame ({as_of})", f"{scoring.num_rows:,} subscribers", _shown(scoring_path)
     )
     console.print(table)
     console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
