@@ -59,6 +59,66 @@ class Settings(BaseSettings):
         description="Largest relative change in a day's row count versus the previous day.",
     )
 
+    # Retraining (issue 3): split, model, gates, promotion.
+    holdout_snapshots: int = Field(
+        default=2,
+        ge=1,
+        description="Newest mature snapshot days held out for out-of-time evaluation.",
+    )
+    validation_snapshots: int = Field(
+        default=2,
+        ge=1,
+        description="Snapshot days just before the holdout used for early stopping.",
+    )
+    model_seed: int = Field(default=42, description="Seed of every random choice in training.")
+    model_threads: int = Field(
+        default=2, ge=1, description="LightGBM threads (fixed: same data, same model)."
+    )
+    model_max_rounds: int = Field(default=600, ge=10, description="Most boosting rounds.")
+    model_early_stopping_rounds: int = Field(
+        default=50, ge=5, description="Stop after this many rounds without gain."
+    )
+    model_learning_rate: float = Field(default=0.05, gt=0, le=1)
+    model_num_leaves: int = Field(default=31, ge=2)
+    model_min_child_samples: int = Field(default=100, ge=1)
+    retention_capacity: int = Field(
+        default=500, ge=1, description="Subscribers the retention team can call per day (top K)."
+    )
+    gate_min_auc: float = Field(default=0.70, description="Absolute floor on holdout ROC-AUC.")
+    gate_max_calibration_error: float = Field(
+        default=0.05, description="Absolute ceiling on expected calibration error."
+    )
+    gate_auc_margin: float = Field(
+        default=0.002, description="Holdout ROC-AUC the challenger must add over the champion."
+    )
+    gate_calibration_tolerance: float = Field(
+        default=0.01,
+        description="How much worse the challenger's calibration error may be than the champion's.",
+    )
+    fairness_min_dp_ratio: float = Field(
+        default=0.6,
+        description="Lowest demographic-parity ratio (selection rates) allowed per attribute.",
+    )
+    fairness_max_eo_difference: float = Field(
+        default=0.25, description="Largest equalized-odds difference allowed per attribute."
+    )
+    fairness_min_group_size: int = Field(
+        default=200,
+        ge=1,
+        description="Smaller groups are reported as too small to judge, never passed silently.",
+    )
+    promotion_mode: str = Field(
+        default="immediate",
+        pattern="^(immediate|shadow|approval)$",
+        description="After the gates: promote at once, keep as challenger (shadow), or wait for a person.",
+    )
+    model_name: str = Field(
+        default="telecom_churn_model", description="Registered model name in MLflow."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default: SQLite under $CHURN_HOME/mlflow."
+    )
+
     # Simulator defaults (the demo world).
     sim_chunk_days: int = Field(
         default=31, ge=1, description="Days of usage held in memory per Parquet file."
@@ -83,6 +143,10 @@ class Settings(BaseSettings):
     @property
     def features_dir(self) -> Path:
         return self.home / "features"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
 
     @property
     def feast_dir(self) -> Path:
