@@ -31,6 +31,10 @@ features_app = typer.Typer(
     help="Feature tables, the Feast store and point-in-time frames.", no_args_is_help=True
 )
 app.add_typer(features_app, name="features")
+model_app = typer.Typer(
+    help="The registered churn model: versions, promotion, rollback.", no_args_is_help=True
+)
+app.add_typer(model_app, name="model")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -312,6 +316,91 @@ def features_scoring_frame(
             ("written to", out),
             ("seconds", f"{time.perf_counter() - began:.1f}"),
         ],
+    )
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@app.command()
+def train(
+    as_of: Annotated[str, typer.Option("--as-of", help="Training day (YYYY-MM-DD).")],
+    reason: Annotated[
+        str, typer.Option(help="Why this retraining runs (recorded as lineage).")
+    ] = "manual",
+) -> None:
+    """Run the retrain flow at AS_OF: train, evaluate, gate, and register/promote only if every gate passes."""
+    _use_prefect()
+    from flows.retrain import retrain_flow
+
+    result = retrain_flow(as_of=_day(as_of, "--as-of"), reason=reason)
+    m = result.challenger.metrics
+    _summary(
+        f"Retraining at {as_of}: {result.decision.verdict}",
+        [
+            ("decision", result.decision.summary()),
+            ("holdout ROC-AUC", f"{m['roc_auc']:.4f}"),
+            (
+                "best achievable",
+                f"{result.best_auc:.4f}" if result.best_auc is not None else "unknown",
+            ),
+            ("PR-AUC / lift@K", f"{m['pr_auc']:.4f} / {m['lift_at_k']:.2f}"),
+            ("calibration error", f"{m['calibration_error']:.4f}"),
+            ("champion compared", result.champion_version or "none yet"),
+            ("MLflow run", result.run_id),
+            ("registered version", result.version or "not registered"),
+            ("promoted", "yes" if result.promoted else "no"),
+        ],
+    )
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Versions of the model with their aliases, holdout metrics and gate results."""
+    from tasks.registry import list_versions
+
+    table = Table(title=f"{_settings().model_name}", title_justify="left")
+    for column in ("version", "aliases", "created", "roc_auc", "calibration", "gates"):
+        table.add_column(column, overflow="fold")
+    for v in list_versions(_settings()):
+        table.add_row(
+            str(v.version),
+            ", ".join(v.aliases) or "—",
+            f"{v.created:%Y-%m-%d %H:%M}",
+            f"{v.metrics.get('roc_auc', float('nan')):.4f}",
+            f"{v.metrics.get('calibration_error', float('nan')):.4f}",
+            ", ".join(f"{k}={s}" for k, s in v.gates.items()),
+        )
+    console.print(table)
+
+
+@model_app.command("promote")
+def model_promote(
+    version: Annotated[int, typer.Argument(help="Version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the promotion history).")],
+    by: Annotated[str, typer.Option(help="Who decides.")] = os.environ.get("USER", "operator"),
+) -> None:
+    """Move the champion alias to VERSION (recorded)."""
+    from tasks.registry import promote
+
+    moved = promote(_settings(), version, by=by, reason=reason)
+    _summary(
+        "Champion moved",
+        [("from", moved.from_version or "none"), ("to", moved.to_version), ("by", by)],
+    )
+
+
+@model_app.command("rollback")
+def model_rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded in the promotion history).")],
+    by: Annotated[str, typer.Option(help="Who decides.")] = os.environ.get("USER", "operator"),
+) -> None:
+    """Restore the previous champion in one command (recorded)."""
+    from tasks.registry import rollback
+
+    moved = rollback(_settings(), by=by, reason=reason)
+    _summary(
+        "Champion rolled back", [("from", moved.from_version), ("to", moved.to_version), ("by", by)]
     )
 
 

@@ -1,0 +1,296 @@
+"""The retraining job as plain functions (DESIGN §6): frame → time split → LightGBM → holdout
+metrics → fairness → champion measured on the same holdout → gates → an MLflow run → only if
+every gate passed, a registered version (alias ``challenger``) → promotion by settings.
+
+``flows/retrain.py`` wraps these steps as Prefect tasks; the CLI (`churn train`) runs the flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from tasks.core.schema import PROTECTED_ATTRIBUTES
+from tasks.core.settings import Settings
+from tasks.evaluate import best_achievable_auc, holdout_metrics
+from tasks.fairness import FairnessReport, fairness_report
+from tasks.feature_store import feature_service, open_store, service_columns
+from tasks.frames import LABEL, build_training_frame
+from tasks.gates import GateDecision, decide
+from tasks.lineage import lineage_tags
+from tasks.registry import (
+    CHAMPION,
+    current_alias,
+    init_store,
+    load_model,
+    log_candidate,
+    promote,
+    register_version,
+)
+from tasks.train import (
+    TimeSplit,
+    TrainedModel,
+    feature_importance,
+    model_inputs,
+    predict_proba,
+    split_by_time,
+    train_model,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model measured on the out-of-time holdout, at the retention team's capacity."""
+
+    metrics: dict[str, float]
+    fairness: FairnessReport
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What one retraining decided, and where it is recorded."""
+
+    as_of: date
+    run_id: str
+    version: int | None
+    promoted: bool
+    decision: GateDecision
+    challenger: Evaluation
+    champion_version: int | None
+    champion_metrics: dict[str, float] | None
+    best_auc: float | None
+    model_card: str
+    split_days: dict[str, list[str]]
+
+
+def evaluate(settings: Settings, holdout: pd.DataFrame, p: np.ndarray) -> Evaluation:
+    """Holdout metrics at the retention team's capacity, and fairness at that operating point."""
+    y = holdout[LABEL].to_numpy()
+    metrics = holdout_metrics(
+        y, p, holdout["snapshot_date"].to_numpy(), settings.retention_capacity
+    )
+    fairness = fairness_report(
+        y,
+        p,
+        metrics["operating_threshold"],
+        holdout[list(PROTECTED_ATTRIBUTES)].reset_index(drop=True),
+        min_dp_ratio=settings.fairness_min_dp_ratio,
+        max_eo_difference=settings.fairness_max_eo_difference,
+        min_group_size=settings.fairness_min_group_size,
+    )
+    return Evaluation(metrics, fairness)
+
+
+def champion_on_holdout(
+    settings: Settings, holdout: pd.DataFrame
+) -> tuple[int | None, dict[str, float] | None]:
+    """The current champion (if any) scored on the same holdout with the same features."""
+    if current_alias(settings, CHAMPION) is None:
+        return None, None
+    booster, spec, version = load_model(settings, CHAMPION)
+    from tasks.train import ModelSpec
+
+    p = predict_proba((booster, ModelSpec.from_dict(spec)), holdout)
+    y = holdout[LABEL].to_numpy()
+    return version, holdout_metrics(
+        y, p, holdout["snapshot_date"].to_numpy(), settings.retention_capacity
+    )
+
+
+def model_card(
+    as_of: date,
+    reason: str,
+    split: TimeSplit,
+    challenger: Evaluation,
+    best_auc: float | None,
+    champion_version: int | None,
+    champion_metrics: dict[str, float] | None,
+    decision: GateDecision,
+    importance: pd.DataFrame,
+    capacity: int,
+) -> str:
+    """Markdown for people: the decision and why, the numbers, and how far from the limit."""
+    m = challenger.metrics
+    limit = (
+        f"{best_auc:.3f} (gap {best_auc - m['roc_auc']:.3f})"
+        if best_auc is not None
+        else "unknown (no ground truth)"
+    )
+    lines = [
+        f"# telecom_churn_model — candidate trained at {as_of}",
+        "",
+        f"**Decision: {decision.summary()}**",
+        "",
+        (
+            f"Reason for training: {reason}. Training days {split.train_days[0]} .. {split.train_days[-1]} "
+            f"({len(split.train_days)}), validation {', '.join(map(str, split.validation_days))}, "
+            f"out-of-time holdout {', '.join(map(str, split.holdout_days))}."
+        ),
+        "",
+        "| holdout metric | challenger | champion |",
+        "|---|---:|---:|",
+    ]
+    for key in (
+        "roc_auc",
+        "pr_auc",
+        "brier",
+        "log_loss",
+        "calibration_error",
+        "precision_at_k",
+        "recall_at_k",
+        "lift_at_k",
+    ):
+        theirs = f"{champion_metrics[key]:.4f}" if champion_metrics else "—"
+        lines.append(f"| {key} | {m[key]:.4f} | {theirs} |")
+    lines += [
+        "",
+        f"Best achievable ROC-AUC on this holdout (simulator truth): {limit}.",
+        f"Champion compared: {f'version {champion_version}' if champion_version else 'none yet'}.",
+        "",
+        "## Gates",
+        "",
+        *(f"- {'✅' if r.passed else '❌'} **{r.name}**: {r.detail}" for r in decision.results),
+        "",
+        (
+            "## Fairness at the operating threshold "
+            f"({m['operating_threshold']:.4f}: top {capacity} a day)"
+        ),
+        "",
+        *(
+            f"- {line}"
+            for line in (challenger.fairness.reasons or ["all judged attributes within thresholds"])
+        ),
+        *(f"- note: {line}" for line in challenger.fairness.notes),
+        "",
+        "## Top features (gain)",
+        "",
+        *(f"- {row.feature}: {row.gain:,.0f}" for row in importance.head(8).itertuples()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def retrain(
+    settings: Settings,
+    as_of: date,
+    reason: str,
+    *,
+    flow_run_id: str | None = None,
+    by: str = "retrain flow",
+) -> RetrainResult:
+    """Train, evaluate and gate a challenger at ``as_of``; register and promote it only if it passes.
+
+    A refused candidate stays an MLflow run with its failed gates; the champion alias and the
+    promotion history are untouched.
+    """
+    init_store(settings)
+    store = open_store(settings)
+    service = feature_service(store, settings.feature_service)
+    features = service_columns(store, service)
+    frame: pa.Table = build_training_frame(settings, as_of, store)
+    split = split_by_time(frame, settings.holdout_snapshots, settings.validation_snapshots)
+    model: TrainedModel = train_model(split, features, settings)
+    holdout = split.holdout.reset_index(drop=True)
+    challenger = evaluate(settings, holdout, predict_proba(model, holdout))
+    best_auc = best_achievable_auc(settings.truth_dir, holdout)
+    champion_version, champion_metrics = champion_on_holdout(settings, holdout)
+    decision = decide(challenger.metrics, champion_metrics, challenger.fairness, settings)
+    importance = feature_importance(model)
+    card = model_card(
+        as_of,
+        reason,
+        split,
+        challenger,
+        best_auc,
+        champion_version,
+        champion_metrics,
+        decision,
+        importance,
+        settings.retention_capacity,
+    )
+    lineage = lineage_tags(
+        training_window=settings.training_window(as_of),
+        feature_service=service.name,
+        feature_service_version=str((service.tags or {}).get("version", "unknown")),
+        frame=frame,
+        reason=reason,
+        flow_run_id=flow_run_id,
+    )
+    metrics = {**challenger.metrics, "best_achievable_auc": best_auc}
+    if champion_metrics:
+        metrics |= {f"champion_{k}": v for k, v in champion_metrics.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = _write_artifacts(Path(tmp), card, challenger, importance, decision)
+        run_id = log_candidate(
+            settings,
+            booster=model.booster,
+            model_spec=model.spec.to_dict(),
+            input_example=model_inputs(holdout.head(5), model.spec),
+            params={
+                **model.params,
+                "best_iteration": model.best_iteration,
+                "as_of": as_of.isoformat(),
+            },
+            metrics=metrics,
+            gate_results={r.name: r.to_dict() for r in decision.results},
+            tags={**lineage, "verdict": decision.verdict, "summary": decision.summary()},
+            artifacts=artifacts,
+            run_name=f"retrain-{as_of}",
+        )
+    version, promoted = None, False
+    if decision.passed:
+        version = register_version(settings, run_id, lineage)
+        if settings.promotion_mode == "immediate":
+            promote(settings, version, by=by, reason=reason)
+            promoted = True
+    logger.info(
+        "retrain at %s: %s (run %s, version %s)", as_of, decision.summary(), run_id, version
+    )
+    return RetrainResult(
+        as_of=as_of,
+        run_id=run_id,
+        version=version,
+        promoted=promoted,
+        decision=decision,
+        challenger=challenger,
+        champion_version=champion_version,
+        champion_metrics=champion_metrics,
+        best_auc=best_auc,
+        model_card=card,
+        split_days={
+            "train": [str(d) for d in split.train_days],
+            "validation": [str(d) for d in split.validation_days],
+            "holdout": [str(d) for d in split.holdout_days],
+        },
+    )
+
+
+def _write_artifacts(
+    folder: Path,
+    card: str,
+    challenger: Evaluation,
+    importance: pd.DataFrame,
+    decision: GateDecision,
+) -> dict[str, Path]:
+    (folder / "model_card.md").write_text(card)
+    challenger.fairness.to_frame().to_csv(folder / "fairness_by_group.csv", index=False)
+    importance.to_csv(folder / "feature_importance.csv", index=False)
+    (folder / "gates.json").write_text(json.dumps(decision.to_dict(), indent=2))
+    return {
+        name: folder / name
+        for name in (
+            "model_card.md",
+            "fairness_by_group.csv",
+            "feature_importance.csv",
+            "gates.json",
+        )
+    }
