@@ -62,6 +62,9 @@ def main(
     reset_settings()
     # Prefect narrates every task at INFO and logs tracebacks itself; the CLI reports errors once.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
+    if not verbose:
+        # MLflow narrates its store migrations and a pip lookup uv environments never need.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

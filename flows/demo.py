@@ -25,8 +25,9 @@ def _shown(path: Path) -> str:
 def run_demo(
     settings: Settings, *, subscribers: int, days: int, start: date, seed: int, console: Console
 ) -> None:
-    """Simulate a world, build and apply its features, then build a training and a scoring frame."""
+    """Simulate a world, build and apply its features, build the frames, and train the first model."""
     from flows.features import build_features_flow
+    from flows.retrain import retrain_flow
 
     timings: dict[str, float] = {}
     began = time.perf_counter()
@@ -60,6 +61,19 @@ def run_demo(
     scoring_path = write_frame(scoring, settings.home / "frames" / f"scoring_{as_of}.parquet")
     timings["scoring frame"] = time.perf_counter() - began
 
+    console.rule("[bold]4. Retrain: LightGBM, gates, MLflow (Prefect flow retrain)")
+    began = time.perf_counter()
+    result = retrain_flow(as_of=as_of, reason="demo: first training")
+    timings["retrain"] = time.perf_counter() - began
+    m = result.challenger.metrics
+    limit = f" (best achievable {result.best_auc:.3f})" if result.best_auc is not None else ""
+    console.print(f"  decision: {result.decision.summary()}")
+    console.print(
+        f"  holdout ROC-AUC {m['roc_auc']:.3f}{limit}, PR-AUC {m['pr_auc']:.3f}, "
+        f"lift at top {settings.retention_capacity}/day {m['lift_at_k']:.2f}, "
+        f"calibration error {m['calibration_error']:.4f}"
+    )
+
     first, last = settings.training_window(as_of)
     labels = training.column("churned_30d").to_pylist()
     table = Table(title="churn-ops demo: what was made, and where", title_justify="left")
@@ -85,9 +99,16 @@ def run_demo(
     table.add_row(
         f"scoring frame ({as_of})", f"{scoring.num_rows:,} subscribers", _shown(scoring_path)
     )
+    model_state = (
+        f"version {result.version}, {'champion' if result.promoted else 'challenger'}"
+        if result.version
+        else "refused: an MLflow run with its failed gates, no version"
+    )
+    table.add_row("model telecom_churn_model", model_state, _shown(settings.mlflow_dir))
     console.print(table)
     console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     console.print(
-        f"next: the label horizon means a model trained at {as_of} learns from snapshots up to "
-        f"{as_of - timedelta(days=settings.label_horizon_days)}."
+        f"the model trained at {as_of} learned from snapshots up to "
+        f"{as_of - timedelta(days=settings.label_horizon_days)} (labels need {settings.label_horizon_days} days "
+        "to mature); see `churn model list`, and the model card in MLflow."
     )

@@ -16,17 +16,36 @@ from feast import FeatureService, FeatureStore, FeatureView
 from feast.repo_config import RepoConfig
 
 from tasks.core.errors import FeatureStoreError
-from tasks.core.settings import Settings
+from tasks.core.settings import Settings, reset_settings
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _home_in_environment(settings: Settings) -> Iterator[None]:
+    """``CHURN_HOME`` = ``settings.home`` while Feast reads the repo, then as it was.
+
+    feature_store.yaml names its paths through ``${CHURN_HOME}`` (Feast expands environment
+    variables) and the repo's data sources read the settings when Feast imports them.
+    """
+    saved = os.environ.get("CHURN_HOME")
+    os.environ["CHURN_HOME"] = str(settings.home)
+    reset_settings()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CHURN_HOME", None)
+        else:
+            os.environ["CHURN_HOME"] = saved
+        reset_settings()
 
 
 def repo_config(settings: Settings, offline_store_type: str | None = None) -> RepoConfig:
     """``feature_repo/feature_store.yaml`` with ``${CHURN_HOME}`` resolved and batch size from settings."""
     repo = settings.feature_repo_dir
-    # feature_store.yaml names its paths through ${CHURN_HOME}, as Feast expands environment variables.
-    os.environ["CHURN_HOME"] = str(settings.home)
-    raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
+    with _home_in_environment(settings):
+        raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
     raw.setdefault("materialization", {})["online_write_batch_size"] = (
         settings.online_write_batch_size
     )
@@ -109,7 +128,7 @@ def apply_feature_repo(settings: Settings) -> ApplyResult:
 
     store = open_store(settings)
     repo = settings.feature_repo_dir
-    with _inside_repo(repo):
+    with _home_in_environment(settings), _inside_repo(repo):
         contents = parse_repo(repo)
         out = io.StringIO()
         # Feast reports its plan on stdout; keep it in our log instead of the user's terminal.

@@ -235,6 +235,11 @@ def _client(uri: str) -> MlflowClient:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
+    with warnings.catch_warnings():
+        # MLflow's SQL store trips a SQLAlchemy deprecation when it is first imported; not ours to fix.
+        warnings.filterwarnings("ignore", message=r".*``noload`` loader strategy is deprecated")
+        import mlflow.store.tracking.sqlalchemy_store
+
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -84,7 +84,10 @@ class Settings(BaseSettings):
     retention_capacity: int = Field(
         default=500, ge=1, description="Subscribers the retention team can call per day (top K)."
     )
-    gate_min_auc: float = Field(default=0.70, description="Absolute floor on holdout ROC-AUC.")
+    gate_min_auc: float = Field(
+        default=0.65,
+        description="Absolute floor on holdout ROC-AUC: clearly better than guessing; the champion margin does the rest.",
+    )
     gate_max_calibration_error: float = Field(
         default=0.05, description="Absolute ceiling on expected calibration error."
     )

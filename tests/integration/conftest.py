@@ -29,33 +29,37 @@ class World:
 
 
 def make_world(home: Path, spec: WorldSpec, *, build: bool = True) -> World:
-    """Simulate ``spec`` under ``home``, apply the Feast repo and build every feature day."""
+    """Simulate ``spec`` under ``home``, apply the Feast repo and build every feature day.
+
+    The environment is changed only while building; the returned settings keep the values.
+    """
+    saved = {name: os.environ.get(name) for name in ("CHURN_HOME", "CHURN_TRAINING_WINDOW_DAYS")}
     os.environ["CHURN_HOME"] = str(home)
     os.environ["CHURN_TRAINING_WINDOW_DAYS"] = TRAINING_WINDOW_DAYS
     reset_settings()
-    settings = get_settings()
-    simulate_world(spec, settings.source_dir, settings.truth_dir, chunk_days=31)
-    if build:
-        apply_feature_repo(settings)
-        build_feature_tables(settings)
+    try:
+        settings = get_settings()
+        simulate_world(spec, settings.source_dir, settings.truth_dir, chunk_days=31)
+        if build:
+            apply_feature_repo(settings)
+            build_feature_tables(settings)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_settings()
     return World(settings, spec)
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     """800 subscribers × 150 days, features built; read-only for the tests that share it."""
-    previous = {k: os.environ.get(k) for k in ("CHURN_HOME", "CHURN_TRAINING_WINDOW_DAYS")}
-    built = make_world(
+    return make_world(
         tmp_path_factory.mktemp("world"),
         WorldSpec(subscribers=800, days=WORLD_DAYS, start=WORLD_START, seed=11),
     )
-    yield built
-    for name, value in previous.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    reset_settings()
 
 
 @pytest.fixture

@@ -24,6 +24,11 @@ COMMANDS = [
     ["features", "materialize"],
     ["features", "training-frame"],
     ["features", "scoring-frame"],
+    ["train"],
+    ["model"],
+    ["model", "list"],
+    ["model", "promote"],
+    ["model", "rollback"],
 ]
 
 
@@ -78,6 +83,10 @@ def test_demo_story_end_to_end(tmp_path: Path) -> None:
     assert (home / "feast" / "registry.db").is_file() and (
         home / "feast" / "online_store.db"
     ).is_file()
+    # Step 4 trained a first model: at 400 subscribers the gates decide (usually fairness cannot
+    # be judged on such small groups), and either way the decision is printed and recorded.
+    assert "decision: " in result.stdout
+    assert (home / "mlflow" / "mlflow.db").is_file()
     # The same day's frames again through the individual commands give the same rows.
     again = churn(
         "features",

@@ -33,12 +33,8 @@ SMALL_WORLD_GATES = {
 
 @pytest.fixture(scope="module")
 def world_home(tmp_path_factory: pytest.TempPathFactory):
-    saved = dict(os.environ)
     home = tmp_path_factory.mktemp("retrain_world")
     make_world(home, WorldSpec(subscribers=3000, days=DAYS, start=WORLD_START, seed=7))
-    os.environ.clear()
-    os.environ.update(saved)
-    reset_settings()
     return home
 
 
