@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -71,6 +72,7 @@ class RetrainResult:
     best_auc: float | None
     model_card: str
     split_days: dict[str, list[str]]
+    timings: dict[str, float]
 
 
 def evaluate(settings: Settings, holdout: pd.DataFrame, p: np.ndarray) -> Evaluation:
@@ -192,18 +194,24 @@ def retrain(
     A refused candidate stays an MLflow run with its failed gates; the champion alias and the
     promotion history are untouched.
     """
+    clock = _Stopwatch()
     init_store(settings)
     store = open_store(settings)
     service = feature_service(store, settings.feature_service)
     features = service_columns(store, service)
     frame: pa.Table = build_training_frame(settings, as_of, store)
+    clock.lap("training frame")
     split = split_by_time(frame, settings.holdout_snapshots, settings.validation_snapshots)
+    clock.lap("split")
     model: TrainedModel = train_model(split, features, settings)
+    clock.lap("train")
     holdout = split.holdout.reset_index(drop=True)
     challenger = evaluate(settings, holdout, predict_proba(model, holdout))
     best_auc = best_achievable_auc(settings.truth_dir, holdout)
+    clock.lap("evaluate + fairness")
     champion_version, champion_metrics = champion_on_holdout(settings, holdout)
     decision = decide(challenger.metrics, champion_metrics, challenger.fairness, settings)
+    clock.lap("champion + gates")
     importance = feature_importance(model)
     card = model_card(
         as_of,
@@ -246,6 +254,7 @@ def retrain(
             artifacts=artifacts,
             run_name=f"retrain-{as_of}",
         )
+    clock.lap("mlflow run")
     version, promoted = None, False
     if decision.passed:
         version = register_version(settings, run_id, lineage)
@@ -271,7 +280,21 @@ def retrain(
             "validation": [str(d) for d in split.validation_days],
             "holdout": [str(d) for d in split.holdout_days],
         },
+        timings=clock.laps,
     )
+
+
+class _Stopwatch:
+    """Seconds per stage, for the flow's artifact and bench/train.py."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = now - self._last
+        self._last = now
 
 
 def _write_artifacts(
