@@ -206,7 +206,8 @@ def retrain(
     model: TrainedModel = train_model(split, features, settings)
     clock.lap("train")
     holdout = split.holdout.reset_index(drop=True)
-    challenger = evaluate(settings, holdout, predict_proba(model, holdout))
+    p_holdout = predict_proba(model, holdout)
+    challenger = evaluate(settings, holdout, p_holdout)
     best_auc = best_achievable_auc(settings.truth_dir, holdout)
     clock.lap("evaluate + fairness")
     champion_version, champion_metrics = champion_on_holdout(settings, holdout)
@@ -237,7 +238,9 @@ def retrain(
     if champion_metrics:
         metrics |= {f"champion_{k}": v for k, v in champion_metrics.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = _write_artifacts(Path(tmp), card, challenger, importance, decision)
+        artifacts = _write_artifacts(
+            Path(tmp), card, challenger, importance, decision, holdout, p_holdout, best_auc
+        )
         run_id = log_candidate(
             settings,
             booster=model.booster,
@@ -303,17 +306,31 @@ def _write_artifacts(
     challenger: Evaluation,
     importance: pd.DataFrame,
     decision: GateDecision,
+    holdout: pd.DataFrame,
+    p: np.ndarray,
+    best_auc: float | None,
 ) -> dict[str, Path]:
+    """The model card, tables and charts logged with the candidate's MLflow run."""
+    from tasks import model_plots
+
     (folder / "model_card.md").write_text(card)
     challenger.fairness.to_frame().to_csv(folder / "fairness_by_group.csv", index=False)
     importance.to_csv(folder / "feature_importance.csv", index=False)
     (folder / "gates.json").write_text(json.dumps(decision.to_dict(), indent=2))
-    return {
-        name: folder / name
-        for name in (
-            "model_card.md",
-            "fairness_by_group.csv",
-            "feature_importance.csv",
-            "gates.json",
-        )
-    }
+    plots = folder / "plots"
+    plots.mkdir()
+    y = holdout[LABEL].to_numpy()
+    m = challenger.metrics
+    model_plots.roc_chart(y, p, m["roc_auc"], best_auc, plots / "roc.png")
+    model_plots.pr_chart(y, p, m["pr_auc"], plots / "precision_recall.png")
+    model_plots.calibration_chart(y, p, m["calibration_error"], plots / "calibration.png")
+    model_plots.fairness_chart(challenger.fairness, plots / "fairness_by_group.png")
+    model_plots.importance_chart(importance, plots / "feature_importance.png")
+    names = (
+        "model_card.md",
+        "fairness_by_group.csv",
+        "feature_importance.csv",
+        "gates.json",
+        "plots",
+    )
+    return {name: folder / name for name in names}

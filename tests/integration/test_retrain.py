@@ -111,3 +111,46 @@ def test_first_model_becomes_champion_and_an_equal_one_is_refused(settings_for) 
     )
     assert rollback.returncode == 1 and "error:" in rollback.stderr
     assert current_alias(settings, CHAMPION).version == 1
+
+
+def test_a_model_trained_on_degraded_labels_is_refused_and_logged(
+    settings_for, monkeypatch
+) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    import tasks.retrain as retrain_module
+    from tasks.frames import LABEL
+
+    settings = settings_for(**SMALL_WORLD_GATES)
+    first = retrain(settings, AS_OF, "test: baseline champion")
+    assert first.promoted
+
+    real_frame = retrain_module.build_training_frame
+
+    def degraded(*args, **kwargs):
+        # Scramble the training labels (not the holdout's): the model learns noise.
+        frame = real_frame(*args, **kwargs)
+        days = frame.column("snapshot_date").to_pylist()
+        newest = sorted(set(days))[-settings.holdout_snapshots :]
+        labels = frame.column(LABEL).to_numpy().copy()
+        train_rows = np.array([d not in newest for d in days])
+        rng = np.random.default_rng(0)
+        labels[train_rows] = rng.permutation(labels[train_rows])
+        return frame.set_column(frame.column_names.index(LABEL), LABEL, pa.array(labels, pa.int8()))
+
+    monkeypatch.setattr(retrain_module, "build_training_frame", degraded)
+    worse = retrain(settings, AS_OF, "test: degraded labels")
+    assert worse.challenger.metrics["roc_auc"] < first.challenger.metrics["roc_auc"] - 0.02
+    assert not worse.decision.passed and worse.version is None
+    assert "beats_champion_auc" in [g.name for g in worse.decision.failed]
+    assert current_alias(settings, CHAMPION).version == 1
+    import mlflow
+
+    run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(worse.run_id)
+    assert run.data.tags["gate.beats_champion_auc"] == "failed"
+    artifacts = {
+        a.path
+        for a in mlflow.MlflowClient(settings.mlflow_tracking_uri).list_artifacts(worse.run_id)
+    }
+    assert {"model_card.md", "plots", "gates.json", "fairness_by_group.csv"} <= artifacts
