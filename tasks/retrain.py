@@ -37,6 +37,7 @@ from tasks.registry import (
     register_version,
 )
 from tasks.train import (
+    ModelSpec,
     TimeSplit,
     TrainedModel,
     feature_importance,
@@ -100,8 +101,6 @@ def champion_on_holdout(
     if current_alias(settings, CHAMPION) is None:
         return None, None
     booster, spec, version = load_model(settings, CHAMPION)
-    from tasks.train import ModelSpec
-
     p = predict_proba((booster, ModelSpec.from_dict(spec)), holdout)
     y = holdout[LABEL].to_numpy()
     return version, holdout_metrics(
