@@ -154,3 +154,50 @@ def test_a_model_trained_on_degraded_labels_is_refused_and_logged(
         for a in mlflow.MlflowClient(settings.mlflow_tracking_uri).list_artifacts(worse.run_id)
     }
     assert {"model_card.md", "plots", "gates.json", "fairness_by_group.csv"} <= artifacts
+
+
+def test_after_concept_drift_a_new_model_beats_the_stale_champion_and_rollback_restores_it(
+    tmp_path_factory, monkeypatch
+) -> None:
+    from tasks.registry import rollback
+
+    # support_decline from day 200: support tickets start to weigh 2.5x in the hazard.
+    home = tmp_path_factory.mktemp("drift_world")
+    spec = WorldSpec(
+        subscribers=5000,
+        days=300,
+        start=WORLD_START,
+        seed=7,
+        scenario="support_decline",
+        scenario_start=WORLD_START + timedelta(days=200),
+    )
+    make_world(home, spec)
+    monkeypatch.setenv("CHURN_HOME", str(home))
+    monkeypatch.setenv("CHURN_MLFLOW_TRACKING_URI", f"sqlite:///{home}/mlflow.db")
+    for name, value in SMALL_WORLD_GATES.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    settings = get_settings()
+
+    before = retrain(settings, WORLD_START + timedelta(days=209), "test: before the drift")
+    assert before.promoted and before.version == 1
+    after = retrain(settings, WORLD_START + timedelta(days=299), "test: after the drift")
+    # Measured on the same post-drift holdout, the stale champion has fallen behind.
+    assert after.champion_version == 1
+    assert (
+        after.challenger.metrics["roc_auc"]
+        > after.champion_metrics["roc_auc"] + settings.gate_auc_margin
+    )
+    assert after.promoted and after.version == 2
+    assert current_alias(settings, CHAMPION).version == 2
+
+    moved = rollback(settings, by="on-call", reason="test: roll back")
+    assert (moved.from_version, moved.to_version) == (2, 1)
+    assert current_alias(settings, CHAMPION).version == 1
+    champion_moves = [
+        (p.action, p.from_version, p.to_version)
+        for p in promotion_history(settings)
+        if p.alias == CHAMPION
+    ]
+    assert champion_moves == [("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
+    reset_settings()
