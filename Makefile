@@ -44,6 +44,7 @@ integration: setup
 bench: setup
 	$(PY) bench/simulate.py
 	$(PY) bench/features.py
+	$(PY) bench/train.py
 
 lint: setup
 	$(VENV)/bin/ruff check flows tasks tests bench feature_repo

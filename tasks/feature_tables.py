@@ -122,10 +122,14 @@ def read_feature_day(settings: Settings, name: str, day: date) -> pa.Table:
     """One day's partition of a feature table."""
     files = partition_files(settings.features_dir / name, day, day)
     if not files:
-        raise SourceDataMissing(
-            f"feature table {name} has no partition for {day}: run `churn features build`"
-        )
+        raise _missing_day(name, day)
     return pq.read_table(files)
+
+
+def _missing_day(name: str, day: date) -> SourceDataMissing:
+    return SourceDataMissing(
+        f"feature table {name} has no partition for {day}: run `churn features build`"
+    )
 
 
 def _day_rows(root: Path, day: date) -> int | None:
@@ -272,7 +276,8 @@ def _publish(staged_table: Path, table_dir: Path) -> None:
 def check_feature_tables(settings: Settings, day: date) -> list[ContractReport]:
     """Check the contract of every published feature table on ``day`` (volume against the day before)."""
     for name in FEATURE_TABLES:
-        read_feature_day(settings, name, day)  # a clear error when the day was never built
+        if not partition_files(settings.features_dir / name, day, day):
+            raise _missing_day(name, day)
     specs = feature_table_specs(open_store(settings))
     return _check_day(settings, specs, day, [settings.features_dir])
 
@@ -286,7 +291,12 @@ def materialize_online(settings: Settings, day: date) -> dict[str, int]:
     views = [store.get_feature_view(name) for name in FEATURE_TABLES]
     end = as_of_timestamp(day)
     longest_ttl = max((v.ttl for v in views if v.ttl), default=timedelta(days=1))
-    rows = {name: read_feature_day(settings, name, day).num_rows for name in FEATURE_TABLES}
+    rows = {}
+    for name in FEATURE_TABLES:
+        count = _day_rows(settings.features_dir / name, day)
+        if count is None:
+            raise _missing_day(name, day)
+        rows[name] = count
     # Batched online writes (materialization.online_write_batch_size) keep memory flat.
     with contextlib.redirect_stdout(io.StringIO()):  # Feast prints a progress report per view
         store.materialize(

@@ -79,9 +79,7 @@ class RetrainResult:
 def evaluate(settings: Settings, holdout: pd.DataFrame, p: np.ndarray) -> Evaluation:
     """Holdout metrics at the retention team's capacity, and fairness at that operating point."""
     y = holdout[LABEL].to_numpy()
-    metrics = holdout_metrics(
-        y, p, holdout["snapshot_date"].to_numpy(), settings.retention_capacity
-    )
+    metrics = _metrics(settings, holdout, p)
     fairness = fairness_report(
         y,
         p,
@@ -102,9 +100,16 @@ def champion_on_holdout(
         return None, None
     booster, spec, version = load_model(settings, CHAMPION)
     p = predict_proba((booster, ModelSpec.from_dict(spec)), holdout)
-    y = holdout[LABEL].to_numpy()
-    return version, holdout_metrics(
-        y, p, holdout["snapshot_date"].to_numpy(), settings.retention_capacity
+    return version, _metrics(settings, holdout, p)
+
+
+def _metrics(settings: Settings, holdout: pd.DataFrame, p: np.ndarray) -> dict[str, float]:
+    """Holdout metrics at the retention team's daily capacity (challenger and champion alike)."""
+    return holdout_metrics(
+        holdout[LABEL].to_numpy(),
+        p,
+        holdout["snapshot_date"].to_numpy(),
+        settings.retention_capacity,
     )
 
 
