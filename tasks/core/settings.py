@@ -10,7 +10,7 @@ from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -115,11 +115,55 @@ class Settings(BaseSettings):
         pattern="^(immediate|shadow|approval)$",
         description="After the gates: promote at once, keep as challenger (shadow), or wait for a person.",
     )
+    approval_timeout_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="In approval mode, how long the retrain flow waits for a person before it "
+        "leaves the candidate as challenger.",
+    )
+    trainer: str = Field(
+        default="local",
+        pattern="^(local|dask)$",
+        description="Where LightGBM trains: in this process, or with lightgbm.dask on a Dask cluster.",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler of an existing Dask cluster (tcp://host:8786); unset with a Dask "
+        "trainer or task runner: a LocalCluster on this machine.",
+    )
     model_name: str = Field(
         default="telecom_churn_model", description="Registered model name in MLflow."
     )
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; default: SQLite under $CHURN_HOME/mlflow."
+    )
+
+    # Nightly scoring (issue 4).
+    timezone: str = Field(
+        default="UTC",
+        description="Business time zone: the default score date is yesterday there.",
+    )
+    score_shard_rows: int = Field(
+        default=500_000,
+        ge=1_000,
+        description="Subscribers per scoring shard; peak memory follows this, not the base size.",
+    )
+    score_task_runner: str = Field(
+        default="local",
+        pattern="^(local|dask)$",
+        description="Run scoring shards in this process, or fan them out over Dask (prefect-dask).",
+    )
+    risk_high_threshold: float = Field(
+        default=0.10, gt=0, lt=1, description="Probability from which a subscriber is tier 'high'."
+    )
+    risk_medium_threshold: float = Field(
+        default=0.04,
+        gt=0,
+        lt=1,
+        description="Probability from which a subscriber is tier 'medium'.",
+    )
+    reason_codes: int = Field(
+        default=3, ge=1, le=10, description="Reasons given per subscriber in the high-risk file."
     )
 
     # Simulator defaults (the demo world).
@@ -132,6 +176,26 @@ class Settings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         # Feast's registry stores absolute paths; resolve once so every component agrees.
         return value.expanduser().resolve()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _tiers_ordered(self) -> Settings:
+        if self.risk_medium_threshold >= self.risk_high_threshold:
+            raise ValueError(
+                f"risk_medium_threshold ({self.risk_medium_threshold}) must be below "
+                f"risk_high_threshold ({self.risk_high_threshold})"
+            )
+        return self
 
     # Paths under the data root (DESIGN §3).
     @property
@@ -154,6 +218,24 @@ class Settings(BaseSettings):
     @property
     def feast_dir(self) -> Path:
         return self.home / "feast"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """The append-only prediction log (DESIGN §5)."""
+        return self.home / "predictions"
+
+    @property
+    def retention_dir(self) -> Path:
+        """The retention team's daily high-risk files."""
+        return self.home / "retention"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        return self.home / "monitoring"
+
+    @property
+    def alerts_dir(self) -> Path:
+        return self.home / "alerts"
 
     @property
     def feature_repo_dir(self) -> Path:
