@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from flows.audit_cli import audit_app
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings, get_settings, reset_settings
 from tasks.core.telemetry import disable_telemetry
@@ -35,6 +36,7 @@ model_app = typer.Typer(
     help="The registered churn model: versions, promotion, rollback.", no_args_is_help=True
 )
 app.add_typer(model_app, name="model")
+app.add_typer(audit_app, name="audit", help="Read-only audit of the prediction log.")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -331,12 +333,19 @@ def train(
     reason: Annotated[
         str, typer.Option(help="Why this retraining runs (recorded as lineage).")
     ] = "manual",
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="In approval mode, wait (paused) for `churn model approve` or the Prefect UI; "
+            "--no-wait leaves the candidate as challenger."
+        ),
+    ] = True,
 ) -> None:
     """Run the retrain flow at AS_OF: train, evaluate, gate, and register/promote only if every gate passes."""
     _use_prefect()
     from flows.retrain import retrain_flow
 
-    result = retrain_flow(as_of=_day(as_of, "--as-of"), reason=reason)
+    result = retrain_flow(as_of=_day(as_of, "--as-of"), reason=reason, wait_for_approval=wait)
     m = result.challenger.metrics
     _summary(
         f"Retraining at {as_of}: {result.decision.verdict}",
@@ -353,6 +362,7 @@ def train(
             ("MLflow run", result.run_id),
             ("registered version", result.version or "not registered"),
             ("promoted", "yes" if result.promoted else "no"),
+            *([("approval", result.approval.summary())] if result.approval else []),
         ],
     )
 
@@ -391,6 +401,37 @@ def model_promote(
         "Champion moved",
         [("from", moved.from_version or "none"), ("to", moved.to_version), ("by", by)],
     )
+
+
+@model_app.command("approve")
+def model_approve(
+    version: Annotated[int, typer.Argument(help="The challenger waiting for approval.")],
+    by: Annotated[str, typer.Option(help="Your name (recorded with the decision).")],
+    comment: Annotated[str, typer.Option(help="Why (recorded in the promotion history).")] = "",
+    reject: Annotated[
+        bool, typer.Option("--reject", help="Refuse it: the challenger alias is taken off.")
+    ] = False,
+) -> None:
+    """Approve (or --reject) a challenger: resumes the retrain run paused for it, if one waits."""
+    _use_prefect()
+    from flows.approval import resume_waiting_run
+    from tasks.approval import apply_approval
+
+    decision = {"approve": not reject, "approver": by, "comment": comment}
+    run_id = resume_waiting_run(version, decision)
+    if run_id is not None:
+        _summary(
+            "Decision sent to the waiting retrain run",
+            [
+                ("flow run", run_id),
+                ("version", version),
+                ("decision", "reject" if reject else "approve"),
+                ("by", by),
+            ],
+        )
+        return
+    outcome = apply_approval(_settings(), version, approve=not reject, approver=by, comment=comment)
+    _summary("Decision recorded", [("outcome", outcome.summary())])
 
 
 @model_app.command("rollback")

@@ -1,4 +1,13 @@
-"""Prefect flow: retrain the churn model at ``as_of`` and let the gates decide (DESIGN §6)."""
+"""Prefect flow: retrain the churn model at ``as_of`` and let the gates decide (DESIGN §6).
+
+With ``promotion_mode = approval`` a candidate that passed every gate is registered as
+``challenger`` and the flow pauses for a person: the Prefect UI shows a form (approve, name,
+comment) on the paused run; ``churn model approve VERSION`` fills the same form from a terminal.
+No answer within ``approval_timeout_hours`` leaves the candidate as challenger (scored in shadow)
+and the run fails with :class:`ApprovalTimeout` saying so: Prefect fails a pause that timed out
+(its orchestration refuses any other end), and an unanswered approval is worth a red run in the
+UI anyway. Promoting the candidate later is ``churn model promote``.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +15,110 @@ from datetime import date
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
 
+from tasks.approval import ApprovalOutcome, apply_approval, pause_key
+from tasks.core.errors import ChurnError
 from tasks.core.settings import get_settings
 from tasks.retrain import RetrainResult, retrain
+
+
+class ApprovalTimeout(ChurnError):
+    """Nobody approved or rejected the waiting challenger in time; it stays challenger."""
+
+
+class ApprovalDecision(RunInput):
+    """The form a person fills in to approve or reject a challenger."""
+
+    approve: bool = Field(description="Promote this challenger to champion?")
+    approver: str = Field(min_length=1, description="Your name (recorded with the decision).")
+    comment: str = Field(default="", description="Why (recorded in the promotion history).")
 
 
 @flow(
     name="retrain",
     description="Training frame → LightGBM → holdout metrics → fairness → champion/challenger → MLflow.",
 )
-def retrain_flow(as_of: date, reason: str = "scheduled") -> RetrainResult:
+def retrain_flow(
+    as_of: date, reason: str = "scheduled", wait_for_approval: bool = True
+) -> RetrainResult:
+    """Retrain at ``as_of``; in approval mode wait for a person unless ``wait_for_approval`` is off."""
     logger = get_run_logger()
-    result = retrain(get_settings(), as_of, reason, flow_run_id=str(runtime.flow_run.id))
+    settings = get_settings()
+    result = retrain(settings, as_of, reason, flow_run_id=str(runtime.flow_run.id))
     logger.info("%s", result.decision.summary())
+    awaiting = (
+        result.version is not None and not result.promoted and settings.promotion_mode == "approval"
+    )
     create_markdown_artifact(
         key="retrain-decision",
         description=f"Retraining at {as_of}: {result.decision.verdict}",
-        markdown=result.model_card
-        + f"\nMLflow run `{result.run_id}`"
-        + (f", registered as version {result.version}" if result.version else ", not registered")
-        + (" and promoted to champion." if result.promoted else "."),
+        markdown=result.model_card + _registry_line(result, awaiting),
     )
+    if awaiting and wait_for_approval:
+        outcome = _wait_for_approval(settings, result.version, settings.approval_timeout_hours)
+        result = result.with_approval(outcome)
+        create_markdown_artifact(
+            key="retrain-approval",
+            description=f"Approval of version {outcome.version}",
+            markdown=f"**{outcome.summary()}**\n",
+        )
     return result
+
+
+def _wait_for_approval(settings, version: int, hours: float) -> ApprovalOutcome:
+    logger = get_run_logger()
+    logger.info(
+        "version %s waits for approval (up to %g h): resume this run in the Prefect UI "
+        "or run `churn model approve %s --by NAME --comment TEXT`",
+        version,
+        hours,
+        version,
+    )
+    description = (
+        f"Approve **version {version}** of {settings.model_name} as champion? "
+        "The model card is in this run's artifacts."
+    )
+    try:
+        decision = pause_flow_run(
+            wait_for_input=ApprovalDecision.with_initial_data(
+                description=description, approve=False, approver="", comment=""
+            ),
+            timeout=int(hours * 3600),
+            poll_interval=_poll_seconds(hours),
+            key=pause_key(version),
+        )
+    except FlowPauseTimeout as exc:
+        raise ApprovalTimeout(
+            f"no decision on version {version} within {hours:g} h: it stays challenger "
+            f"(scored in shadow); promote it later with `churn model promote {version}` "
+            "or reject it with `churn model approve "
+            f"{version} --reject`"
+        ) from exc
+    return apply_approval(
+        settings,
+        version,
+        approve=decision.approve,
+        approver=decision.approver,
+        comment=decision.comment,
+    )
+
+
+def _poll_seconds(hours: float) -> int:
+    # Short waits (tests, demos) poll often; a three-day wait need not ask every ten seconds.
+    return max(1, min(30, int(hours * 3600 / 200)))
+
+
+def _registry_line(result: RetrainResult, awaiting: bool) -> str:
+    line = f"\nMLflow run `{result.run_id}`"
+    if result.version is None:
+        return line + ", not registered.\n"
+    line += f", registered as version {result.version}"
+    if result.promoted:
+        return line + " and promoted to champion.\n"
+    if awaiting:
+        return line + " (challenger): waiting for a person's approval.\n"
+    return line + " (challenger): scored in shadow until promoted.\n"

@@ -85,7 +85,8 @@ class ModelLoadError(RegistryError):
 class Promotion:
     """One alias move: ``alias`` went from ``from_version`` to ``to_version`` (``None``: unset).
 
-    ``action`` is ``register`` (new challenger), ``promote`` or ``rollback``.
+    ``action`` is ``register`` (new challenger), ``promote``, ``approve`` (promoted by a person's
+    approval), ``reject`` (a person refused the challenger) or ``rollback``.
     """
 
     at: datetime
@@ -496,8 +497,13 @@ def register_version(settings: Settings, run_id: str, lineage_tags: Mapping[str,
     return version
 
 
-def promote(settings: Settings, version: int, *, by: str, reason: str) -> Promotion:
+def promote(
+    settings: Settings, version: int, *, by: str, reason: str, action: str = "promote"
+) -> Promotion:
     """Point ``champion`` at ``version`` (dropping ``challenger`` if it pointed there); record it.
+
+    ``action`` is recorded in the history: ``promote``, or ``approve`` when a person approved a
+    waiting challenger.
 
     Raises:
         ModelNotFound: no such version.
@@ -513,10 +519,54 @@ def promote(settings: Settings, version: int, *, by: str, reason: str) -> Promot
         current = _alias_version(client, name, CHAMPION)
         if current == version:
             raise RegistryError(f"{name} version {version} is already {CHAMPION}")
-        moves = _champion_moves(client, name, target, current, by, reason, "promote")
+        moves = _champion_moves(client, name, target, current, by, reason, action)
         _move_aliases(client, settings, moves)
     logger.info("promoted %s version %s to %s (was %s)", name, version, CHAMPION, current)
     return moves[0]
+
+
+def reject_challenger(settings: Settings, version: int, *, by: str, reason: str) -> Promotion:
+    """Take ``challenger`` off ``version`` after a person said no; the version stays, unaliased.
+
+    Raises:
+        RegistryError: ``version`` is not the current challenger, ``by``/``reason`` is empty, or
+            the store or the history failed (alias and history are then as they were).
+    """
+    _require_who_and_why(by, reason)
+    version = int(version)
+    client = _connect(settings)
+    name = settings.model_name
+    with _history_lock(settings):
+        target = _get_version(client, name, version)
+        current = _alias_version(client, name, CHALLENGER)
+        if current != version:
+            raise RegistryError(
+                f"{name} version {version} is not the {CHALLENGER} "
+                f"(the {CHALLENGER} is {current if current is not None else 'unset'})"
+            )
+        move = Promotion(
+            _now(), name, CHALLENGER, version, None, by, reason, target.run_id, "reject"
+        )
+        _move_aliases(client, settings, [move])
+    logger.info("rejected %s version %s: %s unset", name, version, CHALLENGER)
+    return move
+
+
+def tag_version(settings: Settings, version: int, tags: Mapping[str, str]) -> None:
+    """Set tags on a registered version (e.g. who approved it and why).
+
+    Raises:
+        ModelNotFound: no such version.
+        RegistryError: the store failed.
+    """
+    client = _connect(settings)
+    name = settings.model_name
+    _get_version(client, name, version)
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, _fit(str(value), _MAX_TAG_VALUE))
+    except _store_errors() as exc:
+        raise RegistryError(f"cannot tag {name} version {version}: {exc}") from exc
 
 
 def rollback(settings: Settings, *, by: str, reason: str) -> Promotion:

@@ -11,7 +11,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tasks.approval import ApprovalOutcome
 from tasks.core.schema import PROTECTED_ATTRIBUTES
 from tasks.core.settings import Settings
 from tasks.evaluate import best_achievable_auc, holdout_metrics
@@ -74,6 +75,11 @@ class RetrainResult:
     model_card: str
     split_days: dict[str, list[str]]
     timings: dict[str, float]
+    approval: ApprovalOutcome | None = None
+    """A person's decision, when the candidate waited for approval and got one."""
+
+    def with_approval(self, outcome: ApprovalOutcome) -> RetrainResult:
+        return replace(self, approval=outcome, promoted=outcome.approved)
 
 
 def evaluate(settings: Settings, holdout: pd.DataFrame, p: np.ndarray) -> Evaluation:

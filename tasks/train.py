@@ -408,10 +408,19 @@ def train_model(split: TimeSplit, features: list[str], settings: Settings) -> Tr
     Deterministic: the same split and settings give the same model text and predictions, bit for
     bit. Categorical features are handled natively with the categories of the train slice.
 
+    With ``settings.trainer == "dask"``, :func:`tasks.train_dask.train_model_dask` fits it instead,
+    on the cluster at ``settings.dask_address`` (a LocalCluster when unset).
+
     Raises:
         FeatureListError: ``features`` holds a protected attribute, the label or a key, or a
             column the frame lacks.
     """
+    if settings.trainer == "dask":
+        # Imported here: the local trainer never loads dask.
+        from tasks.train_dask import dask_client, train_model_dask
+
+        with dask_client(settings) as client:
+            return train_model_dask(split, features, settings, client)
     spec = model_spec(split.train, features)
     params = model_params(settings)
     train_set = lgb.Dataset(

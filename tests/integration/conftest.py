@@ -70,3 +70,65 @@ def world_settings(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Se
     reset_settings()
     yield get_settings()
     reset_settings()
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    api_url: str
+    home: Path
+
+    def env(self) -> dict[str, str]:
+        """Environment for a process that talks to this server."""
+        return {"PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home)}
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A real Prefect API server on 127.0.0.1 (its own SQLite database), for the session."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tasks.core.telemetry import TELEMETRY_OFF
+
+    home = tmp_path_factory.mktemp("prefect_server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, **TELEMETRY_OFF, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "prefect", "server", "start",
+            "--host", "127.0.0.1", "--port", str(port), "--no-ui",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.5)
+        yield PrefectServer(api_url, home)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

@@ -28,6 +28,11 @@ COMMANDS = [
     ["model"],
     ["model", "list"],
     ["model", "promote"],
+    ["model", "approve"],
+    ["audit"],
+    ["audit", "sql"],
+    ["audit", "subscriber"],
+    ["audit", "verify"],
     ["model", "rollback"],
 ]
 

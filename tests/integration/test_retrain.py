@@ -201,3 +201,135 @@ def test_after_concept_drift_a_new_model_beats_the_stale_champion_and_rollback_r
     ]
     assert champion_moves == [("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
     reset_settings()
+
+
+def _paused_run_for(version: int, api_env: dict[str, str], timeout_s: float = 240) -> str:
+    """Wait until a retrain run pauses for ``version``; its id (asked of the real server)."""
+    import time
+
+    script = (
+        "import sys\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from tasks.approval import pause_key\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    runs = c.read_flow_runs()\n"
+        f"key = pause_key({version})\n"
+        "ids = [str(r.id) for r in runs if r.state and r.state.is_paused()"
+        " and r.state.state_details.pause_key == key]\n"
+        "print(ids[0] if ids else '')\n"
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **api_env},
+            check=True,
+        ).stdout.strip()
+        if found:
+            return found
+        time.sleep(2)
+    raise AssertionError(f"no retrain run paused for version {version} within {timeout_s} s")
+
+
+def test_approval_mode_pauses_until_a_person_approves_from_the_cli(
+    settings_for, prefect_server
+) -> None:
+    """`churn train` pauses on the real Prefect server; `churn model approve` resumes it."""
+    settings = settings_for(
+        **SMALL_WORLD_GATES,
+        CHURN_PROMOTION_MODE="approval",
+        CHURN_APPROVAL_TIMEOUT_HOURS="0.1",
+    )
+    env = {**os.environ, **prefect_server.env(), "COLUMNS": "200"}
+    churn = [sys.executable, "-m", "flows"]
+    training = subprocess.Popen(
+        [*churn, "train", "--as-of", AS_OF.isoformat(), "--reason", "test: approval"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_id = _paused_run_for(1, prefect_server.env())
+        # Waiting: registered as challenger, nothing promoted yet.
+        assert current_alias(settings, CHAMPION) is None
+        assert current_alias(settings, "challenger").version == 1
+        approved = subprocess.run(
+            [*churn, "model", "approve", "1", "--by", "alice", "--comment", "fair and better"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert approved.returncode == 0, approved.stderr
+        assert run_id in approved.stdout
+        out, err = training.communicate(timeout=180)
+    finally:
+        if training.poll() is None:
+            training.kill()
+    assert training.returncode == 0, err
+    assert "approved and promoted to champion by alice: fair and better" in out
+    assert current_alias(settings, CHAMPION).version == 1
+    assert current_alias(settings, "challenger") is None
+    moves = promotion_history(settings)
+    assert [(m.alias, m.action, m.to_version, m.by) for m in moves] == [
+        ("challenger", "register", 1, "register_version"),
+        ("champion", "approve", 1, "alice"),
+        ("challenger", "approve", None, "alice"),
+    ]
+    assert moves[1].reason == "approved by alice: fair and better"
+    tags = list_versions(settings)[0].tags
+    assert tags["approval.by"] == "alice" and tags["approval.decision"] == "approved"
+
+
+def test_approval_rejected_or_never_given_leaves_the_champion_alone(
+    settings_for, prefect_server
+) -> None:
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_LOGGING_TO_API_ENABLED,
+        temporary_settings,
+    )
+
+    from flows.retrain import ApprovalTimeout, retrain_flow
+    from tasks.approval import apply_approval
+    from tasks.registry import RegistryError
+
+    settings = settings_for(**SMALL_WORLD_GATES)
+    first = retrain(settings, AS_OF, "test: first champion")
+    assert first.promoted
+    settings = settings_for(
+        **SMALL_WORLD_GATES,
+        CHURN_PROMOTION_MODE="approval",
+        CHURN_APPROVAL_TIMEOUT_HOURS="0.0006",  # about 2 s
+        CHURN_GATE_AUC_MARGIN="-1",  # let an equal model through to the person
+    )
+    # Nobody answers: the run fails saying so, the candidate stays challenger, champion untouched.
+    with (
+        temporary_settings(
+            {PREFECT_API_URL: prefect_server.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}
+        ),
+        pytest.raises(ApprovalTimeout, match="no decision on version 2 within 0.0006 h"),
+    ):
+        retrain_flow(as_of=AS_OF, reason="test: unanswered")
+    assert current_alias(settings, CHAMPION).version == 1
+    assert current_alias(settings, "challenger").version == 2
+    # Rejected later from the terminal (no waiting run): the challenger alias comes off.
+    outcome = apply_approval(settings, 2, approve=False, approver="bob", comment="too risky")
+    assert not outcome.approved and outcome.move.action == "reject"
+    assert current_alias(settings, "challenger") is None
+    assert current_alias(settings, CHAMPION).version == 1
+    with pytest.raises(RegistryError, match="not waiting for approval"):
+        apply_approval(settings, 2, approve=True, approver="bob", comment="changed my mind")
+    with pytest.raises(RegistryError, match="approver"):
+        apply_approval(settings, 1, approve=True, approver=" ", comment="")
+    assert [m.action for m in promotion_history(settings)] == [
+        "register",
+        "promote",
+        "promote",
+        "register",
+        "reject",
+    ]
