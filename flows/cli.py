@@ -367,6 +367,40 @@ def train(
     )
 
 
+@app.command()
+def score(
+    date_: Annotated[
+        str | None,
+        typer.Option(
+            "--date", help="Score date (YYYY-MM-DD); default: yesterday in CHURN_TIMEZONE."
+        ),
+    ] = None,
+) -> None:
+    """Run the nightly scoring flow: every subscriber in service, the high-risk file, the prediction log."""
+    _use_prefect()
+    from flows.score import score_nightly_flow
+
+    summary = score_nightly_flow(score_date=_day(date_, "--date") if date_ else None)
+    _print_score_summary(summary)
+
+
+def _print_score_summary(summary) -> None:
+    versions = ", ".join(f"v{v} ({role})" for v, role in summary.models)
+    tiers = summary.tiers.get("champion", {})
+    _summary(
+        f"Nightly scoring {summary.score_date}",
+        [
+            ("models", versions),
+            ("subscribers in service", summary.subscribers),
+            ("scored", summary.scored),
+            *((f"not scored: {r}", c) for r, c in summary.not_scored.items()),
+            ("tiers (champion)", ", ".join(f"{t} {c:,}" for t, c in tiers.items())),
+            ("high-risk file", f"{summary.high_risk_csv} ({summary.high_risk_rows:,} rows)"),
+            ("seconds", f"{summary.timings.get('total', 0.0):.1f}"),
+        ],
+    )
+
+
 @model_app.command("list")
 def model_list() -> None:
     """Versions of the model with their aliases, holdout metrics and gate results."""

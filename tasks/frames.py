@@ -12,6 +12,7 @@ data of d is complete (see ``tasks.feature_tables``).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -23,12 +24,12 @@ from feast import FeatureStore, FeatureView
 
 from tasks.core.errors import FeatureStoreError, SourceDataMissing
 from tasks.core.files import write_parquet_atomic
-from tasks.core.schema import PROTECTED_ATTRIBUTES
+from tasks.core.schema import PROTECTED_ATTRIBUTES, TableSpec
 from tasks.core.settings import Settings
 from tasks.core.sql import connect, load_sql
 from tasks.feast_offline import partition_files, partition_files_between
 from tasks.feature_store import feature_service, open_store, service_columns, service_views
-from tasks.feature_tables import LOOKBACK_DAYS, as_of_timestamp
+from tasks.feature_tables import LOOKBACK_DAYS, as_of_timestamp, feature_table_spec
 from tasks.sources import active_subscribers, create_spine, register_sources, source_date_range
 
 logger = logging.getLogger(__name__)
@@ -176,59 +177,116 @@ def build_scoring_frame(
     return features_at(settings, as_of_timestamp(day), entities, store)
 
 
-def _latest_within_ttl(
-    files: list[str],
-    keys: list[str],
-    ts_field: str,
-    columns: list[str],
-    at: datetime,
-    ttl: timedelta | None,
-) -> pl.LazyFrame:
-    """Per key, the newest row with ``at - ttl <= ts <= at`` (Feast's point-in-time rule)."""
-    frame = pl.scan_parquet(files, hive_partitioning=False).select([*keys, ts_field, *columns])
-    condition = pl.col(ts_field) <= at
-    if ttl is not None:
-        condition &= pl.col(ts_field) >= at - ttl
-    return frame.filter(condition).sort(ts_field).group_by(keys).last().drop(ts_field)
+@dataclass(frozen=True)
+class ViewRead:
+    """How to read one feature view of a service without Feast: everything the bulk path needs.
 
-
-def features_at(
-    settings: Settings, at: datetime, entities: pa.Table, store: FeatureStore | None = None
-) -> pa.Table:
-    """The bulk point-in-time read: each entity's newest feature values at ``at`` within each view's TTL.
-
-    Grain: one row per subscriber_id of ``entities``, ordered by id. A naive ``at`` is taken as
-    UTC, as Feast does. A view with no partition in reach gives nulls, as Feast does.
+    Plain data (picklable), so scoring shards on Dask workers never open the Feast registry.
     """
-    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+    name: str
+    directory: Path
+    keys: tuple[str, ...]
+    timestamp_field: str
+    columns: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    """Feast type names of ``columns`` (``Int32``, ``Float32``, ``String`` …), for all-null fills."""
+    ttl: timedelta | None
+    contract: TableSpec
+
+
+def view_reads(settings: Settings, store: FeatureStore | None = None) -> list[ViewRead]:
+    """The bulk-read plan of the configured feature service, view by view, in service order.
+
+    Raises:
+        FeatureStoreError: the service is not registered, or a view uses a join-key map or a
+            field mapping (the bulk path does not implement those).
+    """
     store = store or open_store(settings)
     service = feature_service(store, settings.feature_service)
-    result = (
-        pl.from_arrow(entities.select(["subscriber_id"]))
-        .lazy()
-        .with_columns(pl.lit(at).dt.cast_time_unit("us").alias(TIMESTAMP))
-    )
+    reads = []
     for view, names in service_views(store, service):
         if view.projection.join_key_map or view.batch_source.field_mapping:
             raise FeatureStoreError(
                 f"view {view.name}: join-key maps and field mappings are not supported by the bulk path"
             )
-        ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else None
-        files = partition_files_between(
-            settings.features_dir / view.name, at - ttl if ttl is not None else None, at
-        )
-        keys = [e.name for e in view.entity_columns]
-        if files:
-            latest = _latest_within_ttl(
-                files, keys, view.batch_source.timestamp_field, names, at, ttl
+        types = {f.name: str(f.dtype) for f in view.features}
+        reads.append(
+            ViewRead(
+                name=view.name,
+                directory=settings.features_dir / view.name,
+                keys=tuple(e.name for e in view.entity_columns),
+                timestamp_field=view.batch_source.timestamp_field,
+                columns=tuple(names),
+                dtypes=tuple(types[n] for n in names),
+                ttl=view.ttl if view.ttl and view.ttl > timedelta(0) else None,
+                contract=feature_table_spec(view),
             )
-            result = result.join(latest, on=keys, how="left", coalesce=True)
+        )
+    return reads
+
+
+def _latest_within_ttl(
+    read: ViewRead, files: list[str], at: datetime, id_range: tuple[int, int] | None
+) -> pl.LazyFrame:
+    """Per key, the newest row with ``at - ttl <= ts <= at`` (Feast's point-in-time rule)."""
+    ts = read.timestamp_field
+    frame = pl.scan_parquet(files, hive_partitioning=False).select([*read.keys, ts, *read.columns])
+    condition = pl.col(ts) <= at
+    if read.ttl is not None:
+        condition &= pl.col(ts) >= at - read.ttl
+    if id_range is not None:
+        # Feature partitions are sorted by subscriber_id: a range prunes whole row groups.
+        condition &= pl.col("subscriber_id").is_between(*id_range)
+    return frame.filter(condition).sort(ts).group_by(list(read.keys)).last().drop(ts)
+
+
+def present_column(view: str) -> str:
+    """Name of the marker column that says a view had a row within its TTL (see features_from)."""
+    return f"__has_{view}"
+
+
+def features_from(
+    reads: list[ViewRead],
+    at: datetime,
+    entities: pa.Table,
+    *,
+    id_range: tuple[int, int] | None = None,
+    mark_present: bool = False,
+) -> pa.Table:
+    """The point-in-time read of ``reads`` for ``entities`` at ``at`` (see :func:`features_at`).
+
+    ``id_range`` (inclusive) promises every entity id lies in it, so files are read only there.
+    ``mark_present`` adds a boolean column per view (:func:`present_column`): false where the view
+    had no row within its TTL, so a caller can tell "no features" from null feature values.
+    """
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    result = (
+        pl.from_arrow(entities.select(["subscriber_id"]))
+        .lazy()
+        .with_columns(pl.lit(at).dt.cast_time_unit("us").alias(TIMESTAMP))
+    )
+    markers = []
+    for read in reads:
+        files = partition_files_between(
+            read.directory, at - read.ttl if read.ttl is not None else None, at
+        )
+        marker = present_column(read.name)
+        if files:
+            latest = _latest_within_ttl(read, files, at, id_range)
+            if mark_present:
+                latest = latest.with_columns(pl.lit(True).alias(marker))
+            result = result.join(latest, on=list(read.keys), how="left", coalesce=True)
         else:
             result = result.with_columns(
-                pl.lit(None, dtype=_polars_type(f.dtype)).alias(f.name)
-                for f in view.features
-                if f.name in names
+                pl.lit(None, dtype=_polars_type(t)).alias(c)
+                for c, t in zip(read.columns, read.dtypes, strict=True)
             )
+            if mark_present:
+                result = result.with_columns(pl.lit(None, dtype=pl.Boolean).alias(marker))
+        markers.append(marker)
+    if mark_present:
+        result = result.with_columns(pl.col(m).fill_null(False) for m in markers)
     table = result.sort("subscriber_id").collect().to_arrow()
     # Polars hands out large_string; Feast and the rest of the project use string.
     return table.cast(
@@ -241,7 +299,18 @@ def features_at(
     )
 
 
-def _polars_type(feast_type) -> pl.DataType:
+def features_at(
+    settings: Settings, at: datetime, entities: pa.Table, store: FeatureStore | None = None
+) -> pa.Table:
+    """The bulk point-in-time read: each entity's newest feature values at ``at`` within each view's TTL.
+
+    Grain: one row per subscriber_id of ``entities``, ordered by id. A naive ``at`` is taken as
+    UTC, as Feast does. A view with no partition in reach gives nulls, as Feast does.
+    """
+    return features_from(view_reads(settings, store), at, entities)
+
+
+def _polars_type(feast_type: str) -> pl.DataType:
     return {
         "Int32": pl.Int32,
         "Int64": pl.Int64,
@@ -249,4 +318,4 @@ def _polars_type(feast_type) -> pl.DataType:
         "Float64": pl.Float64,
         "String": pl.String,
         "Bool": pl.Boolean,
-    }[str(feast_type)]
+    }[feast_type]

@@ -62,6 +62,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     )
 
 
+RETRAIN_WORLD_DAYS = 240
+
+
+@pytest.fixture(scope="session")
+def retrain_world_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3,000 subscribers × 240 days, features built: big enough to train and score a model on.
+
+    Shared by the retraining and scoring tests; each test brings its own MLflow store, and the
+    scoring tests clean the prediction log and the retention folder they write.
+    """
+    home = tmp_path_factory.mktemp("retrain_world")
+    make_world(
+        home, WorldSpec(subscribers=3000, days=RETRAIN_WORLD_DAYS, start=WORLD_START, seed=7)
+    )
+    return home
+
+
 @pytest.fixture
 def world_settings(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """The shared world's settings, with CHURN_HOME pointing at it for the test."""

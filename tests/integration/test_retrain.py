@@ -14,11 +14,11 @@ from tasks.registry import CHAMPION, current_alias, list_versions, promotion_his
 from tasks.retrain import retrain
 from tasks.simulate import WorldSpec
 
-from .conftest import WORLD_START, make_world
+from .conftest import RETRAIN_WORLD_DAYS, WORLD_START, make_world
 
 pytestmark = pytest.mark.integration
 
-DAYS = 240
+DAYS = RETRAIN_WORLD_DAYS
 AS_OF = WORLD_START + timedelta(days=DAYS - 1)
 # A 3,000-subscriber world has ~40 churners per age band in the holdout, so equalized-odds
 # estimates swing by ±0.15 between groups by chance; the default ceiling (0.25) is meant for
@@ -31,11 +31,9 @@ SMALL_WORLD_GATES = {
 }
 
 
-@pytest.fixture(scope="module")
-def world_home(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("retrain_world")
-    make_world(home, WorldSpec(subscribers=3000, days=DAYS, start=WORLD_START, seed=7))
-    return home
+@pytest.fixture
+def world_home(retrain_world_home):
+    return retrain_world_home
 
 
 @pytest.fixture

@@ -1,0 +1,370 @@
+"""Nightly scoring as plain functions (DESIGN §5, §7): models by alias, features of every subscriber
+in service through the bulk path, shard by shard, probabilities, tiers, reasons, log rows.
+
+Shards are contiguous ranges of subscriber ids (``score_shard_rows`` each). Feature partitions are
+sorted by subscriber id, so a shard's read touches only its own row groups; hash shards would
+each read every row group. Each shard is independent of the others (a Dask worker can score it),
+returns the prediction-log rows of every model and the champion's top candidates for the
+high-risk file, and holds only its own rows: peak memory follows the shard size.
+
+Which subscribers get reason codes: the high-risk file holds the top ``retention_capacity``
+subscribers by revenue at risk over all shards, and each shard cannot know the global cut, so
+each shard explains its own top ``retention_capacity`` (a superset of its members in the file).
+SHAP contributions cost ~150 plain predictions per row, so that is about ``capacity × shards``
+rows, not the whole base; those rows carry their reasons in the log too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.core.errors import ChurnError, ContractViolation, DataContractError
+from tasks.core.settings import Settings
+from tasks.frames import ViewRead, features_from, present_column
+from tasks.prediction_log import CHAMPION, SHADOW
+from tasks.reasons import top_reasons
+from tasks.registry import CHALLENGER, ModelNotFound, current_alias, load_model
+from tasks.registry import CHAMPION as CHAMPION_ALIAS
+from tasks.train import ModelSpec, model_inputs
+
+logger = logging.getLogger(__name__)
+
+CHARGE = "monthly_charge"
+TIERS = ("low", "medium", "high")
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("subscriber_id", pa.int64()),
+        ("probability", pa.float64()),
+        ("risk_tier", pa.string()),
+        (CHARGE, pa.float64()),
+        ("revenue_at_risk", pa.float64()),
+        ("reasons", pa.list_(pa.string())),
+    ]
+)
+
+
+class NoChampion(ChurnError):
+    """There is no champion to score with."""
+
+
+class ModelSignatureError(ChurnError):
+    """A model's inputs do not match the feature service's columns."""
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A registered model loaded once for the night: its booster, input spec and role."""
+
+    name: str
+    version: int
+    role: str  # champion | shadow
+    booster: lgb.Booster
+    spec: ModelSpec
+
+
+def check_signature(model_name: str, version: int, spec: ModelSpec, features: list[str]) -> None:
+    """The model must take exactly the feature service's columns (order aside).
+
+    Raises:
+        ModelSignatureError: naming the inputs the service lacks and the ones the model ignores.
+    """
+    missing = [f for f in spec.features if f not in features]
+    unused = [f for f in features if f not in spec.features]
+    if missing or unused:
+        parts = []
+        if missing:
+            parts.append(f"the feature service lacks {', '.join(missing)}")
+        if unused:
+            parts.append(f"the model does not take {', '.join(unused)}")
+        raise ModelSignatureError(
+            f"{model_name} version {version} does not match the feature service: "
+            + "; ".join(parts)
+        )
+
+
+def resolve_models(settings: Settings, features: list[str]) -> list[ScoringModel]:
+    """The champion, plus the challenger in shadow when there is one and it is another version.
+
+    Raises:
+        NoChampion: the registry has no champion (nothing is scored then).
+        ModelSignatureError: a model's inputs differ from the feature service's columns.
+        ModelLoadError: a model cannot be loaded.
+    """
+    name = settings.model_name
+    champion = current_alias(settings, CHAMPION_ALIAS)
+    if champion is None:
+        raise NoChampion(
+            f"{name} has no champion: nothing scored; train one with `churn train --as-of D` "
+            "(or promote a version with `churn model promote`)"
+        )
+    models = [_load(settings, CHAMPION_ALIAS, CHAMPION, features)]
+    challenger = current_alias(settings, CHALLENGER)
+    if challenger is not None and challenger.version != models[0].version:
+        models.append(_load(settings, challenger.version, SHADOW, features))
+    return models
+
+
+def _load(settings: Settings, which: str | int, role: str, features: list[str]) -> ScoringModel:
+    try:
+        booster, spec_dict, version = load_model(settings, which)
+    except ModelNotFound as exc:  # the alias moved between listing and loading
+        raise NoChampion(str(exc)) from exc
+    spec = ModelSpec.from_dict(spec_dict)
+    check_signature(settings.model_name, version, spec, features)
+    return ScoringModel(settings.model_name, version, role, booster, spec)
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A contiguous, ascending slice of the subscribers in service."""
+
+    index: int
+    subscriber_ids: pa.Array
+
+    @property
+    def id_range(self) -> tuple[int, int]:
+        return int(self.subscriber_ids[0].as_py()), int(self.subscriber_ids[-1].as_py())
+
+
+def plan_shards(subscriber_ids: pa.Array | pa.ChunkedArray, shard_rows: int) -> list[Shard]:
+    """Cut the subscriber ids (distinct, sorted here) into shards of at most ``shard_rows``."""
+    if isinstance(subscriber_ids, pa.ChunkedArray):
+        subscriber_ids = subscriber_ids.combine_chunks()
+    distinct = pc.unique(subscriber_ids)
+    ordered = distinct.take(pc.sort_indices(distinct))
+    return [
+        Shard(i, ordered.slice(start, shard_rows))
+        for i, start in enumerate(range(0, len(ordered), shard_rows))
+    ]
+
+
+@dataclass(frozen=True)
+class ScoringContext:
+    """What every shard needs; plain data, so it travels to Dask workers as is."""
+
+    score_date: date
+    at: datetime
+    reads: list[ViewRead]
+    models: list[ScoringModel]
+    capacity: int
+    medium_threshold: float
+    high_threshold: float
+    reason_count: int
+
+    @property
+    def features(self) -> list[str]:
+        return [c for r in self.reads for c in r.columns]
+
+
+@dataclass
+class ShardResult:
+    """One shard scored: log rows per role, the champion's candidates, and what was not scored."""
+
+    index: int
+    subscribers: int
+    log_batches: dict[str, pa.Table]
+    candidates: pa.Table
+    not_scored: dict[str, int] = field(default_factory=dict)
+    not_scored_examples: dict[str, list[int]] = field(default_factory=dict)
+    tiers: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def risk_tiers(p: np.ndarray, medium: float, high: float) -> pa.Array:
+    """``high`` from ``high``, ``medium`` from ``medium``, else ``low`` (thresholds inclusive)."""
+    codes = (p >= medium).astype(np.int8) + (p >= high).astype(np.int8)
+    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(TIERS)).cast(pa.string())
+
+
+def check_scoring_features(frame: pa.Table, reads: list[ViewRead]) -> None:
+    """The feature values of present views obey their contracts (range, allowed values, nulls).
+
+    Raises:
+        DataContractError: naming every broken (column, rule) with its row count.
+    """
+    df = pl.from_arrow(frame)
+    violations: list[ContractViolation] = []
+    for read in reads:
+        present = pl.col(present_column(read.name))
+        by_name = {c.name: c for c in read.contract.columns}
+        rules: list[tuple[str, str, pl.Expr]] = []
+        for name in read.columns:
+            column = by_name.get(name)
+            if column is None:
+                continue
+            value = pl.col(name)
+            if not column.nullable:
+                rules.append((name, "not null", present & value.is_null()))
+            if column.min is not None:
+                rules.append((name, f">= {column.min:g}", value < column.min))
+            if column.max is not None:
+                rules.append((name, f"<= {column.max:g}", value > column.max))
+            if column.allowed is not None:
+                rules.append(
+                    (
+                        name,
+                        f"in {{{', '.join(column.allowed)}}}",
+                        value.is_not_null() & ~value.is_in(list(column.allowed)),
+                    )
+                )
+        if not rules:
+            continue
+        counts = df.select(
+            expr.fill_null(False).sum().alias(str(i)) for i, (_, _, expr) in enumerate(rules)
+        ).row(0)
+        for (name, rule, _), count in zip(rules, counts, strict=True):
+            if count:
+                violations.append(ContractViolation(read.name, name, rule, int(count)))
+    if violations:
+        raise DataContractError("scoring features", violations)
+
+
+def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
+    """Score one shard with every model; see the module docstring for what comes back."""
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = seconds.get(stage, 0.0) + now - clock
+        clock = now
+
+    frame = features_from(
+        ctx.reads,
+        ctx.at,
+        pa.table({"subscriber_id": shard.subscriber_ids}),
+        id_range=shard.id_range,
+        mark_present=True,
+    )
+    lap("features")
+    check_scoring_features(frame, ctx.reads)
+    not_scored, examples, keep = _missing_views(frame, ctx.reads)
+    scored = frame.filter(keep) if keep is not None else frame
+    features = ctx.features
+    encoded = (
+        pl.from_arrow(scored.select(features))
+        .select(pl.struct(features).struct.json_encode().alias("features"))
+        .to_series()
+        .to_arrow()
+        .cast(pa.string())
+    )
+    lap("contract + encode")
+    ids = scored.column("subscriber_id").combine_chunks()
+    charge = scored.column(CHARGE).to_numpy(zero_copy_only=False).astype(np.float64)
+    batches: dict[str, pa.Table] = {}
+    tiers: dict[str, dict[str, int]] = {}
+    candidates = CANDIDATE_SCHEMA.empty_table()
+    for model in ctx.models:
+        inputs = model_inputs(scored, model.spec)
+        p = (
+            np.asarray(model.booster.predict(inputs), dtype=np.float64)
+            if len(inputs)
+            else np.empty(0)
+        )
+        lap("predict")
+        tier = risk_tiers(p, ctx.medium_threshold, ctx.high_threshold)
+        reasons = pa.nulls(len(p), pa.list_(pa.string()))
+        if model.role == CHAMPION:
+            candidates, reasons = _explain_top(model, inputs, ids, p, tier, charge, ctx)
+            lap("reasons")
+        batches[model.role] = pa.table(
+            {
+                "subscriber_id": ids,
+                "probability": pa.array(p, pa.float64()),
+                "risk_tier": tier,
+                "reasons": reasons,
+                "features": encoded,
+            }
+        )
+        counts = pc.value_counts(tier).to_pylist()
+        tiers[model.role] = {t: 0 for t in TIERS} | {c["values"]: c["counts"] for c in counts}
+    return ShardResult(
+        index=shard.index,
+        subscribers=len(shard.subscriber_ids),
+        log_batches=batches,
+        candidates=candidates,
+        not_scored=not_scored,
+        not_scored_examples=examples,
+        tiers=tiers,
+        seconds=seconds,
+    )
+
+
+def _missing_views(
+    frame: pa.Table, reads: list[ViewRead]
+) -> tuple[dict[str, int], dict[str, list[int]], pa.Array | None]:
+    """Counts (and a few ids) of subscribers lacking a view within its TTL, and the keep mask."""
+    keep = None
+    not_scored: dict[str, int] = {}
+    examples: dict[str, list[int]] = {}
+    for read in reads:
+        present = frame.column(present_column(read.name))
+        absent = pc.invert(present)
+        # Each subscriber is counted once, under the first view it lacks.
+        if keep is not None:
+            absent = pc.and_(absent, keep)
+        count = pc.sum(absent).as_py() or 0
+        if count:
+            ttl = f"{read.ttl}" if read.ttl is not None else "no TTL"
+            reason = f"no {read.name} features within TTL ({ttl})"
+            not_scored[reason] = count
+            examples[reason] = frame.filter(absent).column("subscriber_id")[:5].to_pylist()
+        keep = present if keep is None else pc.and_(keep, present)
+    if keep is not None and not not_scored:
+        keep = None
+    return not_scored, examples, keep
+
+
+def _explain_top(
+    model: ScoringModel,
+    inputs: Any,
+    ids: pa.Array,
+    p: np.ndarray,
+    tier: pa.Array,
+    charge: np.ndarray,
+    ctx: ScoringContext,
+) -> tuple[pa.Table, pa.Array]:
+    """The shard's top candidates by revenue at risk, with reasons; and the log's reasons column."""
+    revenue = p * charge
+    top = rank_by_revenue(revenue, p, ids.to_numpy(), ctx.capacity)
+    explained = top_reasons(model.booster, inputs.iloc[top], ctx.reason_count)
+    by_row: list[list[str] | None] = [None] * len(p)
+    for row, said in zip(top, explained, strict=True):
+        by_row[row] = said
+    candidates = pa.table(
+        {
+            "subscriber_id": pc.take(ids, pa.array(top, pa.int64())),
+            "probability": pa.array(p[top], pa.float64()),
+            "risk_tier": pc.take(tier, pa.array(top, pa.int64())),
+            CHARGE: pa.array(charge[top], pa.float64()),
+            "revenue_at_risk": pa.array(revenue[top], pa.float64()),
+            "reasons": pa.array(explained, pa.list_(pa.string())),
+        },
+        schema=CANDIDATE_SCHEMA,
+    )
+    return candidates, pa.array(by_row, pa.list_(pa.string()))
+
+
+def rank_by_revenue(
+    revenue: np.ndarray, probability: np.ndarray, ids: np.ndarray, k: int
+) -> np.ndarray:
+    """Row positions of the top ``k`` by revenue at risk, then probability, then lowest id."""
+    if len(revenue) == 0:
+        return np.empty(0, dtype=np.int64)
+    # lexsort sorts by the last key first; negate to get descending revenue and probability.
+    order = np.lexsort((ids, -probability, -revenue))
+    return order[:k].astype(np.int64)
