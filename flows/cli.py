@@ -500,7 +500,7 @@ def demo(
     start: DateOption = "2026-01-01",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
-    """Run the whole job on simulated data: simulate, build and apply features, build a training frame."""
+    """Run the whole job on simulated data: simulate, build features, train the first champion, score the last day."""
     _use_prefect()
     from flows.demo import run_demo
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from tasks.core.settings import Settings
-from tasks.frames import build_scoring_frame, build_training_frame, write_frame
+from tasks.registry import CHAMPION, current_alias
 from tasks.simulate import WorldSpec, simulate_world
 
 
@@ -25,9 +25,10 @@ def _shown(path: Path) -> str:
 def run_demo(
     settings: Settings, *, subscribers: int, days: int, start: date, seed: int, console: Console
 ) -> None:
-    """Simulate a world, build and apply its features, build the frames, and train the first model."""
+    """Simulate a world, build its features, train the first champion and score the last day."""
     from flows.features import build_features_flow
     from flows.retrain import retrain_flow
+    from flows.score import score_nightly_flow
 
     timings: dict[str, float] = {}
     began = time.perf_counter()
@@ -50,18 +51,8 @@ def run_demo(
     build = build_features_flow(start=None, end=None)
     timings["build features"] = time.perf_counter() - began
 
-    console.rule("[bold]3. Point-in-time frames through Feast")
     as_of = world.end
-    began = time.perf_counter()
-    training = build_training_frame(settings, as_of)
-    training_path = write_frame(training, settings.home / "frames" / f"training_{as_of}.parquet")
-    timings["training frame"] = time.perf_counter() - began
-    began = time.perf_counter()
-    scoring = build_scoring_frame(settings, as_of)
-    scoring_path = write_frame(scoring, settings.home / "frames" / f"scoring_{as_of}.parquet")
-    timings["scoring frame"] = time.perf_counter() - began
-
-    console.rule("[bold]4. Retrain: LightGBM, gates, MLflow (Prefect flow retrain)")
+    console.rule("[bold]3. Retrain: LightGBM, gates, MLflow (Prefect flow retrain)")
     began = time.perf_counter()
     result = retrain_flow(as_of=as_of, reason="demo: first training")
     timings["retrain"] = time.perf_counter() - began
@@ -74,8 +65,17 @@ def run_demo(
         f"calibration error {m['calibration_error']:.4f}"
     )
 
+    summary = None
+    if current_alias(settings, CHAMPION) is not None:
+        console.rule(f"[bold]4. Nightly scoring of {as_of} (Prefect flow score-nightly)")
+        began = time.perf_counter()
+        summary = score_nightly_flow(score_date=as_of)
+        timings["score"] = time.perf_counter() - began
+        _show_high_risk(console, summary)
+    else:
+        console.print("  no champion: nightly scoring skipped (see the gates above)")
+
     first, last = settings.training_window(as_of)
-    labels = training.column("churned_30d").to_pylist()
     table = Table(title="churn-ops demo: what was made, and where", title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("size", justify="right")
@@ -91,24 +91,49 @@ def run_demo(
     table.add_row(
         "Feast registry / online store", "4 views, churn_model_v1", _shown(settings.feast_dir)
     )
-    table.add_row(
-        f"training frame (snapshots {first} .. {last})",
-        f"{training.num_rows:,} rows, {sum(labels) / max(len(labels), 1):.1%} churned",
-        _shown(training_path),
-    )
-    table.add_row(
-        f"scoring frame ({as_of})", f"{scoring.num_rows:,} subscribers", _shown(scoring_path)
-    )
     model_state = (
-        f"version {result.version}, {'champion' if result.promoted else 'challenger'}"
+        f"version {result.version}, {'champion' if result.promoted else 'challenger'}, "
+        f"trained on snapshots {first} .. {last}"
         if result.version
         else "refused: an MLflow run with its failed gates, no version"
     )
-    table.add_row("model telecom_churn_model", model_state, _shown(settings.mlflow_dir))
+    table.add_row(f"model {settings.model_name}", model_state, _shown(settings.mlflow_dir))
+    if summary is not None:
+        table.add_row(
+            f"high-risk file {as_of}",
+            f"{summary.high_risk_rows:,} subscribers",
+            _shown(summary.high_risk_csv),
+        )
+        table.add_row(
+            "prediction log",
+            f"{summary.scored:,} predictions",
+            _shown(settings.predictions_dir),
+        )
     console.print(table)
     console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     console.print(
-        f"the model trained at {as_of} learned from snapshots up to "
-        f"{as_of - timedelta(days=settings.label_horizon_days)} (labels need {settings.label_horizon_days} days "
-        "to mature); see `churn model list`, and the model card in MLflow."
+        f"the model trained at {as_of} learned from snapshots up to {last} (labels need "
+        f"{settings.label_horizon_days} days to mature); see `churn model list`, the model card "
+        'in MLflow, and `churn audit sql "SELECT * FROM daily_volumes"`.'
     )
+
+
+def _show_high_risk(console: Console, summary) -> None:
+    tiers = summary.tiers.get("champion", {})
+    console.print(
+        f"  scored {summary.scored:,} of {summary.subscribers:,} subscribers: "
+        + ", ".join(f"{t} {c:,}" for t, c in tiers.items())
+    )
+    top = Table(title=f"top of {_shown(summary.high_risk_csv)}", title_justify="left")
+    for column in ("rank", "subscriber", "probability", "revenue at risk", "reasons"):
+        top.add_column(column, overflow="fold")
+    for row in summary.top[:10]:
+        reasons = "; ".join(r for r in (row["reason_1"], row["reason_2"], row["reason_3"]) if r)
+        top.add_row(
+            str(row["rank"]),
+            str(row["subscriber_id"]),
+            f"{row['probability']:.3f}",
+            f"{row['revenue_at_risk']:.2f}",
+            reasons,
+        )
+    console.print(top)

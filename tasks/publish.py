@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from tasks.core.files import atomic_path, write_parquet_atomic
+from tasks.core.files import PARQUET_OPTIONS, atomic_path
 from tasks.core.settings import Settings
 
 HIGH_RISK_COLUMNS = (
@@ -77,13 +78,15 @@ def select_high_risk(
 def write_high_risk_file(settings: Settings, day: date, rows: pa.Table) -> tuple[Path, Path]:
     """Write ``day``'s file as CSV and Parquet, each atomically; a rerun replaces both."""
     csv_path, parquet_path = high_risk_paths(settings, day)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(rows, parquet_path)
-    with atomic_path(csv_path) as tmp, tmp.open("w", encoding="utf-8-sig", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(rows.column_names)
-        for row in rows.to_pylist():
-            writer.writerow(_cell(name, value) for name, value in row.items())
+    # Both written to temp names first, then renamed one right after the other: a failure while
+    # writing leaves yesterday's pair, never a new Parquet beside an old CSV.
+    with atomic_path(parquet_path) as parquet_tmp, atomic_path(csv_path) as csv_tmp:
+        pq.write_table(rows, parquet_tmp, **PARQUET_OPTIONS)
+        with csv_tmp.open("w", encoding="utf-8-sig", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(rows.column_names)
+            for row in rows.to_pylist():
+                writer.writerow(_cell(name, value) for name, value in row.items())
     return csv_path, parquet_path
 
 
