@@ -10,7 +10,7 @@ from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -164,6 +164,74 @@ class Settings(BaseSettings):
     )
     reason_codes: int = Field(
         default=3, ge=1, le=10, description="Reasons given per subscriber in the high-risk file."
+    )
+
+    # Monitoring (issue 5): drift thresholds are effect sizes; p-values are only reported.
+    drift_psi_warn: float = Field(
+        default=0.10, gt=0, description="PSI from which a feature 'warns'."
+    )
+    drift_psi_alert: float = Field(
+        default=0.25, gt=0, description="PSI from which a feature 'alerts'."
+    )
+    drift_ks_warn: float = Field(
+        default=0.10, gt=0, le=1, description="KS statistic from which a numeric feature 'warns'."
+    )
+    drift_ks_alert: float = Field(
+        default=0.20, gt=0, le=1, description="KS statistic from which a numeric feature 'alerts'."
+    )
+    drift_retrain_features: int = Field(
+        default=2,
+        ge=1,
+        description="Alerting features (or a shifted prediction distribution) from which the day's "
+        "severity is 'retrain'.",
+    )
+    drift_reference_rows: int = Field(
+        default=200_000,
+        ge=1_000,
+        description="Rows of the training window kept as the reference sample of a model version.",
+    )
+    drift_cooldown_days: int = Field(
+        default=7,
+        ge=0,
+        description="At most one drift-triggered retrain per model version within this many days.",
+    )
+    performance_auc_tolerance: float = Field(
+        default=0.05,
+        ge=0,
+        description="Alert when the champion's realized AUC falls this far below its holdout AUC.",
+    )
+
+    # Alerts (Slack). Secrets: never logged, never in artifacts or errors.
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, description="Slack incoming webhook URL (secret)."
+    )
+    slack_bot_token: SecretStr | None = Field(
+        default=None, description="Slack bot token (secret), used with slack_channel."
+    )
+    slack_channel: str | None = Field(default=None, description="Channel for the bot token.")
+    alert_max_attempts: int = Field(
+        default=4, ge=1, description="Delivery attempts per alert and run (retries with backoff)."
+    )
+    alert_backoff_seconds: float = Field(
+        default=1.0, ge=0, description="First retry delay; doubles each attempt."
+    )
+    prefect_ui_url: str | None = Field(
+        default=None,
+        description="Prefect UI base URL (http://127.0.0.1:4200) for links to flow runs in alerts.",
+    )
+
+    # Online scoring endpoint (issue 7).
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, /predict requires it in the X-API-Key header."
+    )
+    online_flush_rows: int = Field(
+        default=1_000, ge=1, description="Online predictions buffered before a log flush."
+    )
+    online_flush_seconds: float = Field(
+        default=5.0, gt=0, description="Longest an online prediction waits in the buffer."
+    )
+    model_reload_seconds: float = Field(
+        default=30.0, gt=0, description="How often the endpoint checks whether the champion moved."
     )
 
     # Simulator defaults (the demo world).
