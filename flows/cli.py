@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flows.audit_cli import audit_app
+from flows.stack_cli import register as register_stack_commands
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings, get_settings, reset_settings
 from tasks.core.telemetry import disable_telemetry
@@ -514,6 +515,37 @@ def demo(
     )
 
 
+# ----------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+) -> None:
+    """Serve real-time churn scores over HTTP: POST /predict, /predict/features; GET /health, /metrics."""
+    from flows.serve import open_service, run_server
+
+    settings = _settings()
+    service = open_service(settings)
+    model = service.model
+    _summary(
+        "Serving churn scores (Ctrl-C to stop)",
+        [
+            ("url", f"http://{host}:{port}  (docs: /docs)"),
+            ("model", f"{model.name} version {model.version} (champion)"),
+            ("will-churn threshold", f"{model.threshold:.4f}: {model.threshold_source}"),
+            ("feature service", settings.feature_service),
+            ("API key", "required (X-API-Key)" if settings.api_key else "not required"),
+        ],
+    )
+    run_server(
+        service, host=host, port=port, verbose=logging.getLogger().isEnabledFor(logging.INFO)
+    )
+
+
 def run() -> None:
     """Entry point: a ChurnError becomes one clear line on stderr and exit code 1 (usage errors exit 2)."""
     try:
@@ -521,3 +553,7 @@ def run() -> None:
     except ChurnError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(1)
+
+
+# The local stack and the deployments (flows/stack_cli.py), listed after the data commands.
+register_stack_commands(app)

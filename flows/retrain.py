@@ -15,11 +15,13 @@ from datetime import date
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from flows.common import dated_run_name, run_day
 from tasks.approval import ApprovalOutcome, apply_approval, pause_key
 from tasks.core.errors import ChurnError
 from tasks.core.settings import get_settings
@@ -41,14 +43,19 @@ class ApprovalDecision(RunInput):
 @flow(
     name="retrain",
     description="Training frame → LightGBM → holdout metrics → fairness → champion/challenger → MLflow.",
+    flow_run_name=dated_run_name("retrain", "as_of"),
 )
 def retrain_flow(
-    as_of: date, reason: str = "scheduled", wait_for_approval: bool = True
+    as_of: date | None = None, reason: str = "scheduled", wait_for_approval: bool = True
 ) -> RetrainResult:
-    """Retrain at ``as_of``; in approval mode wait for a person unless ``wait_for_approval`` is off."""
+    """Retrain at ``as_of`` (default: the day before the run's scheduled time); in approval mode
+    wait for a person unless ``wait_for_approval`` is off."""
     logger = get_run_logger()
     settings = get_settings()
-    result = retrain(settings, as_of, reason, flow_run_id=str(runtime.flow_run.id))
+    as_of = as_of or run_day(settings)
+    # One retraining at a time across deployments (a no-op where the limit is not defined).
+    with concurrency("churn-retrain", occupy=1, strict=False):
+        result = retrain(settings, as_of, reason, flow_run_id=str(runtime.flow_run.id))
     logger.info("%s", result.decision.summary())
     awaiting = (
         result.version is not None and not result.promoted and settings.promotion_mode == "approval"

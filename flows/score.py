@@ -15,9 +15,11 @@ from datetime import date
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 
+from flows.common import dated_run_name, run_day
 from tasks.core.settings import Settings, get_settings
-from tasks.nightly import ScoreSummary, default_score_date, run_scoring
+from tasks.nightly import ScoreSummary, run_scoring
 from tasks.score import ScoringContext, Shard, ShardResult, score_shard
 
 
@@ -74,18 +76,22 @@ def _dask_runner(settings: Settings):
 @flow(
     name="score-nightly",
     description="Score every subscriber in service; write the high-risk file and the prediction log.",
+    flow_run_name=dated_run_name("score", "score_date"),
 )
 def score_nightly_flow(score_date: date | None = None) -> ScoreSummary:
-    """Score ``score_date`` (default: yesterday in ``CHURN_TIMEZONE``)."""
+    """Score ``score_date`` (default: the day before the run's scheduled time, in ``CHURN_TIMEZONE``)."""
     logger = get_run_logger()
     settings = get_settings()
-    day = score_date or default_score_date(settings)
+    day = score_date or run_day(settings)
     run_id = str(runtime.flow_run.id)
-    if settings.score_task_runner == "dask":
-        shards_flow = score_shards_flow.with_options(task_runner=_dask_runner(settings))
-        summary = shards_flow(day, run_id, window=2 * max(1, settings.model_threads))
-    else:
-        summary = run_scoring(settings, day, map_shards=_sequential, flow_run_id=run_id)
+    # One scoring at a time (a no-op where the limit is not defined): two nights never interleave
+    # their writes to the log and the retention folder.
+    with concurrency("churn-score", occupy=1, strict=False):
+        if settings.score_task_runner == "dask":
+            shards_flow = score_shards_flow.with_options(task_runner=_dask_runner(settings))
+            summary = shards_flow(day, run_id, window=2 * max(1, settings.model_threads))
+        else:
+            summary = run_scoring(settings, day, map_shards=_sequential, flow_run_id=run_id)
     logger.info(
         "scored %s: %s of %s subscribers; high-risk file %s",
         day,

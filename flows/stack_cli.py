@@ -1,0 +1,102 @@
+"""`churn up`, `churn down`, `churn status`, `churn deploy`: the local stack and the deployments."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.core.settings import PROJECT_ROOT, get_settings
+
+console = Console()
+
+PrefectPort = Annotated[int, typer.Option(help="Port of the Prefect server and UI.")]
+MlflowPort = Annotated[int, typer.Option(help="Port of the MLflow UI.")]
+
+
+def up(
+    prefect_port: PrefectPort = 4200,
+    mlflow_port: MlflowPort = 5000,
+    deploy: Annotated[
+        bool, typer.Option(help="Deploy everything in prefect.yaml once the server is up.")
+    ] = True,
+) -> None:
+    """Start the Prefect server, a process worker and the MLflow UI on 127.0.0.1 (state under CHURN_HOME)."""
+    from tasks.stack import deploy_all, stack_environment, start_stack
+
+    settings = get_settings()
+    with console.status("starting the Prefect server, a worker and the MLflow UI"):
+        components = start_stack(settings, prefect_port=prefect_port, mlflow_port=mlflow_port)
+    if deploy:
+        with console.status("deploying prefect.yaml"):
+            deploy_all(stack_environment(settings, prefect_port), PROJECT_ROOT)
+    table = Table(title="churn-ops local stack", title_justify="left")
+    for column in ("part", "pid", "url"):
+        table.add_column(column)
+    for c in components:
+        table.add_row(c.name, str(c.pid), c.url)
+    console.print(table)
+    console.print(
+        f"Prefect UI: http://127.0.0.1:{prefect_port}   MLflow UI: http://127.0.0.1:{mlflow_port}\n"
+        f"Use it from this shell: export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api "
+        f"CHURN_HOME={settings.home}\nStop it: churn down"
+    )
+
+
+def down() -> None:
+    """Stop exactly what `churn up` started; history stays under CHURN_HOME."""
+    from tasks.stack import stop_stack
+
+    stopped = stop_stack(get_settings())
+    console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+def status() -> None:
+    """What the local stack runs, and whether each part answers its health check."""
+    from tasks.stack import stack_status
+
+    rows = stack_status(get_settings())
+    if not rows:
+        console.print("the local stack is not running (start it with `churn up`)")
+        return
+    table = Table(title="churn-ops local stack", title_justify="left")
+    for column in ("part", "pid", "running", "healthy", "url"):
+        table.add_column(column)
+    for s in rows:
+        table.add_row(s.name, str(s.pid), _yes(s.running), _yes(s.healthy), s.url)
+    console.print(table)
+    if not all(s.healthy for s in rows):
+        raise typer.Exit(1)
+
+
+def deploy() -> None:
+    """Create the work pool if missing and deploy every flow in prefect.yaml (updates in place)."""
+    from tasks.stack import StackError, deploy_all, read_state, stack_environment
+
+    settings = get_settings()
+    server = next((c for c in read_state(settings) if c.name == "prefect-server"), None)
+    if server is not None:
+        port = int(server.url.rsplit(":", 1)[1])
+        env = stack_environment(settings, port)
+    elif os.environ.get("PREFECT_API_URL"):
+        env = {**os.environ, "CHURN_HOME": str(settings.home), "CHURN_TIMEZONE": settings.timezone}
+    else:
+        raise StackError(
+            "no Prefect server to deploy to: start one with `churn up` or set PREFECT_API_URL"
+        )
+    output = deploy_all(env, PROJECT_ROOT)
+    console.print(output.strip().splitlines()[-1] if output.strip() else "deployed")
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+    app.command()(deploy)

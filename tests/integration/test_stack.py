@@ -1,0 +1,211 @@
+"""The local stack and the deployments against the real thing: `churn up` starts a Prefect server,
+a process worker and the MLflow UI; deployments come from prefect.yaml; the scoring deployment
+runs through the worker; a drift event starts the retrain deployment; `churn down` stops it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tasks.core.settings import get_settings, reset_settings
+from tasks.retrain import retrain
+
+from .conftest import RETRAIN_WORLD_DAYS, WORLD_START
+
+pytestmark = pytest.mark.integration
+
+DAY = WORLD_START + timedelta(days=RETRAIN_WORLD_DAYS - 1)
+GATES = {
+    "CHURN_FAIRNESS_MAX_EO_DIFFERENCE": "0.9",
+    "CHURN_FAIRNESS_MIN_DP_RATIO": "0.1",
+    "CHURN_GATE_MIN_AUC": "0.6",
+    # Any candidate the gates let through is a "promote": the drift retrain needs a margin it can meet.
+    "CHURN_GATE_AUC_MARGIN": "-1",
+}
+DEPLOYMENTS = {
+    "build-features/build-features": ("30 1 * * *", "Europe/Paris"),
+    "score-nightly/score-nightly": ("0 2 * * *", "Europe/Paris"),
+    "retrain/retrain-weekly": ("0 4 * * 0", "Europe/Paris"),
+    "retrain/retrain-on-drift": (None, None),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _api(url: str, path: str, body: dict | None = None) -> object:
+    request = urllib.request.Request(
+        f"{url}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _wait_for_run(api: str, deployment_id: str, timeout_s: float = 300) -> dict:
+    """The newest run of a deployment, once it reached a final state."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = _api(
+            api,
+            "/flow_runs/filter",
+            {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_DESC"},
+        )
+        final = [
+            r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+        ]
+        if final:
+            return final[0]
+        time.sleep(2)
+    raise AssertionError(f"no run of deployment {deployment_id} finished within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def stack(retrain_world_home: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`churn up` over the shared world with a champion in its own MLflow store; `churn down` after."""
+    mlflow_dir = tmp_path_factory.mktemp("stack_mlflow")
+    env = {
+        **os.environ,
+        "CHURN_HOME": str(retrain_world_home),
+        "CHURN_MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_dir}/mlflow.db",
+        "CHURN_MODEL_NAME": "telecom_churn_model",
+        "CHURN_TIMEZONE": "Europe/Paris",
+        "COLUMNS": "200",
+        **GATES,
+    }
+    env.pop("PREFECT_API_URL", None)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("CHURN_HOME", "CHURN_MLFLOW_TRACKING_URI", "CHURN_MODEL_NAME", *GATES):
+            patch.setenv(name, env[name])
+        reset_settings()
+        first = retrain(get_settings(), DAY - timedelta(days=14), "test: a champion for the stack")
+        assert first.promoted
+    reset_settings()
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    churn = [sys.executable, "-m", "flows"]
+    up = subprocess.run(
+        [*churn, "up", "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield {
+            "env": env,
+            "api": f"http://127.0.0.1:{prefect_port}/api",
+            "mlflow": f"http://127.0.0.1:{mlflow_port}",
+            "up": up.stdout,
+            "home": retrain_world_home,
+        }
+    finally:
+        down = subprocess.run(
+            [*churn, "down"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert down.returncode == 0, down.stderr
+        state = retrain_world_home / "stack" / "stack.json"
+        assert not state.exists()
+
+
+def test_up_starts_every_part_and_deploys_prefect_yaml(stack) -> None:
+    assert stack["api"].removesuffix("/api") in stack["up"] and stack["mlflow"] in stack["up"]
+    status = subprocess.run(
+        [sys.executable, "-m", "flows", "status"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stdout
+    for part in ("prefect-server", "prefect-worker", "mlflow-ui"):
+        assert part in status.stdout
+    with urllib.request.urlopen(f"{stack['mlflow']}/health", timeout=5) as response:
+        assert response.status == 200
+
+    deployments = _api(stack["api"], "/deployments/filter", {})
+    by_name = {}
+    flows = {f["id"]: f["name"] for f in _api(stack["api"], "/flows/filter", {})}
+    for d in deployments:
+        by_name[f"{flows[d['flow_id']]}/{d['name']}"] = d
+    assert set(DEPLOYMENTS) <= set(by_name)
+    for name, (cron, timezone) in DEPLOYMENTS.items():
+        deployment = by_name[name]
+        assert deployment["work_pool_name"] == "churn-process"
+        assert deployment["description"]
+        assert deployment["global_concurrency_limit"]["limit"] == 1
+        schedules = [s["schedule"] for s in deployment["schedules"]]
+        if cron is None:
+            assert schedules == []
+        else:
+            assert schedules == [{"cron": cron, "timezone": timezone, "day_or": True}] or [
+                (s["cron"], s["timezone"]) for s in schedules
+            ] == [(cron, timezone)]
+    limits = {
+        gcl["name"]: gcl["limit"] for gcl in _api(stack["api"], "/v2/concurrency_limits/filter", {})
+    }
+    assert limits.get("churn-retrain") == 1 and limits.get("churn-score") == 1
+
+
+def test_the_scoring_deployment_runs_through_the_worker(stack) -> None:
+    deployments = _api(
+        stack["api"], "/deployments/filter", {"deployments": {"name": {"any_": ["score-nightly"]}}}
+    )
+    deployment_id = deployments[0]["id"]
+    _api(
+        stack["api"],
+        f"/deployments/{deployment_id}/create_flow_run",
+        {"parameters": {"score_date": DAY.isoformat()}},
+    )
+    run = _wait_for_run(stack["api"], deployment_id)
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["name"] == f"score-{DAY.isoformat()}"
+    assert (stack["home"] / "retention" / f"high_risk_{DAY}.csv").is_file()
+
+
+def test_a_drift_event_triggers_the_retrain_deployment(stack) -> None:
+    deployments = _api(
+        stack["api"],
+        "/deployments/filter",
+        {"deployments": {"name": {"any_": ["retrain-on-drift"]}}},
+    )
+    deployment_id = deployments[0]["id"]
+    emitted = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "from prefect.events import emit_event\n"
+                "emit_event(event='churn.drift.detected',"
+                " resource={'prefect.resource.id': 'churn.model.telecom_churn_model'},"
+                f" payload={{'score_date': '{DAY}', 'severity': 'retrain',"
+                " 'features': 'charge_to_list_ratio, monthly_charge', 'model_version': 1})\n"
+            ),
+        ],
+        env={**stack["env"], "PREFECT_API_URL": stack["api"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert emitted.returncode == 0, emitted.stderr
+    run = _wait_for_run(stack["api"], deployment_id, timeout_s=420)
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["parameters"]["as_of"] == DAY.isoformat()
+    assert run["parameters"]["reason"].startswith(f"drift on {DAY} (retrain): charge_to_list_ratio")
