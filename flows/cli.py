@@ -544,6 +544,7 @@ def serve(
     run_server(
         service, host=host, port=port, verbose=logging.getLogger().isEnabledFor(logging.INFO)
     )
+    _summary("Stopped", [("online predictions logged", service.log.written)])
 
 
 def run() -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.alerting import alert_on_failure
 from tasks.core.settings import get_settings
 from tasks.feature_store import apply_feature_repo
 from tasks.feature_tables import BuildSummary, build_feature_tables, built_days, materialize_online
-from tasks.sources import check_sources
+from tasks.sources import check_sources, source_date_range
 
 
 @task
@@ -40,11 +41,24 @@ def materialize(day: date) -> dict[str, int]:
 @flow(
     name="build-features",
     description="Source contracts → feast apply → sql/features, checked before publishing → online store.",
+    on_failure=[alert_on_failure],
 )
 def build_features_flow(
-    start: date | None = None, end: date | None = None, materialize_online_store: bool = True
-) -> BuildSummary:
+    start: date | None = None,
+    end: date | None = None,
+    materialize_online_store: bool = True,
+    only_new_days: bool = False,
+) -> BuildSummary | None:
+    """Build ``[start, end]`` (default: every source day); ``only_new_days`` (the nightly
+    deployment) starts after the newest day already built, and does nothing when none is new."""
     logger = get_run_logger()
+    if only_new_days and start is None:
+        built = built_days(get_settings(), "subscriber_profile")
+        _, last = source_date_range(get_settings().source_dir)
+        if built and built[-1] >= last:
+            logger.info("features are built through %s, the newest source day: nothing new", last)
+            return None
+        start = built[-1] + timedelta(days=1) if built else None
     sources = check_source_contracts(end)
     views = apply_registry()
     summary = build_tables(start, end)

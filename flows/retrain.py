@@ -21,7 +21,9 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from flows.alerting import alert_on_failure, notify
 from flows.common import dated_run_name, run_day
+from tasks.alerts import flow_run_url, gate_alert
 from tasks.approval import ApprovalOutcome, apply_approval, pause_key
 from tasks.core.errors import ChurnError
 from tasks.core.settings import get_settings
@@ -44,6 +46,7 @@ class ApprovalDecision(RunInput):
     name="retrain",
     description="Training frame → LightGBM → holdout metrics → fairness → champion/challenger → MLflow.",
     flow_run_name=dated_run_name("retrain", "as_of"),
+    on_failure=[alert_on_failure],
 )
 def retrain_flow(
     as_of: date | None = None, reason: str = "scheduled", wait_for_approval: bool = True
@@ -57,6 +60,7 @@ def retrain_flow(
     with concurrency("churn-retrain", occupy=1, strict=False):
         result = retrain(settings, as_of, reason, flow_run_id=str(runtime.flow_run.id))
     logger.info("%s", result.decision.summary())
+    notify(_gate_alert(settings, result, awaiting_approval=None))
     awaiting = (
         result.version is not None and not result.promoted and settings.promotion_mode == "approval"
     )
@@ -129,3 +133,34 @@ def _registry_line(result: RetrainResult, awaiting: bool) -> str:
     if awaiting:
         return line + " (challenger): waiting for a person's approval.\n"
     return line + " (challenger): scored in shadow until promoted.\n"
+
+
+def _gate_alert(settings, result: RetrainResult, awaiting: bool):
+    """The gates' outcome for people: verdict, which gate said no and by how much, key numbers."""
+    m = result.challenger.metrics
+    if result.promoted:
+        next_step = f"version {result.version} is now champion"
+    elif awaiting:
+        next_step = (
+            f"version {result.version} waits for approval: `churn model approve {result.version}`"
+        )
+    elif result.version is not None:
+        next_step = f"version {result.version} is challenger, scored in shadow until promoted"
+    else:
+        next_step = "the champion stays; the candidate is kept as an MLflow run with its reasons"
+    return gate_alert(
+        settings.model_name,
+        result.version,
+        result.decision.verdict,
+        {g.name: g.detail for g in result.decision.failed},
+        {
+            "roc_auc": m["roc_auc"],
+            "best_achievable_auc": result.best_auc,
+            "calibration_error": m["calibration_error"],
+            "lift_at_k": m["lift_at_k"],
+            "champion_roc_auc": (result.champion_metrics or {}).get("roc_auc"),
+        },
+        as_of=result.as_of,
+        run_url=flow_run_url(settings, runtime.flow_run.id),
+        next_step=next_step,
+    )

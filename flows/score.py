@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
+from flows.alerting import alert_on_failure
 from flows.common import dated_run_name, run_day
 from tasks.core.settings import Settings, get_settings
 from tasks.nightly import ScoreSummary, run_scoring
@@ -77,6 +78,7 @@ def _dask_runner(settings: Settings):
     name="score-nightly",
     description="Score every subscriber in service; write the high-risk file and the prediction log.",
     flow_run_name=dated_run_name("score", "score_date"),
+    on_failure=[alert_on_failure],
 )
 def score_nightly_flow(score_date: date | None = None) -> ScoreSummary:
     """Score ``score_date`` (default: the day before the run's scheduled time, in ``CHURN_TIMEZONE``)."""

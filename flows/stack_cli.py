@@ -91,6 +91,41 @@ def deploy() -> None:
     console.print(output.strip().splitlines()[-1] if output.strip() else "deployed")
 
 
+def worker(
+    healthcheck: Annotated[
+        bool,
+        typer.Option(help="Serve /health on PREFECT_WORKER_WEBSERVER_PORT (8080) for containers."),
+    ] = True,
+) -> None:
+    """Run a process worker for the churn-process pool in the foreground (the container's default)."""
+    import sys
+
+    from tasks.core.telemetry import TELEMETRY_OFF
+    from tasks.stack import WORK_POOL
+
+    if not os.environ.get("PREFECT_API_URL"):
+        from tasks.stack import StackError
+
+        raise StackError(
+            "PREFECT_API_URL is not set: the worker needs the Prefect server's API URL"
+        )
+    os.environ.update(TELEMETRY_OFF)
+    command = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        WORK_POOL,
+        "--type",
+        "process",
+    ]
+    if healthcheck:
+        command.append("--with-healthcheck")
+    os.execv(sys.executable, command)
+
+
 def _yes(value: bool) -> str:
     return "yes" if value else "no"
 
@@ -100,3 +135,4 @@ def register(app: typer.Typer) -> None:
     app.command()(down)
     app.command()(status)
     app.command()(deploy)
+    app.command()(worker)
