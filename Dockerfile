@@ -20,7 +20,7 @@ WORKDIR /app
 COPY --from=build --chown=churn:churn /app /app
 ENV PATH="/app/.venv/bin:$PATH" \
     CHURN_HOME=/data \
-        WHYLOGS_NO_ANALYTICS=True \
+    WHYLOGS_NO_ANALYTICS=True \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY=false \
     DO_NOT_TRACK=true \
@@ -29,7 +29,14 @@ ENV PATH="/app/.venv/bin:$PATH" \
 RUN mkdir -p /data && chown churn:churn /data
 USER churn
 VOLUME ["/data"]
-HEALTHCHECK --interval=60s --timeout=10s CMD ["churn", "--help"]
+# The worker serves /health on this port (`churn worker --with-healthcheck`, the default).
+ENV PREFECT_WORKER_WEBSERVER_PORT=8080
+EXPOSE 8080
+HEALTHCHECK --interval=60s --timeout=10s --start-period=60s \
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/health', timeout=5)"]
 ENTRYPOINT ["churn"]
-# Alternatives: `docker run IMAGE demo`, `docker run IMAGE features build`.
-CMD ["demo"]
+# Default: a process worker for the churn-process pool (set PREFECT_API_URL to the server).
+# Alternatives: `docker run IMAGE demo` (the whole story on simulated data),
+# `docker run IMAGE score --date 2026-11-25` (one flow), `docker run -p 8000:8000 IMAGE serve
+# --host 0.0.0.0` (the online endpoint).
+CMD ["worker"]

@@ -72,6 +72,10 @@ def main(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # Without Slack an alert is logged in full and kept in $CHURN_HOME/alerts/outbox; the
+        # commands summarise it, so the terminal shows it with -v only.
+        logging.getLogger("tasks.alerts").setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -385,6 +389,77 @@ def score(
     _print_score_summary(summary)
 
 
+@app.command()
+def monitor(
+    date_: Annotated[
+        str | None,
+        typer.Option("--date", help="Score date to monitor (YYYY-MM-DD); default: yesterday."),
+    ] = None,
+    retrain_on_drift: Annotated[
+        bool,
+        typer.Option(
+            help="When the day asks for retraining, run the retrain flow here (without a "
+            "Prefect server's deployment trigger)."
+        ),
+    ] = False,
+) -> None:
+    """Run the monitor flow: profiles, contracts, drift against the champion's reference, alert."""
+    _use_prefect()
+    from flows.monitor import monitor_flow
+
+    result = monitor_flow(
+        score_date=_day(date_, "--date") if date_ else None, retrain_on_drift=retrain_on_drift
+    )
+    drifted = sorted(result.drifted, key=lambda r: -r["psi"])
+    table = Table(title=f"Drift {result.score_date}: {result.severity.level}", title_justify="left")
+    for column in ("feature", "PSI", "KS / chi²", "p-value", "level"):
+        table.add_column(column)
+    for r in drifted or result.drift.to_pylist()[:5]:
+        table.add_row(
+            r["feature"],
+            f"{r['psi']:.3f}",
+            "—" if r["statistic"] is None else f"{r['statistic']:.3f}",
+            "—" if r["p_value"] is None else f"{r['p_value']:.2g}",
+            r["level"],
+        )
+    console.print(table)
+    _summary(
+        f"Monitoring {result.score_date}",
+        [
+            ("severity", result.severity.level),
+            ("why", result.severity.reason),
+            ("champion version", result.model_version),
+            ("retraining requested", "yes" if result.retrain_requested else "no"),
+            *([("cooldown", result.cooldown_note)] if result.cooldown_note else []),
+            ("report", str(result.report.html)),
+        ],
+    )
+
+
+@app.command()
+def performance(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Evaluate outcomes known at this day.")
+    ] = None,
+    recompute: Annotated[
+        bool, typer.Option(help="Evaluate every matured score date again.")
+    ] = False,
+) -> None:
+    """Run the evaluate-performance flow: realized AUC, lift and calibration once outcomes matured."""
+    _use_prefect()
+    from flows.performance import performance_flow
+
+    outcome = performance_flow(as_of=_day(as_of, "--as-of") if as_of else None, recompute=recompute)
+    _summary(
+        f"Realized performance at {outcome['as_of']}",
+        [
+            ("new score dates", len(outcome["new_dates"])),
+            *((f["kind"], f["message"]) for f in outcome["findings"]),
+            ("trend chart", outcome["chart"]),
+        ],
+    )
+
+
 def _print_score_summary(summary) -> None:
     versions = ", ".join(f"v{v} ({role})" for v, role in summary.models)
     tiers = summary.tiers.get("champion", {})
@@ -494,14 +569,16 @@ def demo(
     days: Annotated[
         int,
         typer.Option(
-            min=1,
-            help="Days of history (≥ window + horizon + 90-day feature history = 210 by default).",
+            min=211,
+            help="Days simulated: 210 of history before the first training (90-day features + "
+            "30-day labels + 90-day window), then up to 14 nights scored and monitored.",
         ),
-    ] = 240,
+    ] = 224,
     start: DateOption = "2026-01-01",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
-    """Run the whole job on simulated data: simulate, build features, train the first champion, score the last day."""
+    """The whole story on simulated data: a price rise part-way through the last nights; the first
+    champion; every night scored and monitored; the shock alerted; a drift retraining judged by the gates."""
     _use_prefect()
     from flows.demo import run_demo
 

@@ -1,17 +1,28 @@
-"""The demo story on simulated data: what `make demo` runs (`churn demo`)."""
+"""The demo story on simulated data: what `make demo` runs (`churn demo`).
+
+A world with a price rise part-way through its last weeks: the first champion is trained before
+the nights begin; every night is scored (high-risk file, prediction log) and monitored; the night
+of the shock, monitoring alerts and asks for a retraining, which runs with reason "drift" and is
+judged by the gates like any other candidate.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from tasks.core.settings import Settings
-from tasks.registry import CHAMPION, current_alias
+from tasks.registry import CHAMPION, current_alias, list_versions
 from tasks.simulate import WorldSpec, simulate_world
+
+FEATURE_HISTORY_DAYS = 210
+"""Days before the first training day the window needs: 90-day features + 30-day labels + 90-day window."""
+MAX_NIGHTS = 14
 
 
 def _shown(path: Path) -> str:
@@ -22,20 +33,39 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def demo_calendar(start: date, days: int) -> tuple[date, list[date], date]:
+    """The first training day, the nights scored after it, and the day the price shock starts."""
+    nights = max(1, min(MAX_NIGHTS, days - FEATURE_HISTORY_DAYS))
+    last = start + timedelta(days=days - 1)
+    first_training = last - timedelta(days=nights)
+    scored = [first_training + timedelta(days=i + 1) for i in range(nights)]
+    shock = scored[len(scored) // 2]
+    return first_training, scored, shock
+
+
 def run_demo(
     settings: Settings, *, subscribers: int, days: int, start: date, seed: int, console: Console
 ) -> None:
-    """Simulate a world, build its features, train the first champion and score the last day."""
+    """Simulate, build features, train the first champion, then score and monitor every night."""
     from flows.features import build_features_flow
+    from flows.monitor import monitor_flow
     from flows.retrain import retrain_flow
     from flows.score import score_nightly_flow
 
+    first_training, nights, shock = demo_calendar(start, days)
     timings: dict[str, float] = {}
     began = time.perf_counter()
     console.rule("[bold]1. Simulate the subscriber world")
     with console.status(f"simulating {subscribers:,} subscribers × {days} days"):
         world = simulate_world(
-            WorldSpec(subscribers=subscribers, days=days, start=start, seed=seed),
+            WorldSpec(
+                subscribers=subscribers,
+                days=days,
+                start=start,
+                seed=seed,
+                scenario="price_shock",
+                scenario_start=shock,
+            ),
             settings.source_dir,
             settings.truth_dir,
             chunk_days=settings.sim_chunk_days,
@@ -43,7 +73,8 @@ def run_demo(
     timings["simulate"] = time.perf_counter() - began
     console.print(
         f"  {world.subscribers_ever:,} subscribers ever, {world.churned:,} churned, "
-        f"{world.rows['usage_daily']:,} usage rows → {_shown(world.source_dir)}"
+        f"{world.rows['usage_daily']:,} usage rows; on {shock} ~30% of subscribers get a 25% "
+        f"price rise → {_shown(world.source_dir)}"
     )
 
     console.rule("[bold]2. Build features (Prefect flow build-features)")
@@ -51,11 +82,41 @@ def run_demo(
     build = build_features_flow(start=None, end=None)
     timings["build features"] = time.perf_counter() - began
 
-    as_of = world.end
-    console.rule("[bold]3. Retrain: LightGBM, gates, MLflow (Prefect flow retrain)")
+    console.rule(f"[bold]3. Train the first champion at {first_training} (Prefect flow retrain)")
     began = time.perf_counter()
-    result = retrain_flow(as_of=as_of, reason="demo: first training")
+    result = retrain_flow(as_of=first_training, reason="demo: first training")
     timings["retrain"] = time.perf_counter() - began
+    _print_training(console, settings, result)
+    if current_alias(settings, CHAMPION) is None:
+        console.print("  no champion: nothing to score (see the gates above)")
+        return
+
+    console.rule(f"[bold]4. Every night {nights[0]} .. {nights[-1]}: score, then monitor")
+    began = time.perf_counter()
+    nightly = Table(title="nights", title_justify="left")
+    for column in ("night", "champion", "scored", "high tier", "drift", "retraining"):
+        nightly.add_column(column)
+    last_summary = None
+    for night in nights:
+        summary = score_nightly_flow(score_date=night)
+        watched = monitor_flow(score_date=night, retrain_on_drift=True)
+        last_summary = summary
+        nightly.add_row(
+            night.isoformat(),
+            ", ".join(f"v{v} ({role})" for v, role in summary.models),
+            f"{summary.scored:,}",
+            f"{summary.tiers['champion']['high']:,}",
+            watched.severity.level,
+            "requested, ran" if watched.retrain_requested else "—",
+        )
+    timings["nights"] = time.perf_counter() - began
+    console.print(nightly)
+    if last_summary is not None:
+        _show_high_risk(console, last_summary)
+    _final_summary(console, settings, build, nights, timings)
+
+
+def _print_training(console: Console, settings: Settings, result) -> None:
     m = result.challenger.metrics
     limit = f" (best achievable {result.best_auc:.3f})" if result.best_auc is not None else ""
     console.print(f"  decision: {result.decision.summary()}")
@@ -65,69 +126,12 @@ def run_demo(
         f"calibration error {m['calibration_error']:.4f}"
     )
 
-    summary = None
-    if current_alias(settings, CHAMPION) is not None:
-        console.rule(f"[bold]4. Nightly scoring of {as_of} (Prefect flow score-nightly)")
-        began = time.perf_counter()
-        summary = score_nightly_flow(score_date=as_of)
-        timings["score"] = time.perf_counter() - began
-        _show_high_risk(console, summary)
-    else:
-        console.print("  no champion: nightly scoring skipped (see the gates above)")
-
-    first, last = settings.training_window(as_of)
-    table = Table(title="churn-ops demo: what was made, and where", title_justify="left")
-    table.add_column("what", style="bold")
-    table.add_column("size", justify="right")
-    table.add_column("where", overflow="fold")
-    table.add_row(
-        "source tables",
-        f"{sum(v for k, v in world.rows.items() if k != 'true_churn_probability'):,} rows",
-        _shown(world.source_dir),
-    )
-    table.add_row(
-        "feature tables", f"{sum(build.rows.values()):,} rows", _shown(build.features_dir)
-    )
-    table.add_row(
-        "Feast registry / online store", "4 views, churn_model_v1", _shown(settings.feast_dir)
-    )
-    model_state = (
-        f"version {result.version}, {'champion' if result.promoted else 'challenger'}, "
-        f"trained on snapshots {first} .. {last}"
-        if result.version
-        else "refused: an MLflow run with its failed gates, no version"
-    )
-    table.add_row(f"model {settings.model_name}", model_state, _shown(settings.mlflow_dir))
-    if summary is not None:
-        table.add_row(
-            f"high-risk file {as_of}",
-            f"{summary.high_risk_rows:,} subscribers",
-            _shown(summary.high_risk_csv),
-        )
-        table.add_row(
-            "prediction log",
-            f"{summary.scored:,} predictions",
-            _shown(settings.predictions_dir),
-        )
-    console.print(table)
-    console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    console.print(
-        f"the model trained at {as_of} learned from snapshots up to {last} (labels need "
-        f"{settings.label_horizon_days} days to mature); see `churn model list`, the model card "
-        'in MLflow, and `churn audit sql "SELECT * FROM daily_volumes"`.'
-    )
-
 
 def _show_high_risk(console: Console, summary) -> None:
-    tiers = summary.tiers.get("champion", {})
-    console.print(
-        f"  scored {summary.scored:,} of {summary.subscribers:,} subscribers: "
-        + ", ".join(f"{t} {c:,}" for t, c in tiers.items())
-    )
     top = Table(title=f"top of {_shown(summary.high_risk_csv)}", title_justify="left")
     for column in ("rank", "subscriber", "probability", "revenue at risk", "reasons"):
         top.add_column(column, overflow="fold")
-    for row in summary.top[:10]:
+    for row in summary.top[:8]:
         reasons = "; ".join(r for r in (row["reason_1"], row["reason_2"], row["reason_3"]) if r)
         top.add_row(
             str(row["rank"]),
@@ -137,3 +141,59 @@ def _show_high_risk(console: Console, summary) -> None:
             reasons,
         )
     console.print(top)
+
+
+def _alerts(settings: Settings) -> dict[str, int]:
+    """Alerts raised so far by kind (sent to Slack, or kept in the outbox when it is not set)."""
+    counts: dict[str, int] = {}
+    for path in sorted((settings.alerts_dir / "outbox").glob("*.json")):
+        kind = json.loads(path.read_text()).get("alert", {}).get("kind", "other")
+        counts[kind] = counts.get(kind, 0) + 1
+    sent = settings.alerts_dir / "sent.jsonl"
+    if sent.exists():
+        for line in sent.read_text().splitlines():
+            if line.strip():
+                kind = json.loads(line).get("kind", "other")
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _final_summary(console: Console, settings: Settings, build, nights, timings) -> None:
+    versions = list_versions(settings)
+    table = Table(title="churn-ops demo: what was made, and where", title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("result", overflow="fold")
+    table.add_column("where", overflow="fold")
+    table.add_row(
+        "feature tables", f"{sum(build.rows.values()):,} rows", _shown(build.features_dir)
+    )
+    table.add_row(
+        "nights scored and monitored",
+        f"{len(nights)} ({nights[0]} .. {nights[-1]})",
+        f"{_shown(settings.retention_dir)}, {_shown(settings.predictions_dir)}",
+    )
+    alerts = _alerts(settings)
+    table.add_row(
+        "alerts",
+        ", ".join(f"{kind} {n}" for kind, n in sorted(alerts.items())) or "none",
+        _shown(settings.alerts_dir) + " (Slack when CHURN_SLACK_* is set)",
+    )
+    table.add_row(
+        f"model {settings.model_name}",
+        "; ".join(
+            f"v{v.version} {'/'.join(v.aliases) or 'no alias'} "
+            f"(AUC {v.metrics.get('roc_auc', float('nan')):.3f})"
+            for v in versions
+        ),
+        _shown(settings.mlflow_dir),
+    )
+    table.add_row(
+        "drift reports", "HTML + PNG per night", _shown(settings.monitoring_dir / "reports")
+    )
+    console.print(table)
+    console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    console.print(
+        "Open the UIs on this data: `churn up` (Prefect http://127.0.0.1:4200, MLflow "
+        'http://127.0.0.1:5000); `churn audit sql "SELECT * FROM daily_volumes"` for the '
+        "auditors' view; `churn down` to stop."
+    )

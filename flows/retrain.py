@@ -60,10 +60,10 @@ def retrain_flow(
     with concurrency("churn-retrain", occupy=1, strict=False):
         result = retrain(settings, as_of, reason, flow_run_id=str(runtime.flow_run.id))
     logger.info("%s", result.decision.summary())
-    notify(_gate_alert(settings, result, awaiting_approval=None))
     awaiting = (
         result.version is not None and not result.promoted and settings.promotion_mode == "approval"
     )
+    notify(_gate_alert(settings, result, awaiting))
     create_markdown_artifact(
         key="retrain-decision",
         description=f"Retraining at {as_of}: {result.decision.verdict}",

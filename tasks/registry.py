@@ -23,7 +23,6 @@ importing this module stays cheap.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from tasks.core.errors import ChurnError
+from tasks.core.files import file_lock
 from tasks.core.settings import Settings
 from tasks.core.telemetry import disable_telemetry
 
@@ -169,7 +169,7 @@ def init_store(settings: Settings) -> str:
         ) from exc
     if _initialised(settings, uri):
         return uri
-    with _file_lock(settings.mlflow_dir / ".init.lock"):
+    with file_lock(settings.mlflow_dir / ".init.lock"):
         if _initialised(settings, uri):
             return uri
         try:
@@ -877,19 +877,8 @@ def _append_history(settings: Settings, moves: list[Promotion]) -> None:
 def _history_lock(settings: Settings) -> Iterator[None]:
     """Serialise alias moves (read alias, move it, append) across threads and processes."""
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    with _file_lock(settings.mlflow_dir / ".promotions.lock"):
+    with file_lock(settings.mlflow_dir / ".promotions.lock"):
         yield
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    # Each call opens its own file description, so flock also excludes other threads.
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- small helpers -------------------------------------------------------------------------

@@ -22,12 +22,14 @@ import pyarrow as pa
 from tasks.approval import ApprovalOutcome
 from tasks.core.schema import PROTECTED_ATTRIBUTES
 from tasks.core.settings import Settings
+from tasks.drift import Reference, build_reference, save_reference
 from tasks.evaluate import best_achievable_auc, holdout_metrics
 from tasks.fairness import FairnessReport, fairness_report
 from tasks.feature_store import feature_service, open_store, service_columns
 from tasks.frames import LABEL, build_training_frame
 from tasks.gates import GateDecision, decide
 from tasks.lineage import lineage_tags
+from tasks.profiles import ProfileHandle, profile_frame
 from tasks.registry import (
     CHAMPION,
     current_alias,
@@ -270,7 +272,11 @@ def retrain(
     clock.lap("mlflow run")
     version, promoted = None, False
     if decision.passed:
+        # Built before registering: a version never exists without what monitoring needs.
+        reference, profile = drift_reference(settings, frame, model)
+        clock.lap("drift reference")
         version = register_version(settings, run_id, lineage)
+        save_reference(settings, version, reference, profile)
         if settings.promotion_mode == "immediate":
             promote(settings, version, by=by, reason=reason)
             promoted = True
@@ -295,6 +301,29 @@ def retrain(
         },
         timings=clock.laps,
     )
+
+
+def drift_reference(
+    settings: Settings, frame: pa.Table, model: TrainedModel
+) -> tuple[Reference, ProfileHandle]:
+    """What monitoring compares each scoring day with: the training window's features and the
+    model's probabilities on a seeded sample of it, plus a whylogs profile of the window."""
+    features = model.spec.features
+    inputs = frame.select(features)
+    rows = min(frame.num_rows, settings.drift_reference_rows)
+    rng = np.random.default_rng(settings.model_seed)
+    sample = np.sort(rng.choice(frame.num_rows, size=rows, replace=False))
+    p_sample = predict_proba(model, inputs.take(pa.array(sample)))
+    reference = build_reference(
+        inputs,
+        features,
+        model.spec.categorical,
+        p_sample,
+        max_rows=settings.drift_reference_rows,
+        seed=settings.model_seed,
+    )
+    profile = profile_frame(inputs, features, seed=settings.model_seed)
+    return reference, profile
 
 
 class _Stopwatch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -52,3 +53,18 @@ def write_parquet_atomic(table: pa.Table, target: Path, row_group_size: int | No
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size, **PARQUET_OPTIONS)
     return target
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
+
+    Each call opens its own file description, so the lock also excludes other threads.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -82,7 +82,7 @@ def test_demo_story_end_to_end(tmp_path: Path) -> None:
         "--subscribers",
         "400",
         "--days",
-        "210",
+        "214",
         home=home,
         CHURN_FAIRNESS_MIN_DP_RATIO="0",
         CHURN_FAIRNESS_MAX_EO_DIFFERENCE="1",
@@ -97,11 +97,15 @@ def test_demo_story_end_to_end(tmp_path: Path) -> None:
     ).is_file()
     assert "decision: promote" in out and (home / "mlflow" / "mlflow.db").is_file()
     # The last simulated day was scored: the retention team's file and the prediction log.
-    high_risk = home / "retention" / "high_risk_2026-07-29.csv"
+    high_risk = home / "retention" / "high_risk_2026-08-02.csv"
     assert high_risk.is_file() and str(high_risk) in out
     rows = high_risk.read_text(encoding="utf-8-sig").splitlines()
     assert rows[0].startswith("rank,subscriber_id,probability") and len(rows) > 1
-    assert "top of" in out and "prediction log" in out
+    assert "top of" in out and "nights scored and monitored" in out
+    # Every night was monitored; the price rise of 2026-08-01 was seen and alerted.
+    for night in ("2026-07-30", "2026-07-31", "2026-08-01", "2026-08-02"):
+        assert (home / "monitoring" / "reports" / night).is_dir()
+    assert list((home / "alerts" / "outbox").glob("*.json"))
     verify = churn("audit", "verify", home=home)
     assert verify.returncode == 0 and "clean" in verify.stdout
     # The training frame of the same day through its own command.
