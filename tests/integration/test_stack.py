@@ -34,6 +34,8 @@ GATES = {
 DEPLOYMENTS = {
     "build-features/build-features": ("30 1 * * *", "Europe/Paris"),
     "score-nightly/score-nightly": ("0 2 * * *", "Europe/Paris"),
+    "monitor/monitor-nightly": ("45 2 * * *", "Europe/Paris"),
+    "evaluate-performance/performance-daily": ("0 6 * * *", "Europe/Paris"),
     "retrain/retrain-weekly": ("0 4 * * 0", "Europe/Paris"),
     "retrain/retrain-on-drift": (None, None),
 }
@@ -209,3 +211,57 @@ def test_a_drift_event_triggers_the_retrain_deployment(stack) -> None:
     assert run["state_type"] == "COMPLETED", run["state"]
     assert run["parameters"]["as_of"] == DAY.isoformat()
     assert run["parameters"]["reason"].startswith(f"drift on {DAY} (retrain): charge_to_list_ratio")
+
+
+def test_the_prefect_ui_shows_the_deployments_and_their_schedules(stack, tmp_path) -> None:
+    """A real browser (headless Chromium) renders the UI's deployments page.
+
+    Runs where Chromium is installed (`.ci/run` installs Debian's `chromium`); the screenshot is
+    written to $CHURN_UI_SCREENSHOT, or next to the test's temporary files.
+    """
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    url = stack["api"].removesuffix("/api") + "/deployments"
+    flags = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=20000",
+    ]
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for name in (
+        "score-nightly",
+        "monitor-nightly",
+        "retrain-weekly",
+        "retrain-on-drift",
+        "performance-daily",
+    ):
+        assert name in dom, f"{name} is not on the deployments page"
+    for schedule in (
+        "At 02:00 AM every day",
+        "At 02:45 AM every day",
+        "At 04:00 AM, only on Sunday",
+        "At 06:00 AM every day",
+    ):
+        assert schedule in dom
+    screenshot = Path(os.environ.get("CHURN_UI_SCREENSHOT", tmp_path / "deployments.png"))
+    subprocess.run(
+        [browser, *flags, f"--screenshot={screenshot}", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert screenshot.stat().st_size > 10_000
+    print(f"screenshot of the deployments page: {screenshot}")
