@@ -4,7 +4,8 @@
 
 Reuses (or prepares) the worlds of bench/features.py, then runs ``tasks.retrain.retrain`` in a
 fresh child process per size, against a fresh MLflow store, and prints the seconds of each stage,
-the peak RSS of that process (its own VmHWM), the holdout ROC-AUC and the best achievable AUC.
+the peak RSS of that process (its own VmHWM), the holdout ROC-AUC, the best achievable AUC and
+the observable-oracle AUC (the target: truth without frailty and the protected age term).
 Target at 1M subscribers: ≤ 10 min and ≤ 8 GB on the 2-core machine.
 """
 
@@ -58,6 +59,7 @@ def child(home: Path, as_of: str) -> None:
                 "peak_rss": bench.peak_rss_bytes(),
                 "roc_auc": result.challenger.metrics["roc_auc"],
                 "best_auc": result.best_auc,
+                "observable_auc": result.observable_auc,
                 "rows": int(result.challenger.metrics.get("rows", 0)),
                 "verdict": result.decision.verdict,
             }
@@ -102,6 +104,8 @@ def main() -> None:
         "peak RSS",
         "holdout AUC",
         "best AUC",
+        "observable AUC",
+        "gap to observable",
         "verdict",
     ):
         table.add_column(column, justify="right")
@@ -121,6 +125,9 @@ def main() -> None:
             )
         r = json.loads(done.stdout.strip().splitlines()[-1])
         best = f"{r['best_auc']:.3f}" if r["best_auc"] is not None else "—"
+        observable = r.get("observable_auc")
+        target = f"{observable:.3f}" if observable is not None else "—"
+        gap = f"{observable - r['roc_auc']:.3f}" if observable is not None else "—"
         table.add_row(
             f"{size:,}",
             *(f"{r['timings'].get(s, 0):.1f}" for s in stages),
@@ -128,6 +135,8 @@ def main() -> None:
             f"{r['peak_rss'] / 2**30:.2f} GB",
             f"{r['roc_auc']:.3f}",
             best,
+            target,
+            gap,
             r["verdict"],
         )
     console.print(table)

@@ -9,6 +9,7 @@ missing, and never further: older values are treated as absent, as Feast defines
 from datetime import timedelta
 
 from data_sources import (
+    _daily_table,
     subscriber_billing_90d_source,
     subscriber_profile_source,
     subscriber_support_30d_source,
@@ -155,5 +156,97 @@ subscriber_billing_90d = FeatureView(
     schema=[
         _count("late_payments_90d", "Bills known to be paid late in the last 90 days."),
         _count("bills_90d", "Bills issued in the last 90 days."),
+    ],
+)
+
+
+subscriber_usage_90d_source = _daily_table(
+    "subscriber_usage_90d",
+    "Daily 90-day usage per subscriber relative to their own baseline (days d-89 .. d-30).",
+)
+
+
+def _per_day(name: str, description: str, most: str) -> Field:
+    return Field(
+        name=name,
+        dtype=Float32,
+        description=description,
+        tags={"min": "0", "max": most, "nullable": "true"},
+    )
+
+
+def _ratio(name: str, description: str) -> Field:
+    # No natural upper bound: a loose one catches unit and join mistakes, not heavy users.
+    return Field(
+        name=name,
+        dtype=Float32,
+        description=description,
+        tags={"min": "0", "max": "1000", "nullable": "true"},
+    )
+
+
+_BASELINE = "the subscriber's own use per day over days d-89 .. d-30"
+_BASELINE_7 = "the subscriber's own use per day over days d-89 .. d-7"
+_NULL = "null without a usage row in either window (in service 30 days or less) or a zero baseline"
+
+subscriber_usage_90d = FeatureView(
+    name="subscriber_usage_90d",
+    entities=[subscriber],
+    ttl=_TTL,
+    source=subscriber_usage_90d_source,
+    online=True,
+    description=(
+        "Recent data and voice use relative to the subscriber's own 90-day baseline "
+        "(per day with a usage row; <1: using less than usual)."
+    ),
+    owner=_OWNER,
+    tags={"topic": "usage", "window": "90d"},
+    schema=[
+        _per_day(
+            "data_gb_per_day_90d",
+            "Data per day with usage over the last 90 days (GB); null without usage.",
+            "1000",
+        ),
+        _per_day(
+            "voice_minutes_per_day_90d",
+            "Voice minutes per day with usage over the last 90 days; null without usage.",
+            "1440",
+        ),
+        _ratio(
+            "data_ratio_30d_baseline",
+            f"Data per day over the last 30 days relative to {_BASELINE}; {_NULL}.",
+        ),
+        _ratio(
+            "data_ratio_14d_baseline",
+            f"Data per day over the last 14 days relative to {_BASELINE}; {_NULL}.",
+        ),
+        _ratio(
+            "data_ratio_7d_baseline",
+            f"Data per day over the last 7 days relative to {_BASELINE_7}; {_NULL}.",
+        ),
+        _ratio(
+            "voice_ratio_30d_baseline",
+            f"Voice minutes per day over the last 30 days relative to {_BASELINE}; {_NULL}.",
+        ),
+        _ratio(
+            "voice_ratio_14d_baseline",
+            f"Voice minutes per day over the last 14 days relative to {_BASELINE}; {_NULL}.",
+        ),
+        _ratio(
+            "voice_ratio_7d_baseline",
+            f"Voice minutes per day over the last 7 days relative to {_BASELINE_7}; {_NULL}.",
+        ),
+        _ratio(
+            "usage_ratio_30d_baseline",
+            "Geometric mean of the 30-day data and voice ratios; null if either is.",
+        ),
+        _ratio(
+            "usage_ratio_14d_baseline",
+            "Geometric mean of the 14-day data and voice ratios; null if either is.",
+        ),
+        _ratio(
+            "usage_ratio_7d_baseline",
+            "Geometric mean of the 7-day data and voice ratios; null if either is.",
+        ),
     ],
 )

@@ -361,6 +361,10 @@ def train(
                 "best achievable",
                 f"{result.best_auc:.4f}" if result.best_auc is not None else "unknown",
             ),
+            (
+                "observable oracle",
+                f"{result.observable_auc:.4f}" if result.observable_auc is not None else "unknown",
+            ),
             ("PR-AUC / lift@K", f"{m['pr_auc']:.4f} / {m['lift_at_k']:.2f}"),
             ("calibration error", f"{m['calibration_error']:.4f}"),
             ("champion compared", result.champion_version or "none yet"),

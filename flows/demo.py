@@ -118,7 +118,11 @@ def run_demo(
 
 def _print_training(console: Console, settings: Settings, result) -> None:
     m = result.challenger.metrics
-    limit = f" (best achievable {result.best_auc:.3f})" if result.best_auc is not None else ""
+    limit = (
+        f" (best achievable {result.best_auc:.3f}, observable oracle {result.observable_auc:.3f})"
+        if result.best_auc is not None and result.observable_auc is not None
+        else ""
+    )
     console.print(f"  decision: {result.decision.summary()}")
     console.print(
         f"  holdout ROC-AUC {m['roc_auc']:.3f}{limit}, PR-AUC {m['pr_auc']:.3f}, "

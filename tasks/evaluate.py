@@ -1,4 +1,4 @@
-"""Judge a model on the holdout: ranking, calibration, the retention team's top K, the best achievable AUC.
+"""Judge a model on the holdout: ranking, calibration, the retention team's top K, the AUC limits.
 
 Plain functions over arrays (labels, probabilities, snapshot days), so the challenger and the
 champion are measured the same way on the same rows. Curves come back as small DataFrames for a
@@ -9,6 +9,13 @@ probability are cut into 10 bins of (nearly) equal count, and the error is the r
 of ``|observed churn rate - mean probability|`` over the bins. Equal-frequency rather than
 equal-width bins because at a 2.5% base rate nearly every probability falls below 0.1, so
 equal-width bins would put almost all rows into the first bin and say nothing about the rest.
+
+Two limits on a simulated world, both AUCs on the holdout's own rows: the *best achievable* AUC
+scores the simulator's true probability, which includes a per-subscriber frailty no table shows
+and the protected age term no model may use; the *observable oracle* AUC scores the same
+probability without those two terms, the honest target for a model (it is lower, by about 0.03
+on the baseline world). Its probabilities rank but are not calibrated: they take frailty as 0
+rather than averaging over it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow.parquet as pq
 from sklearn.metrics import (
     average_precision_score,
     precision_recall_curve,
@@ -36,7 +44,7 @@ LABEL = "churned_30d"
 DAY = "snapshot_date"
 CALIBRATION_BINS = 10
 MIN_TRUTH_COVERAGE = 0.99
-"""Share of holdout rows that must have a true probability for the best achievable AUC to be given."""
+"""Share of holdout rows that must have a truth row for either AUC limit to be given."""
 _EPS = 1e-15
 
 
@@ -238,6 +246,10 @@ def pr_points(y, p, max_points: int | None = 1000) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- the limit
 
 
+TRUE_PROBABILITY = "true_churn_prob_30d"
+OBSERVABLE_PROBABILITY = "observable_churn_prob_30d"
+
+
 def best_achievable_auc(truth_dir: Path, holdout: pd.DataFrame) -> float | None:
     """ROC-AUC of the simulator's true churn probability on the holdout rows: the limit any model has.
 
@@ -250,9 +262,34 @@ def best_achievable_auc(truth_dir: Path, holdout: pd.DataFrame) -> float | None:
     to another world or range), or when the matched rows hold a single class. With partial
     coverage above that share, the AUC is over the matched rows.
     """
-    root = table_path(Path(truth_dir), TRUE_CHURN_PROBABILITY)
+    return _truth_auc(Path(truth_dir), holdout, TRUE_PROBABILITY)
+
+
+def observable_oracle_auc(truth_dir: Path, holdout: pd.DataFrame) -> float | None:
+    """ROC-AUC of the simulator's *observable* churn probability on the holdout rows.
+
+    The observable probability is the true one recomputed without the per-subscriber frailty
+    (which no table shows) and without the protected 18-24 age term (which a model may not
+    use): the best a model restricted to what it may legitimately know can reach, so the honest
+    target for a model's AUC. Same join, coverage rule and None cases as
+    :func:`best_achievable_auc`; also None when the truth predates the column (a world written
+    by simulator generator version 1).
+    """
+    return _truth_auc(Path(truth_dir), holdout, OBSERVABLE_PROBABILITY)
+
+
+def _truth_auc(truth_dir: Path, holdout: pd.DataFrame, column: str) -> float | None:
+    """ROC-AUC of one probability column of ``true_churn_probability`` on the holdout rows."""
+    root = table_path(truth_dir, TRUE_CHURN_PROBABILITY)
     files = sorted(root.glob("*.parquet")) if root.is_dir() else []
     if not files or len(holdout) == 0:
+        return None
+    if column not in pq.read_schema(files[0]).names:
+        logger.warning(
+            "AUC of %s not given: the truth at %s predates that column (re-simulate the world)",
+            column,
+            truth_dir,
+        )
         return None
     keys = pl.DataFrame(
         {
@@ -264,14 +301,15 @@ def best_achievable_auc(truth_dir: Path, holdout: pd.DataFrame) -> float | None:
     days = keys.get_column("date").unique().to_list()
     truth = (
         pl.scan_parquet([str(f) for f in files])
-        .select("subscriber_id", "date", "true_churn_prob_30d")
+        .select("subscriber_id", "date", column)
         .filter(pl.col("date").is_in(days))
     )
     joined = keys.lazy().join(truth, on=["subscriber_id", "date"], how="inner").collect()
     coverage = joined.height / keys.height
     if coverage < MIN_TRUTH_COVERAGE:
         logger.warning(
-            "best achievable AUC not given: %d of %d holdout rows (%.1f%%) have a true probability",
+            "AUC of %s not given: %d of %d holdout rows (%.1f%%) have a truth row",
+            column,
             joined.height,
             keys.height,
             100 * coverage,
@@ -280,4 +318,4 @@ def best_achievable_auc(truth_dir: Path, holdout: pd.DataFrame) -> float | None:
     y = joined.get_column(LABEL).to_numpy()
     if y.min() == y.max():
         return None
-    return float(roc_auc_score(y, joined.get_column("true_churn_prob_30d").to_numpy()))
+    return float(roc_auc_score(y, joined.get_column(column).to_numpy()))

@@ -41,6 +41,7 @@ FEATURE_TABLES = (
     "subscriber_usage_30d",
     "subscriber_support_30d",
     "subscriber_billing_90d",
+    "subscriber_usage_90d",
 )
 """Feature tables in build order; each is built by ``sql/features/<name>.sql`` and read by the Feast view of that name."""
 LOOKBACK_DAYS = 91

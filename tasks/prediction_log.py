@@ -1,11 +1,20 @@
-"""The prediction log: every nightly prediction, one Parquet file per (score date, version, role).
+"""The prediction log: every prediction, nightly and online, as Parquet files under one ledger.
 
 Layout (DESIGN §3, §5)::
 
     $CHURN_HOME/predictions/
       score_date=YYYY-MM-DD/{model_name}-v{version}-{role}.parquet   role: champion | shadow
+      score_date=YYYY-MM-DD/{model_name}-v{version}-online-{flush_id}.parquet   the online partition
       _ledger.jsonl        one JSON line per published file (path, rows, sha256, …), append-only
       .ledger.lock         flock serialising publish (replace + ledger line) and verify
+
+* Nightly files: one per (score date, model version, role), rewritten whole by a rerun.
+* Online files (:func:`publish_online_batch`, role ``online``): the real-time endpoint buffers its
+  predictions and publishes each flush as a new file of its own, named by a flush id that sorts
+  by time (``20260828T101500123456Z-1a2b3c4d``), with its own ledger line. Online files are only
+  ever added, never replaced: a subscriber may be scored many times a day, so the key of an online
+  row is its ``prediction_id`` (``{score_date}/{model}/v{version}/online/{request id}``), not the
+  subscriber. ``score_date`` of an online row is the request's day in the business time zone.
 
 * A file is written by :class:`PredictionLogWriter`, batch by batch, to a temp sibling named
   ``.writing-<final name>.<random>.tmp`` (the dedicated prefix: no reader's ``*.parquet`` glob
@@ -30,7 +39,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -59,6 +70,9 @@ LOG_GLOB = f"{PARTITION_PREFIX}*/*.parquet"
 
 CHAMPION, SHADOW = "champion", "shadow"
 ROLES = (CHAMPION, SHADOW)
+"""Roles of the nightly files (one file per score date, version and role)."""
+ONLINE = "online"
+"""Role of the real-time endpoint's predictions: many files per score date and version."""
 RISK_TIERS = ("low", "medium", "high")
 """The tiers a prediction may carry; the audit views count ``high``."""
 
@@ -91,11 +105,25 @@ of the feature values the model saw; ``flow_run_id`` is null outside a Prefect r
 BATCH_COLUMNS = ("subscriber_id", "probability", "risk_tier", "reasons", "features")
 """Exactly the columns a batch given to :meth:`PredictionLogWriter.write` carries."""
 
+ONLINE_BATCH_COLUMNS = (
+    "prediction_id",
+    "scored_at",
+    "subscriber_id",
+    "probability",
+    "risk_tier",
+    "reasons",
+    "features",
+)
+"""Exactly the columns a batch given to :func:`publish_online_batch` carries (per-row ids and times)."""
+
 _REQUIRED = ("subscriber_id", "probability", "risk_tier", "features")
+_ONLINE_REQUIRED = ("prediction_id", "scored_at", *_REQUIRED)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FLUSH_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9a-f]{8}$")
 _PATH_RE = re.compile(
     rf"^{PARTITION_PREFIX}(\d{{4}}-\d{{2}}-\d{{2}})/"
-    rf"([A-Za-z0-9][A-Za-z0-9_.-]*)-v([1-9][0-9]*)-({'|'.join(ROLES)})\.parquet$"
+    rf"([A-Za-z0-9][A-Za-z0-9_.-]*)-v([1-9][0-9]*)-"
+    rf"(?:{'|'.join(ROLES)}|{ONLINE}-[0-9]{{8}}T[0-9]{{12}}Z-[0-9a-f]{{8}})\.parquet$"
 )
 _HASH_CHUNK = 1 << 20
 
@@ -243,22 +271,9 @@ class PredictionLogWriter:
         flow_run_id: str | None,
         scored_at: datetime,
     ) -> None:
-        if isinstance(score_date, datetime) or not isinstance(score_date, date):
-            raise PredictionLogError(f"score_date must be a date, not {score_date!r}")
         if role not in ROLES:
             raise PredictionLogError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-        if not _NAME_RE.match(model_name):
-            raise PredictionLogError(
-                f"model name {model_name!r} cannot name a log file (letters, digits, _ . - only)"
-            )
-        if (
-            isinstance(model_version, bool)
-            or not isinstance(model_version, int)
-            or model_version < 1
-        ):
-            raise PredictionLogError(f"model_version must be a positive int, not {model_version!r}")
-        if not feature_service:
-            raise PredictionLogError("feature_service must name the feature service used")
+        _check_identity(score_date, model_name, model_version, feature_service)
         if scored_at.tzinfo is None or scored_at.utcoffset() is None:
             raise PredictionLogError(f"scored_at must be time-zone aware, not {scored_at!r}")
         self.settings = settings
@@ -369,21 +384,13 @@ class PredictionLogWriter:
             written_at=datetime.now(UTC),
             flow_run_id=self.flow_run_id,
         )
-        try:
-            with _ledger_lock(self.settings, fcntl.LOCK_EX):
-                os.replace(state.temp, self.path)
-                _fsync_dir(self.path.parent)
-                try:
-                    _append_ledger(self.settings, entry)
-                except OSError as append_exc:
-                    raise PredictionLogError(
-                        f"published {self.relative_path} but could not record it in "
-                        f"{LEDGER_NAME}: {append_exc}; `churn audit verify` will report it until "
-                        "the date is scored again"
-                    ) from append_exc
-        finally:
-            os.close(state.lock_fd)
-            state.temp.unlink(missing_ok=True)
+        _publish(
+            self.settings,
+            state,
+            self.path,
+            entry,
+            "`churn audit verify` will report it until the date is scored again",
+        )
         self.entry = entry
         logger.info("published %s (%d rows)", self.relative_path, entry.rows)
 
@@ -394,71 +401,7 @@ class PredictionLogWriter:
     ) -> tuple[dict[str, pa.ChunkedArray], np.ndarray]:
         """The batch's columns cast to the log's types, and its sorted subscriber ids."""
         where, table = "batch", f"prediction batch for {self.relative_path}"
-        rows = batch.num_rows
-        present = set(batch.column_names)
-        violations = [
-            ContractViolation(where, name, "column present", rows, "missing from the batch")
-            for name in BATCH_COLUMNS
-            if name not in present
-        ]
-        violations += [
-            ContractViolation(
-                where,
-                name,
-                "no extra column",
-                rows,
-                f"a batch has exactly {', '.join(BATCH_COLUMNS)}",
-            )
-            for name in batch.column_names
-            if name not in BATCH_COLUMNS
-        ]
-        if len(batch.column_names) != len(present):
-            violations.append(
-                ContractViolation(where, "(columns)", "unique names", rows, str(batch.column_names))
-            )
-        if violations:
-            raise PredictionBatchError(table, violations)
-
-        columns: dict[str, pa.ChunkedArray] = {}
-        for name in BATCH_COLUMNS:
-            target = PREDICTION_LOG_SCHEMA.field(name).type
-            column = batch.column(name)
-            try:
-                columns[name] = column if column.type == target else column.cast(target)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-                violations.append(
-                    ContractViolation(where, name, f"type {target}", rows, f"{column.type}: {exc}")
-                )
-        if violations:
-            raise PredictionBatchError(table, violations)
-
-        for name in _REQUIRED:
-            nulls = columns[name].null_count
-            if nulls:
-                violations.append(ContractViolation(where, name, "not null", nulls))
-        probability = columns["probability"]
-        outside = pc.sum(
-            pc.or_kleene(
-                pc.or_kleene(pc.less(probability, 0.0), pc.greater(probability, 1.0)),
-                pc.is_nan(probability),
-            ).cast(pa.int64())
-        ).as_py()
-        if outside:
-            violations.append(ContractViolation(where, "probability", "in [0, 1]", outside))
-        tiers = columns["risk_tier"]
-        unknown = pc.filter(tiers, pc.invert(pc.is_in(tiers, pa.array(RISK_TIERS))))
-        unknown = pc.drop_null(unknown)
-        if len(unknown):
-            examples = ", ".join(repr(v) for v in pc.unique(unknown)[:3].to_pylist())
-            violations.append(
-                ContractViolation(
-                    where,
-                    "risk_tier",
-                    f"one of {', '.join(RISK_TIERS)}",
-                    len(unknown),
-                    f"e.g. {examples}",
-                )
-            )
+        columns, violations = _checked_columns(batch, BATCH_COLUMNS, _REQUIRED, table)
 
         ids = np.sort(pc.drop_null(columns["subscriber_id"]).to_numpy())
         twice = ids[1:][ids[1:] == ids[:-1]]
@@ -511,6 +454,289 @@ class PredictionLogWriter:
         return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
 
+def _check_identity(
+    score_date: date, model_name: str, model_version: int, feature_service: str
+) -> None:
+    """What names a file of the log must be valid: a date, a safe name, a positive version."""
+    if isinstance(score_date, datetime) or not isinstance(score_date, date):
+        raise PredictionLogError(f"score_date must be a date, not {score_date!r}")
+    if not _NAME_RE.match(model_name):
+        raise PredictionLogError(
+            f"model name {model_name!r} cannot name a log file (letters, digits, _ . - only)"
+        )
+    if isinstance(model_version, bool) or not isinstance(model_version, int) or model_version < 1:
+        raise PredictionLogError(f"model_version must be a positive int, not {model_version!r}")
+    if not feature_service:
+        raise PredictionLogError("feature_service must name the feature service used")
+
+
+# --- online partition ----------------------------------------------------------------------
+
+ONLINE_TEMP_GRACE_SECONDS = 300.0
+"""An online temp file no writer holds is removed only once it is this old: another process
+may have just created it and not taken its lock yet."""
+
+
+def new_flush_id(now: datetime | None = None) -> str:
+    """A flush id: the UTC time to the microsecond (files sort by it) and 8 random hex digits."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(4)}"
+
+
+def online_prediction_id(
+    score_date: date, model_name: str, model_version: int, request_id: str
+) -> str:
+    """The log key of one online prediction: unique per request, not per subscriber."""
+    return f"{score_date.isoformat()}/{model_name}/v{model_version}/{ONLINE}/{request_id}"
+
+
+def online_log_path(
+    settings: Settings, score_date: date, model_name: str, model_version: int, flush_id: str
+) -> Path:
+    """Where one flush of online predictions of (score date, model version) lives."""
+    return settings.predictions_dir / _online_relative_path(
+        score_date, model_name, model_version, flush_id
+    )
+
+
+def _online_relative_path(
+    score_date: date, model_name: str, model_version: int, flush_id: str
+) -> str:
+    return (
+        f"{PARTITION_PREFIX}{score_date.isoformat()}/"
+        f"{model_name}-v{model_version}-{ONLINE}-{flush_id}.parquet"
+    )
+
+
+def publish_online_batch(
+    settings: Settings,
+    batch: pa.Table,
+    *,
+    score_date: date,
+    model_name: str,
+    model_version: int,
+    feature_service: str,
+    flush_id: str | None = None,
+) -> LedgerEntry:
+    """Publish one flush of online predictions as a new file of the log, with its ledger line.
+
+    ``batch`` holds exactly :data:`ONLINE_BATCH_COLUMNS`, rows of one (score date, model
+    version), in the order they were served; role is ``online`` and ``flow_run_id`` null. The file
+    is written to a locked temp sibling, fsynced and renamed onto a name no other file has
+    (``flush_id``: :func:`new_flush_id` unless given), then recorded in the ledger; on any
+    error nothing is published. Earlier files are never touched.
+
+    Raises:
+        PredictionLogError: bad arguments, an empty batch, a flush id already published, or a
+            failure while publishing.
+        PredictionBatchError: the batch breaks the contract: missing or extra columns, wrong
+            types, nulls (all but reasons), a probability outside [0, 1], an unknown tier, or a
+            prediction id twice in the batch or not of this date, model version and role.
+    """
+    _check_identity(score_date, model_name, model_version, feature_service)
+    flush_id = flush_id or new_flush_id()
+    if not _FLUSH_ID_RE.match(flush_id):
+        raise PredictionLogError(
+            f"flush id {flush_id!r} is not of the form YYYYMMDDTHHMMSSffffffZ-xxxxxxxx"
+        )
+    if isinstance(batch, pa.RecordBatch):
+        batch = pa.Table.from_batches([batch])
+    relative = _online_relative_path(score_date, model_name, model_version, flush_id)
+    if batch.num_rows == 0:
+        raise PredictionLogError(f"nothing to publish as {relative}: the batch is empty")
+    table = _online_table(batch, relative, score_date, model_name, model_version, feature_service)
+    path = settings.predictions_dir / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise PredictionLogError(
+            f"{relative} is already published: online files are never replaced"
+        )
+    _remove_stale_temps(path, f"{TEMP_PREFIX}*-{ONLINE}-*.parquet.*{TEMP_SUFFIX}")
+    fd, name = tempfile.mkstemp(
+        prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
+    )
+    temp = Path(name)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        writer = pq.ParquetWriter(temp, PREDICTION_LOG_SCHEMA, **PARQUET_OPTIONS)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    state = _State(writer=writer, temp=temp, lock_fd=fd, rows=table.num_rows)
+    try:
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        writer.close()
+        sha256 = _sha256(temp, fsync=True)
+    except BaseException:
+        _discard(state)
+        raise
+    entry = LedgerEntry(
+        path=relative,
+        score_date=score_date,
+        model_name=model_name,
+        model_version=model_version,
+        role=ONLINE,
+        rows=table.num_rows,
+        sha256=sha256,
+        written_at=datetime.now(UTC),
+        flow_run_id=None,
+    )
+    _publish(
+        settings,
+        state,
+        path,
+        entry,
+        "`churn audit verify` will report the file as unexpected",
+    )
+    logger.info("published %s (%d online predictions)", relative, entry.rows)
+    return entry
+
+
+def _online_table(
+    batch: pa.Table,
+    relative: str,
+    score_date: date,
+    model_name: str,
+    model_version: int,
+    feature_service: str,
+) -> pa.Table:
+    """The checked batch with the constant columns, in the log's column order."""
+    where, table = "batch", f"online prediction batch for {relative}"
+    columns, violations = _checked_columns(batch, ONLINE_BATCH_COLUMNS, _ONLINE_REQUIRED, table)
+    ids = columns["prediction_id"]
+    prefix = online_prediction_id(score_date, model_name, model_version, "")
+    foreign = pc.sum(
+        pc.invert(pc.fill_null(pc.starts_with(ids, prefix), True)).cast(pa.int64())
+    ).as_py()
+    if foreign:
+        violations.append(
+            ContractViolation(where, "prediction_id", f"starts with {prefix}", foreign)
+        )
+    twice = len(ids) - ids.null_count - pc.count_distinct(ids).as_py()
+    if twice:
+        violations.append(ContractViolation(where, "prediction_id", "unique in the batch", twice))
+    if violations:
+        raise PredictionBatchError(table, violations)
+    schema = PREDICTION_LOG_SCHEMA
+    rows = batch.num_rows
+
+    def constant(name: str, value: object) -> pa.Array:
+        return pa.repeat(pa.scalar(value, schema.field(name).type), rows)
+
+    arrays = {
+        "score_date": constant("score_date", score_date),
+        "model_name": constant("model_name", model_name),
+        "model_version": constant("model_version", model_version),
+        "role": constant("role", ONLINE),
+        "feature_service": constant("feature_service", feature_service),
+        "flow_run_id": constant("flow_run_id", None),
+        **columns,
+    }
+    return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
+
+
+def _checked_columns(
+    batch: pa.Table, expected: tuple[str, ...], required: tuple[str, ...], table: str
+) -> tuple[dict[str, pa.ChunkedArray], list[ContractViolation]]:
+    """The batch's columns cast to the log's types, and the broken row rules found so far.
+
+    Raises at once (PredictionBatchError) on missing, extra or duplicated columns and on columns
+    that do not cast; returns violations of the row rules (nulls in ``required``, probability
+    outside [0, 1], unknown tiers) for the caller to add its own and raise them together.
+    """
+    where = "batch"
+    rows = batch.num_rows
+    present = set(batch.column_names)
+    violations = [
+        ContractViolation(where, name, "column present", rows, "missing from the batch")
+        for name in expected
+        if name not in present
+    ]
+    violations += [
+        ContractViolation(
+            where,
+            name,
+            "no extra column",
+            rows,
+            f"a batch has exactly {', '.join(expected)}",
+        )
+        for name in batch.column_names
+        if name not in expected
+    ]
+    if len(batch.column_names) != len(present):
+        violations.append(
+            ContractViolation(where, "(columns)", "unique names", rows, str(batch.column_names))
+        )
+    if violations:
+        raise PredictionBatchError(table, violations)
+
+    columns: dict[str, pa.ChunkedArray] = {}
+    for name in expected:
+        target = PREDICTION_LOG_SCHEMA.field(name).type
+        column = batch.column(name)
+        try:
+            columns[name] = column if column.type == target else column.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            violations.append(
+                ContractViolation(where, name, f"type {target}", rows, f"{column.type}: {exc}")
+            )
+    if violations:
+        raise PredictionBatchError(table, violations)
+
+    for name in required:
+        nulls = columns[name].null_count
+        if nulls:
+            violations.append(ContractViolation(where, name, "not null", nulls))
+    probability = columns["probability"]
+    outside = pc.sum(
+        pc.or_kleene(
+            pc.or_kleene(pc.less(probability, 0.0), pc.greater(probability, 1.0)),
+            pc.is_nan(probability),
+        ).cast(pa.int64())
+    ).as_py()
+    if outside:
+        violations.append(ContractViolation(where, "probability", "in [0, 1]", outside))
+    tiers = columns["risk_tier"]
+    unknown = pc.filter(tiers, pc.invert(pc.is_in(tiers, pa.array(RISK_TIERS))))
+    unknown = pc.drop_null(unknown)
+    if len(unknown):
+        examples = ", ".join(repr(v) for v in pc.unique(unknown)[:3].to_pylist())
+        violations.append(
+            ContractViolation(
+                where,
+                "risk_tier",
+                f"one of {', '.join(RISK_TIERS)}",
+                len(unknown),
+                f"e.g. {examples}",
+            )
+        )
+    return columns, violations
+
+
+def _publish(
+    settings: Settings, state: _State, path: Path, entry: LedgerEntry, if_unrecorded: str
+) -> None:
+    """Rename the finished temp file onto ``path`` and append its ledger line, under the lock.
+
+    The temp file's lock and leftovers are released whatever happens.
+    """
+    try:
+        with _ledger_lock(settings, fcntl.LOCK_EX):
+            os.replace(state.temp, path)
+            _fsync_dir(path.parent)
+            try:
+                _append_ledger(settings, entry)
+            except OSError as append_exc:
+                raise PredictionLogError(
+                    f"published {entry.path} but could not record it in "
+                    f"{LEDGER_NAME}: {append_exc}; {if_unrecorded}"
+                ) from append_exc
+    finally:
+        os.close(state.lock_fd)
+        state.temp.unlink(missing_ok=True)
+
+
 def _examples(ids: np.ndarray) -> str:
     return ", ".join(str(v) for v in np.unique(ids)[:3])
 
@@ -560,9 +786,24 @@ def _held_by_writer(path: Path) -> bool:
     return False
 
 
-def _remove_stale_temps(target: Path) -> None:
-    """Remove temp files of ``target`` left by a killed writer (no live writer holds them)."""
-    for temp in target.parent.glob(f"{TEMP_PREFIX}{target.name}.*{TEMP_SUFFIX}"):
+def _remove_stale_temps(target: Path, pattern: str | None = None) -> None:
+    """Remove temp files of ``target`` left by a killed writer (no live writer holds them).
+
+    With ``pattern`` (a glob in ``target``'s directory), the temp files it matches instead, and
+    only those older than :data:`ONLINE_TEMP_GRACE_SECONDS` (online writers of other processes
+    share the directory).
+    """
+    if pattern is None:
+        temps, grace = target.parent.glob(f"{TEMP_PREFIX}{target.name}.*{TEMP_SUFFIX}"), None
+    else:
+        temps, grace = target.parent.glob(pattern), ONLINE_TEMP_GRACE_SECONDS
+    for temp in temps:
+        if grace is not None:
+            try:
+                if time.time() - temp.stat().st_mtime < grace:
+                    continue
+            except FileNotFoundError:
+                continue
         if not _held_by_writer(temp):
             logger.warning("removing %s, left by a writer that did not finish", temp)
             temp.unlink(missing_ok=True)

@@ -44,6 +44,28 @@ REASON_TEXT: dict[str, Callable[[Any], str]] = {
     "network_tickets_30d": _count("{n} network complaint{s} in 30 days"),
     "late_payments_90d": _count("{n} late payment{s} in 90 days"),
     "bills_90d": _count("{n} bill{s} in 90 days"),
+    # churn_model_v2: usage relative to the subscriber's own baseline (days d-89 .. d-30).
+    "data_gb_per_day_90d": lambda v: f"{v:.1f} GB of data a day over 90 days",
+    "voice_minutes_per_day_90d": lambda v: f"{v:.0f} call minutes a day over 90 days",
+    "data_ratio_30d_baseline": lambda v: (
+        f"data use at {v:.0%} of their own usual level over 30 days"
+    ),
+    "data_ratio_14d_baseline": lambda v: (
+        f"data use at {v:.0%} of their own usual level over 14 days"
+    ),
+    "data_ratio_7d_baseline": lambda v: f"data use at {v:.0%} of their own usual level over 7 days",
+    "voice_ratio_30d_baseline": lambda v: f"calls at {v:.0%} of their own usual level over 30 days",
+    "voice_ratio_14d_baseline": lambda v: f"calls at {v:.0%} of their own usual level over 14 days",
+    "voice_ratio_7d_baseline": lambda v: f"calls at {v:.0%} of their own usual level over 7 days",
+    "usage_ratio_30d_baseline": lambda v: (
+        f"phone use at {v:.0%} of their own usual level over 30 days"
+    ),
+    "usage_ratio_14d_baseline": lambda v: (
+        f"phone use at {v:.0%} of their own usual level over 14 days"
+    ),
+    "usage_ratio_7d_baseline": lambda v: (
+        f"phone use at {v:.0%} of their own usual level over 7 days"
+    ),
 }
 
 

@@ -23,7 +23,7 @@ from tasks.approval import ApprovalOutcome
 from tasks.core.schema import PROTECTED_ATTRIBUTES
 from tasks.core.settings import Settings
 from tasks.drift import Reference, build_reference, save_reference
-from tasks.evaluate import best_achievable_auc, holdout_metrics
+from tasks.evaluate import best_achievable_auc, holdout_metrics, observable_oracle_auc
 from tasks.fairness import FairnessReport, fairness_report
 from tasks.feature_store import feature_service, open_store, service_columns
 from tasks.frames import LABEL, build_training_frame
@@ -74,6 +74,8 @@ class RetrainResult:
     champion_version: int | None
     champion_metrics: dict[str, float] | None
     best_auc: float | None
+    observable_auc: float | None
+    """AUC of the simulator's probability without frailty and the protected age term: the target."""
     model_card: str
     split_days: dict[str, list[str]]
     timings: dict[str, float]
@@ -127,6 +129,7 @@ def model_card(
     split: TimeSplit,
     challenger: Evaluation,
     best_auc: float | None,
+    observable_auc: float | None,
     champion_version: int | None,
     champion_metrics: dict[str, float] | None,
     decision: GateDecision,
@@ -139,6 +142,11 @@ def model_card(
         f"{best_auc:.3f} (gap {best_auc - m['roc_auc']:.3f})"
         if best_auc is not None
         else "unknown (no ground truth)"
+    )
+    target = (
+        f"{observable_auc:.3f} (gap {observable_auc - m['roc_auc']:.3f})"
+        if observable_auc is not None
+        else "unknown (no ground truth, or truth written before generator version 2)"
     )
     lines = [
         f"# telecom_churn_model — candidate trained at {as_of}",
@@ -169,6 +177,10 @@ def model_card(
     lines += [
         "",
         f"Best achievable ROC-AUC on this holdout (simulator truth): {limit}.",
+        (
+            "Observable-oracle ROC-AUC on this holdout (the truth without the unobservable "
+            f"frailty and the protected age term; the honest target): {target}."
+        ),
         f"Champion compared: {f'version {champion_version}' if champion_version else 'none yet'}.",
         "",
         "## Gates",
@@ -221,6 +233,7 @@ def retrain(
     p_holdout = predict_proba(model, holdout)
     challenger = evaluate(settings, holdout, p_holdout)
     best_auc = best_achievable_auc(settings.truth_dir, holdout)
+    observable_auc = observable_oracle_auc(settings.truth_dir, holdout)
     clock.lap("evaluate + fairness")
     champion_version, champion_metrics = champion_on_holdout(settings, holdout)
     decision = decide(challenger.metrics, champion_metrics, challenger.fairness, settings)
@@ -232,6 +245,7 @@ def retrain(
         split,
         challenger,
         best_auc,
+        observable_auc,
         champion_version,
         champion_metrics,
         decision,
@@ -246,7 +260,15 @@ def retrain(
         reason=reason,
         flow_run_id=flow_run_id,
     )
-    metrics = {**challenger.metrics, "best_achievable_auc": best_auc}
+    auc = challenger.metrics["roc_auc"]
+    metrics = {
+        **challenger.metrics,
+        "best_achievable_auc": best_auc,
+        "observable_oracle_auc": observable_auc,
+        # None (not logged) without ground truth.
+        "auc_gap_to_best": best_auc - auc if best_auc is not None else None,
+        "auc_gap_to_observable": observable_auc - auc if observable_auc is not None else None,
+    }
     if champion_metrics:
         metrics |= {f"champion_{k}": v for k, v in champion_metrics.items()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -293,6 +315,7 @@ def retrain(
         champion_version=champion_version,
         champion_metrics=champion_metrics,
         best_auc=best_auc,
+        observable_auc=observable_auc,
         model_card=card,
         split_days={
             "train": [str(d) for d in split.train_days],

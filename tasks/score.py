@@ -143,8 +143,13 @@ def plan_shards(subscriber_ids: pa.Array | pa.ChunkedArray, shard_rows: int) -> 
     """Cut the subscriber ids (distinct, sorted here) into shards of at most ``shard_rows``."""
     if isinstance(subscriber_ids, pa.ChunkedArray):
         subscriber_ids = subscriber_ids.combine_chunks()
-    distinct = pc.unique(subscriber_ids)
-    ordered = distinct.take(pc.sort_indices(distinct))
+    ids = subscriber_ids.to_numpy(zero_copy_only=False)
+    if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        # The usual input (subscribers in service, ordered by id): one pass, no copy kept.
+        ordered = subscriber_ids
+    else:
+        distinct = pc.unique(subscriber_ids)
+        ordered = distinct.take(pc.sort_indices(distinct))
     return [
         Shard(i, ordered.slice(start, shard_rows))
         for i, start in enumerate(range(0, len(ordered), shard_rows))

@@ -51,7 +51,12 @@ one-year 1.4%, two-year 0.6%), the mean true 30-day probability is 0.025, and 18
 average 0.030 against 0.024 for everyone else.
 
 ``true_churn_prob_30d = 1 - (1 - h_t)^30`` (float32): the probability of churning within 30
-days if day ``t``'s state persisted. Ground truth for evaluation only, never a model input.
+days if day ``t``'s state persisted. ``observable_churn_prob_30d`` (float32) is the same with
+``frailty`` and the protected age term left out of the logit,
+``1 - (1 - sigmoid(logit - frailty - age_term))^30``: the best a model without the unobservable
+frailty and without the protected age term can reach (its AUC is the "observable oracle"; it
+ranks, but is not calibrated: it takes frailty as 0 rather than averaging over it, so its mean
+runs lower). Both are ground truth for evaluation only, never a model input.
 
 Scenarios, from ``scenario_start`` on (the days before are identical to the baseline world with
 the same seed, since scenario randomness has its own stream):
@@ -110,8 +115,9 @@ from tasks.core.schema import (
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
-"""Bump whenever the same spec would produce different rows."""
+GENERATOR_VERSION = "2"
+"""Bump whenever the same spec would produce different rows or tables of another schema
+(2: ``true_churn_probability`` gained ``observable_churn_prob_30d``)."""
 
 SCENARIOS = ("baseline", "price_shock", "usage_shift", "support_decline")
 
@@ -572,6 +578,8 @@ class _Hazard:
     """Today's churn hazard and the parts of its logit that name a cancellation reason."""
 
     h: np.ndarray
+    h_observable: np.ndarray
+    """The hazard without frailty and without the protected age term."""
     price: np.ndarray
     service: np.ndarray
     competitor: np.ndarray
@@ -585,7 +593,7 @@ def _hazard(s: _State, day: int, ratio: np.ndarray, ticket_coef: float) -> _Haza
     tickets = ticket_coef * s.tickets.total
     drops = _H_DROPS * np.log1p(s.drops.total)
     engagement = _H_ENGAGEMENT * np.maximum(1.0 - s.engagement, 0.0)
-    logit = (
+    observable = (
         _H_BASE
         + _H_CONTRACT[s.contract]
         + _H_NEW * np.exp(-tenure / _H_NEW_DAYS)
@@ -594,15 +602,20 @@ def _hazard(s: _State, day: int, ratio: np.ndarray, ticket_coef: float) -> _Haza
         + tickets
         + drops
         + engagement
-        + s.frailty
-        + _H_AGE_EFFECT[s.age]
     )
+    logit = observable + s.frailty + _H_AGE_EFFECT[s.age]
     return _Hazard(
         h=1.0 / (1.0 + np.exp(-logit)),
+        h_observable=1.0 / (1.0 + np.exp(-observable)),
         price=np.maximum(price, 0.0) + late,
         service=tickets + np.maximum(drops - _H_DROPS * np.log1p(_TYPICAL_DROPS_30D), 0.0),
         competitor=engagement,
     )
+
+
+def _prob_30d(h: np.ndarray) -> np.ndarray:
+    """``1 - (1 - h)^30`` as float32, without losing precision for tiny ``h``."""
+    return (-np.expm1(_HORIZON_DAYS * np.log1p(-h))).astype(np.float32)
 
 
 _DRIVER_REASONS = np.array([CANCEL_REASONS.index(r) for r in ("price", "service", "competitor")])
@@ -670,12 +683,11 @@ class _Simulator:
             "voice_minutes": np.round(np.minimum(voice, 1440.0), 1),
             "dropped_calls": drops,
         }
-        # 1 - (1 - h)^30 without losing precision for tiny h.
-        prob = -np.expm1(_HORIZON_DAYS * np.log1p(-hz.h))
         out[TRUE_CHURN_PROBABILITY.name] = {
             "subscriber_id": s.sid,
             "date": dates,
-            "true_churn_prob_30d": prob.astype(np.float32),
+            "true_churn_prob_30d": _prob_30d(hz.h),
+            "observable_churn_prob_30d": _prob_30d(hz.h_observable),
         }
         out[SUPPORT_TICKETS.name] = self._ticket_rows(s.sid[opened], today, category)
         out[BILLING.name] = {

@@ -1,8 +1,13 @@
--- Grain: one row per prediction: (score_date, model_name, model_version, role, subscriber_id).
+-- Grain: one row per prediction. Nightly rows (role champion | shadow): one per (score_date,
+-- model_name, model_version, role, subscriber_id). Online rows (role online, from `churn serve`):
+-- one per request, so a subscriber may appear many times a day; score_date is the request's day
+-- in the business time zone.
 -- Keys: prediction_id (unique in the log).
 -- Inputs: every published file of the prediction log, getvariable('prediction_files') (the glob
 -- $CHURN_HOME/predictions/score_date=*/*.parquet, set by tasks/audit.py: a view cannot take
--- prepared parameters, so values reach the views as session variables).
+-- prepared parameters, so values reach the views as session variables). The glob takes the
+-- nightly files ({model}-v{version}-{role}.parquet) and the online partition's flush files
+-- ({model}-v{version}-online-{flush_id}.parquet) alike; writers' temp files never match it.
 -- score_date is a column of every file, so the score_date= directories are not read as a
 -- hive partition; union_by_name keeps older files readable if the schema ever gains a column.
 SELECT

@@ -166,6 +166,8 @@ TRUE_CHURN_PROBABILITY = TableSpec(
         _ID,
         Column("date", pa.date32()),
         Column("true_churn_prob_30d", pa.float32(), min=0.0, max=1.0),
+        # The same without the unobservable frailty and the protected age term: the observable oracle.
+        Column("observable_churn_prob_30d", pa.float32(), min=0.0, max=1.0),
     ),
 )
 """Ground truth the simulator knows and a model never sees; lives under ``$CHURN_HOME/truth``."""

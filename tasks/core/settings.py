@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         "the same subscriber share 29 of 30 label days, so weekly keeps the signal at 1/7 the size.",
     )
     feature_service: str = Field(
-        default="churn_model_v1", description="Feast feature service of model inputs."
+        default="churn_model_v2", description="Feast feature service of model inputs."
     )
 
     # Feast.

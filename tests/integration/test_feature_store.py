@@ -14,7 +14,7 @@ from feast import Entity, FeatureService, FeatureView, FileSource
 
 from tasks.core.schema import PROTECTED_ATTRIBUTES
 from tasks.core.settings import Settings
-from tasks.feature_store import feature_service, open_store, service_columns
+from tasks.feature_store import feature_service, open_store, service_columns, service_views
 from tasks.feature_tables import as_of_timestamp
 from tasks.frames import (
     LABEL,
@@ -25,6 +25,7 @@ from tasks.frames import (
     training_entities,
     write_frame,
 )
+from tasks.reasons import REASON_TEXT
 from tasks.sources import active_subscribers
 
 from .conftest import WORLD_END
@@ -44,8 +45,26 @@ def _feast_frame(settings: Settings, entity_df: pd.DataFrame, *, stock: bool) ->
     return store.get_historical_features(entity_df=entity_df, features=service).to_df()
 
 
+V1_VIEWS = [
+    "subscriber_profile",
+    "subscriber_usage_30d",
+    "subscriber_support_30d",
+    "subscriber_billing_90d",
+]
+
+V1_COLUMNS = [
+    *("tenure_days", "plan", "contract_type", "payment_method", "monthly_charge"),
+    *("charge_to_list_ratio", "charge_change_90d", "plan_changes_90d"),
+    *("data_gb_7d", "data_gb_30d", "data_trend_7d_30d", "voice_minutes_7d", "voice_minutes_30d"),
+    *("dropped_calls_30d", "active_days_30d"),
+    *("support_calls_7d", "support_calls_30d", "network_tickets_30d"),
+    *("late_payments_90d", "bills_90d"),
+]
+
+
 def test_repo_declares_documented_objects(world_settings: Settings) -> None:
-    # Every Feast object carries description, owner and tags; the service is the 20 model inputs.
+    # Every Feast object carries description, owner and tags; v2 (the default) is v1's 20 model
+    # inputs plus the 11 of subscriber_usage_90d, and v1 is left exactly as it was.
     repo = world_settings.feature_repo_dir
     sys.path.insert(0, str(repo))
     try:
@@ -58,13 +77,26 @@ def test_repo_declares_documented_objects(world_settings: Settings) -> None:
     declared = [
         o for o in objects if isinstance(o, (Entity, FileSource, FeatureView, FeatureService))
     ]
-    assert len(declared) >= 13
+    assert len(declared) >= 16
     for obj in declared:
         assert obj.description and obj.owner and obj.tags, obj.name
     store = open_store(world_settings)
-    columns = service_columns(store, feature_service(store, "churn_model_v1"))
-    assert len(columns) == 20
+    assert world_settings.feature_service == "churn_model_v2"
+
+    v1 = feature_service(store, "churn_model_v1")
+    v1_columns = service_columns(store, v1)
+    assert [view.name for view, _ in service_views(store, v1)] == V1_VIEWS
+    assert v1_columns == V1_COLUMNS and v1.tags["version"] == "1"
+
+    v2 = feature_service(store, world_settings.feature_service)
+    columns = service_columns(store, v2)
+    assert [view.name for view, _ in service_views(store, v2)] == [
+        *V1_VIEWS,
+        "subscriber_usage_90d",
+    ]
+    assert columns[:20] == v1_columns and len(columns) == 31 and v2.tags["version"] == "2"
     assert not set(columns) & set(PROTECTED_ATTRIBUTES)
+    assert set(columns[20:]) <= set(REASON_TEXT)  # every new input has its reason in plain words
 
 
 def test_training_frame_has_only_mature_labels_in_window(world_settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Holdout metrics on cases computed by hand; the best achievable AUC from a tiny truth table."""
+"""Holdout metrics on cases computed by hand; the two AUC limits from a tiny truth table."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tasks.evaluate import (
     calibration_curve,
     calibration_error,
     holdout_metrics,
+    observable_oracle_auc,
     operating_threshold,
     pr_points,
     roc_points,
@@ -204,17 +205,31 @@ def test_metrics_refuse_what_cannot_be_judged(y, p, message):
 # ----------------------------------------------------------------------------- best achievable AUC
 
 
-def write_truth(truth_dir: Path, rows: list[tuple[int, date, float]], name: str) -> None:
-    """One Parquet file of ``true_churn_probability`` under ``truth_dir``."""
+def write_truth(
+    truth_dir: Path,
+    rows: list[tuple[int, date, float]],
+    name: str,
+    observable: list[float] | None = None,
+) -> None:
+    """One Parquet file of ``true_churn_probability`` under ``truth_dir``.
+
+    ``observable`` defaults to the true probabilities; ``[]`` writes a generator-version-1 file
+    without the observable column.
+    """
     ids, days, probs = zip(*rows, strict=True)
-    table = pa.table(
-        {
-            "subscriber_id": pa.array(ids, pa.int64()),
-            "date": pa.array(days, pa.date32()),
-            "true_churn_prob_30d": pa.array(probs, pa.float32()),
-        },
-        schema=TRUE_CHURN_PROBABILITY.arrow_schema,
-    )
+    columns = {
+        "subscriber_id": pa.array(ids, pa.int64()),
+        "date": pa.array(days, pa.date32()),
+        "true_churn_prob_30d": pa.array(probs, pa.float32()),
+    }
+    schema = TRUE_CHURN_PROBABILITY.arrow_schema
+    if observable == []:
+        schema = pa.schema([schema.field(c) for c in columns])
+    else:
+        columns["observable_churn_prob_30d"] = pa.array(
+            probs if observable is None else observable, pa.float32()
+        )
+    table = pa.table(columns, schema=schema)
     write_parquet_atomic(table, table_path(truth_dir, TRUE_CHURN_PROBABILITY) / name)
 
 
@@ -237,10 +252,12 @@ def truth_dir(tmp_path: Path) -> Path:
     write_truth(
         truth, [(i, D1, p) for i, p in [(1, 0.01), (2, 0.9), (3, 0.9), (4, 0.01)]], "a.parquet"
     )
+    # Without frailty and the age term, non-churner 3 (0.35) outranks churner 4 (0.3).
     write_truth(
         truth,
         [(1, D2, 0.4), (2, D2, 0.1), (3, D3, 0.2), (4, D3, 0.3), (5, D3, 0.99)],
         "b.parquet",
+        observable=[0.4, 0.1, 0.35, 0.3, 0.99],
     )
     return truth
 
@@ -283,3 +300,35 @@ def test_best_achievable_auc_is_none_when_the_truth_covers_too_little(truth_dir:
     )
 
     assert best_achievable_auc(truth_dir, holdout) is None
+
+
+# ----------------------------------------------------------------------------- observable oracle
+
+
+def test_observable_oracle_auc_scores_the_observable_column_on_the_same_rows(truth_dir: Path):
+    # Churners 1 (0.4) and 4 (0.3) against 2 (0.1) and 3 (0.35): 3 of 4 pairs ordered right,
+    # while the true probability orders all 4.
+    assert observable_oracle_auc(truth_dir, holdout_frame()) == pytest.approx(0.75)
+    assert best_achievable_auc(truth_dir, holdout_frame()) == 1.0
+
+    swapped = holdout_frame().assign(churned_30d=np.array([1, 0, 1, 0], dtype=np.int8))
+    assert observable_oracle_auc(truth_dir, swapped) == pytest.approx(1.0)
+
+
+def test_observable_oracle_auc_is_none_without_truth_or_enough_of_it(
+    tmp_path: Path, truth_dir: Path
+):
+    assert observable_oracle_auc(tmp_path / "imported-data-has-no-truth", holdout_frame()) is None
+    one_day = holdout_frame().iloc[:2].assign(churned_30d=np.array([0, 0], dtype=np.int8))
+    assert observable_oracle_auc(truth_dir, one_day) is None  # a single class
+    late = holdout_frame().assign(snapshot_date=D3 + timedelta(days=5))
+    assert observable_oracle_auc(truth_dir, late) is None  # no coverage
+
+
+def test_observable_oracle_auc_is_none_on_truth_written_before_the_column(tmp_path: Path):
+    old = tmp_path / "truth"
+    write_truth(
+        old, [(1, D2, 0.4), (2, D2, 0.1), (3, D3, 0.2), (4, D3, 0.3)], "a.parquet", observable=[]
+    )
+    assert observable_oracle_auc(old, holdout_frame()) is None
+    assert best_achievable_auc(old, holdout_frame()) == 1.0

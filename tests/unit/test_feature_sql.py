@@ -220,3 +220,141 @@ def test_labels_look_exactly_horizon_days_ahead(churn_home: Settings) -> None:
     newest = frame[frame["snapshot_date"] == D].set_index("subscriber_id")["churned_30d"].to_dict()
     assert newest == {1: 1, 2: 0, 3: 0}
     assert frame["snapshot_date"].max() == D
+
+
+# --- subscriber_usage_90d: usage relative to the subscriber's own baseline ----------------------
+
+# Marker values on the window edges of snapshot day D (offsets from D): an off-by-one on any edge,
+# or a row after D counted, moves the result far from the expected value.
+_DATA_MARKERS = {-90: 500.0, -89: 2.0, -30: 3.0, -29: 5.0, -14: 7.0, -13: 11.0, -7: 13.0, -6: 17.0}
+_FUTURE = 900.0  # data on D + 1: must never count on D
+
+
+def _usage(sid: int, offset: int, data_gb: float, voice: float) -> dict:
+    return {
+        "subscriber_id": sid,
+        "usage_date": day(offset),
+        "data_gb": data_gb,
+        "voice_minutes": voice,
+        "dropped_calls": 0,
+    }
+
+
+def _mean(values: dict[int, float], first: int, last: int) -> float:
+    """Average per day with a row over offsets first .. last (both included)."""
+    inside = [v for o, v in values.items() if first <= o <= last]
+    return sum(inside) / len(inside)
+
+
+def test_usage_baseline_windows_have_exact_edges_and_ignore_the_next_day(
+    churn_home: Settings,
+) -> None:
+    offsets = range(-120, 2)  # every day up to and including D + 1
+    data = {o: _DATA_MARKERS.get(o, 1.0) for o in offsets}
+    data[1] = _FUTURE
+    voice = {o: 10.0 if -6 <= o <= 0 else 20.0 for o in offsets}  # calls halved this week
+    voice[1] = 1000.0
+    write_sources(
+        churn_home,
+        subscribers=[subscriber(1, START)],
+        usage_daily=[_usage(1, o, data[o], voice[o]) for o in offsets],
+    )
+    # Build D and D + 1 in one chunk: the D + 1 row is in the query, and must not reach D's row.
+    build_feature_tables(churn_home, D, day(1), specs={})
+    row = read_feature_day(churn_home, "subscriber_usage_90d", D).to_pylist()[0]
+
+    known = {o: v for o, v in data.items() if o <= 0}
+    base, base7 = _mean(known, -89, -30), _mean(known, -89, -7)
+    expected = {
+        "data_gb_per_day_90d": _mean(known, -89, 0),
+        "data_ratio_30d_baseline": _mean(known, -29, 0) / base,
+        "data_ratio_14d_baseline": _mean(known, -13, 0) / base,
+        "data_ratio_7d_baseline": _mean(known, -6, 0) / base7,
+        "voice_minutes_per_day_90d": (7 * 10.0 + 83 * 20.0) / 90,
+        "voice_ratio_30d_baseline": (7 * 10.0 + 23 * 20.0) / 30 / 20.0,
+        "voice_ratio_14d_baseline": (7 * 10.0 + 7 * 20.0) / 14 / 20.0,
+        "voice_ratio_7d_baseline": 0.5,
+    }
+    for name, value in expected.items():
+        assert row[name] == pytest.approx(value, rel=1e-5), name
+    for window in ("30d", "14d", "7d"):
+        geometric = (
+            expected[f"data_ratio_{window}_baseline"] * expected[f"voice_ratio_{window}_baseline"]
+        ) ** 0.5
+        assert row[f"usage_ratio_{window}_baseline"] == pytest.approx(geometric, rel=1e-5)
+    # The edges by hand: the 90-day window is D-89 .. D (500 on D-90 left out, 2 on D-89 in) ...
+    assert row["data_gb_per_day_90d"] == pytest.approx((83 + 2 + 3 + 5 + 7 + 11 + 13 + 17) / 90)
+    # ... and the baseline of the 30-day ratio is D-89 .. D-30 (2 and 3 in, 5 on D-29 out).
+    assert base == pytest.approx((58 + 2 + 3) / 60)
+
+    # D + 1's own row does see that day's use, and D's row is the same when built alone.
+    assert (
+        read_feature_day(churn_home, "subscriber_usage_90d", day(1)).to_pylist()[0][
+            "data_gb_per_day_90d"
+        ]
+        > row["data_gb_per_day_90d"] + 5
+    )
+    assert features_on(churn_home, "subscriber_usage_90d")[1] == row
+
+
+def test_usage_baseline_is_null_without_history_to_compare_with(churn_home: Settings) -> None:
+    def history(sid: int, first: int, data_gb: float = 1.0, every: int = 1) -> list[dict]:
+        return [_usage(sid, o, data_gb, 20.0) for o in range(first, 1, every)]
+
+    zero_base = [_usage(6, o, 0.0 if o <= -30 else 1.0, 20.0) for o in range(-89, 1)]
+    write_sources(
+        churn_home,
+        subscribers=[
+            subscriber(1, day(-30)),  # 31 days in service: a one-day baseline (D-30)
+            subscriber(2, day(-29)),  # 30 days: nothing before D-29, no 30- or 14-day baseline
+            subscriber(3, day(-6)),  # 7 days: not even a 7-day baseline (D-89 .. D-7)
+            subscriber(4, START),  # in service, but no usage rows at all
+            subscriber(5, START),  # a row every other day
+            subscriber(6, START),  # no data use at all in the baseline
+        ],
+        usage_daily=[
+            *history(1, -30),
+            *history(2, -29),
+            *history(3, -6),
+            *history(5, -119, data_gb=2.0, every=2),
+            *zero_base,
+        ],
+    )
+    rows = features_on(churn_home, "subscriber_usage_90d")
+    ratios = [
+        f"{kind}_ratio_{window}_baseline"
+        for kind in ("data", "voice", "usage")
+        for window in ("30d", "14d", "7d")
+    ]
+
+    # A newcomer's short history is not a drop: steady use reads as 1, not as 31/90.
+    assert all(rows[1][name] == pytest.approx(1.0) for name in ratios)
+    assert rows[1]["data_gb_per_day_90d"] == pytest.approx(1.0)
+
+    short = rows[2]
+    assert all(
+        short[f"{k}_ratio_{w}_baseline"] is None
+        for k in ("data", "voice", "usage")
+        for w in ("30d", "14d")
+    )
+    assert all(
+        short[f"{k}_ratio_7d_baseline"] == pytest.approx(1.0) for k in ("data", "voice", "usage")
+    )
+
+    assert all(rows[3][name] is None for name in ratios)
+    assert rows[3]["data_gb_per_day_90d"] == pytest.approx(1.0)
+
+    assert all(
+        rows[4][name] is None
+        for name in [*ratios, "data_gb_per_day_90d", "voice_minutes_per_day_90d"]
+    )
+
+    # Days without a usage row are not days without use: the average is per day with a row.
+    assert all(rows[5][name] == pytest.approx(1.0) for name in ratios)
+    assert rows[5]["data_gb_per_day_90d"] == pytest.approx(2.0)
+
+    # A baseline without data use gives no data ratio (not a division by zero); voice still has one.
+    zero = rows[6]
+    assert zero["data_ratio_30d_baseline"] is None and zero["usage_ratio_30d_baseline"] is None
+    assert zero["voice_ratio_30d_baseline"] == pytest.approx(1.0)
+    assert zero["data_ratio_7d_baseline"] == pytest.approx((7 / 7) / (23 / 83))

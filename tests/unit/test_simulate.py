@@ -291,6 +291,29 @@ def test_hazard_follows_contract_and_support_tickets(baseline: World) -> None:
     assert with_tickets > 1.3 * without
 
 
+def test_observable_probability_leaves_out_only_frailty_and_the_age_term(baseline: World) -> None:
+    # Back from 30-day probabilities to daily logits: true minus observable is frailty + age term,
+    # the same every day of a subscriber, N(0, 0.5^2) across them, and 0.25 higher for 18-24.
+    def logit(column: str) -> pl.Expr:
+        h = -((pl.col(column).cast(pl.Float64).neg().log1p() / 30).exp() - 1)
+        return h.log() - h.neg().log1p()
+
+    truth = baseline.read(TRUE_CHURN_PROBABILITY)
+    assert truth["observable_churn_prob_30d"].is_between(0, 1).all()
+    per_subscriber = (
+        truth.with_columns(diff=logit("true_churn_prob_30d") - logit("observable_churn_prob_30d"))
+        .group_by("subscriber_id")
+        .agg(diff=pl.col("diff").mean(), spread=pl.col("diff").max() - pl.col("diff").min())
+        .join(baseline.read(SUBSCRIBERS).select("subscriber_id", "age_band"), on="subscriber_id")
+    )
+    assert per_subscriber["spread"].max() < 1e-3
+    young = pl.col("age_band") == "18-24"
+    others = per_subscriber.filter(~young)["diff"]
+    assert abs(others.mean()) < 0.05 and 0.45 < others.std() < 0.55
+    young_mean = per_subscriber.filter(young)["diff"].mean()
+    assert young_mean - others.mean() == pytest.approx(0.25, abs=0.1)
+
+
 # --- Scenarios ---------------------------------------------------------------------------------
 
 

@@ -380,7 +380,7 @@ def test_quality_on_a_simulated_world_is_near_the_best_achievable(churn_home: Se
     )
     best = best_achievable_auc(churn_home.truth_dir, split.holdout)
 
-    assert len(features) == 20 and not {"age_band", "gender", "region"} & set(features)
+    assert len(features) == 31 and not {"age_band", "gender", "region"} & set(features)
     assert best is not None and 0.7 < best < 0.9
     assert 0.6 < metrics["roc_auc"] < best
     assert best - metrics["roc_auc"] < 0.2
