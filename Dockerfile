@@ -15,7 +15,7 @@ COPY prefect.yaml ./
 RUN uv sync --frozen --no-dev
 
 FROM python:3.11-slim AS runtime
-RUN groupadd --system churn && useradd --system --gid churn --home-dir /app churn
+RUN groupadd --system --gid 10001 churn && useradd --system --uid 10001 --gid churn --home-dir /app churn
 WORKDIR /app
 COPY --from=build --chown=churn:churn /app /app
 ENV PATH="/app/.venv/bin:$PATH" \
@@ -27,7 +27,7 @@ ENV PATH="/app/.venv/bin:$PATH" \
     MLFLOW_DISABLE_TELEMETRY=true \
     SCARF_NO_ANALYTICS=true
 RUN mkdir -p /data && chown churn:churn /data
-USER churn
+USER 10001:10001
 VOLUME ["/data"]
 # The worker serves /health on this port (`churn worker --with-healthcheck`, the default).
 ENV PREFECT_WORKER_WEBSERVER_PORT=8080
