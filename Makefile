@@ -45,6 +45,9 @@ bench: setup
 	$(PY) bench/simulate.py
 	$(PY) bench/features.py
 	$(PY) bench/train.py
+	$(PY) bench/score.py
+	$(PY) bench/monitor.py
+	$(PY) bench/online.py
 
 lint: setup
 	$(VENV)/bin/ruff check flows tasks tests bench feature_repo
