@@ -97,10 +97,13 @@ def run_demo(
     for column in ("night", "champion", "scored", "high tier", "drift", "retraining"):
         nightly.add_column(column)
     last_summary = None
+    first_alert = None
     for night in nights:
         summary = score_nightly_flow(score_date=night)
         watched = monitor_flow(score_date=night, retrain_on_drift=True)
         last_summary = summary
+        if first_alert is None and watched.severity.level in ("alert", "retrain"):
+            first_alert = watched
         nightly.add_row(
             night.isoformat(),
             ", ".join(f"v{v} ({role})" for v, role in summary.models),
@@ -111,6 +114,8 @@ def run_demo(
         )
     timings["nights"] = time.perf_counter() - began
     console.print(nightly)
+    if first_alert is not None:
+        _show_drift(console, first_alert)
     if last_summary is not None:
         _show_high_risk(console, last_summary)
     _final_summary(console, settings, build, nights, timings)
@@ -145,6 +150,24 @@ def _show_high_risk(console: Console, summary) -> None:
             reasons,
         )
     console.print(top)
+
+
+def _show_drift(console: Console, result) -> None:
+    table = Table(
+        title=f"drift on {result.score_date} against version {result.model_version}'s training "
+        f"window: {result.severity.level} (report {_shown(result.report.html)})",
+        title_justify="left",
+    )
+    for column in ("feature", "PSI", "KS", "level"):
+        table.add_column(column)
+    for row in sorted(result.drifted, key=lambda r: -r["psi"])[:8]:
+        ks = (
+            "—"
+            if row["kind"] == "categorical" or row["statistic"] is None
+            else f"{row['statistic']:.3f}"
+        )
+        table.add_row(row["feature"], f"{row['psi']:.3f}", ks, row["level"])
+    console.print(table)
 
 
 def _alerts(settings: Settings) -> dict[str, int]:

@@ -23,6 +23,7 @@ importing this module stays cheap.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -146,8 +147,18 @@ def artifact_root(settings: Settings) -> Path:
 
 
 def history_path(settings: Settings) -> Path:
-    """The append-only promotion history, one JSON object per line."""
-    return settings.mlflow_dir / "promotions.jsonl"
+    """The append-only promotion history of the configured MLflow store, one JSON object per line.
+
+    ``$CHURN_HOME/mlflow/promotions.jsonl`` for the default store; another tracking URI (a
+    server, another SQLite file) keeps its own file beside it, named by a hash of the URI, so
+    two registries sharing a data root never mix their alias moves.
+    """
+    if not settings.mlflow_tracking_uri or settings.mlflow_tracking_uri == tracking_uri(
+        settings.model_copy(update={"mlflow_tracking_uri": None})
+    ):
+        return settings.mlflow_dir / "promotions.jsonl"
+    digest = hashlib.sha256(settings.mlflow_tracking_uri.encode()).hexdigest()[:12]
+    return settings.mlflow_dir / f"promotions-{digest}.jsonl"
 
 
 def init_store(settings: Settings) -> str:
@@ -838,8 +849,9 @@ def _info(client: MlflowClient, mv: ModelVersion, aliases: Mapping[str, int]) ->
 # --- promotion history ---------------------------------------------------------------------
 
 
-def promotion_history(settings: Settings) -> list[Promotion]:
-    """Every recorded alias move, oldest first (empty before the first one).
+def promotion_history(settings: Settings, *, all_models: bool = False) -> list[Promotion]:
+    """Every recorded alias move of the configured model (of every model with ``all_models``),
+    oldest first (empty before the first one).
 
     Raises:
         RegistryError: a line of the history is not a valid record.
@@ -855,7 +867,7 @@ def promotion_history(settings: Settings) -> list[Promotion]:
             moves.append(Promotion.from_json(line))
         except (ValueError, TypeError, KeyError) as exc:
             raise RegistryError(f"{path} line {number} is not a promotion record: {exc}") from exc
-    return moves
+    return moves if all_models else [m for m in moves if m.model == settings.model_name]
 
 
 def _append_history(settings: Settings, moves: list[Promotion]) -> None:

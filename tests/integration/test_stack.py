@@ -265,3 +265,34 @@ def test_the_prefect_ui_shows_the_deployments_and_their_schedules(stack, tmp_pat
     )
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot of the deployments page: {screenshot}")
+
+
+def test_two_scoring_runs_at_once_never_overlap(stack) -> None:
+    """The deployment's concurrency limit (1, ENQUEUE): the second run waits for the first."""
+    from datetime import datetime
+
+    deployments = _api(
+        stack["api"], "/deployments/filter", {"deployments": {"name": {"any_": ["score-nightly"]}}}
+    )
+    deployment_id = deployments[0]["id"]
+    created = [
+        _api(
+            stack["api"],
+            f"/deployments/{deployment_id}/create_flow_run",
+            {"parameters": {"score_date": day.isoformat()}},
+        )["id"]
+        for day in (DAY - timedelta(days=1), DAY - timedelta(days=2))
+    ]
+    deadline = time.monotonic() + 420
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = [_api(stack["api"], f"/flow_runs/{run_id}") for run_id in created]
+        if all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED") for r in runs):
+            break
+        time.sleep(2)
+    assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"], [r["state"] for r in runs]
+    spans = sorted(
+        (datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"]))
+        for r in runs
+    )
+    assert spans[0][1] <= spans[1][0], f"the two scoring runs overlapped: {spans}"

@@ -1,0 +1,123 @@
+"""Monitoring on simulated worlds with real Prefect flow runs, a real MLflow store and the real
+slack-sdk webhook client posting to a local receiver: a price shock is alerted the night it
+starts, names the shifted features, asks for retraining once, and the retraining runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from tasks.core.settings import get_settings, reset_settings
+from tasks.simulate import WorldSpec
+
+from .conftest import WORLD_START, make_world
+from .test_slack import Receiver
+
+pytestmark = pytest.mark.integration
+
+DAYS = 222
+TRAIN_DAY = WORLD_START + timedelta(days=212)  # the first day with 210 days of history behind it
+SHOCK = WORLD_START + timedelta(days=216)
+GATES = {
+    "CHURN_FAIRNESS_MAX_EO_DIFFERENCE": "0.9",
+    "CHURN_FAIRNESS_MIN_DP_RATIO": "0.1",
+    "CHURN_GATE_MIN_AUC": "0.55",
+    "CHURN_GATE_MAX_CALIBRATION_ERROR": "0.2",
+}
+
+
+@pytest.fixture(scope="module")
+def shock_home(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("price_shock_world")
+    make_world(
+        home,
+        WorldSpec(
+            subscribers=2500,
+            days=DAYS,
+            start=WORLD_START,
+            seed=5,
+            scenario="price_shock",
+            scenario_start=SHOCK,
+        ),
+    )
+    return home
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with Receiver() as running:
+        yield running
+
+
+def test_a_price_shock_is_alerted_the_night_it_starts_and_triggers_one_retraining(
+    shock_home, prefect_server, receiver, monkeypatch
+) -> None:
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_LOGGING_TO_API_ENABLED,
+        temporary_settings,
+    )
+
+    from flows.monitor import monitor_flow
+    from flows.score import score_nightly_flow
+    from tasks.monitor import read_triggers
+    from tasks.registry import list_versions
+    from tasks.retrain import retrain
+
+    for name, value in {
+        "CHURN_HOME": str(shock_home),
+        "CHURN_MLFLOW_TRACKING_URI": f"sqlite:///{shock_home}/mlflow-test.db",
+        "CHURN_SLACK_WEBHOOK_URL": f"{receiver.base_url}/services/T000/B000/secret-part",
+        "CHURN_PREFECT_UI_URL": "http://127.0.0.1:4200",
+        **GATES,
+    }.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    settings = get_settings()
+    first = retrain(settings, TRAIN_DAY, "test: champion before the shock")
+    assert first.promoted
+
+    nights = {}
+    with temporary_settings(
+        {PREFECT_API_URL: prefect_server.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}
+    ):
+        for night in (SHOCK - timedelta(days=1), SHOCK, SHOCK + timedelta(days=1)):
+            score_nightly_flow(score_date=night)
+            nights[night] = monitor_flow(score_date=night, retrain_on_drift=True)
+
+    before, shock, after = nights.values()
+    assert before.severity.level in ("none", "warn")
+    # The night of the shock: retraining asked for, naming the charge features.
+    assert shock.severity.level == "retrain"
+    assert {"charge_change_90d", "plan_changes_90d"} <= set(shock.severity.features)
+    assert shock.retrain_requested and shock.report.html.is_file()
+    # The next night still drifts, but the cooldown holds: no second retraining.
+    assert after.severity.level == "retrain" and not after.retrain_requested
+    assert "already requested" in after.cooldown_note
+    assert [t["score_date"] for t in read_triggers(settings)] == [SHOCK.isoformat()]
+
+    # The drift retraining ran, with its reason, and the gates judged it (a run either way).
+    import mlflow
+
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    reasons = [r.data.tags.get("reason", "") for r in runs]
+    assert any(
+        reason.startswith(f"drift on {SHOCK} (retrain): charge_change_90d") for reason in reasons
+    ), reasons
+    assert len(list_versions(settings)) >= 1
+
+    # Slack got the drift alerts: Block Kit and text, features with PSI/KS, no subscriber data.
+    drift_posts = [r.body for r in receiver.requests if "input drift" in r.body.get("text", "")]
+    assert len(drift_posts) == 2  # the shock night and the night after (no retraining then)
+    text = drift_posts[0]["text"]
+    assert f"input drift on {SHOCK}" in text and "charge_change_90d" in text and "PSI" in text
+    assert "retraining triggered" in text
+    blocks = json.dumps(drift_posts[0]["blocks"])
+    assert "charge_change_90d" in blocks and "http://127.0.0.1:4200/runs/flow-run/" in blocks
+    assert "subscriber_id" not in blocks and "secret-part" not in json.dumps(drift_posts)
+    assert "already requested" in drift_posts[1]["text"]
