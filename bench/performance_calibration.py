@@ -117,7 +117,7 @@ def main() -> None:
         values = [r[column] for r in rows if r[column] is not None]
         return sum(values) / len(values) if values else float("nan")
 
-    before = [r for r in history if r["score_date"] < day(CHANGE_DAY - 30)]
+    before = [r for r in history if r["score_date"] < day(CHANGE_DAY)]
     after = [r for r in history if r["score_date"] >= day(CHANGE_DAY)]
     table = Table(
         title=f"champion v{version} (holdout AUC {holdout_auc:.3f})", title_justify="left"
