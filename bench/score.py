@@ -245,6 +245,7 @@ def setup_world(world: Path, subscribers: int, trees: int, shard_rows: int) -> d
     from tasks.core.layout import MANIFEST_NAME, table_path
     from tasks.core.schema import SOURCE_TABLES
     from tasks.feature_store import apply_feature_repo
+    from tasks.feature_tables import FEAST_TO_ARROW
     from tasks.frames import view_reads
 
     settings = _settings(world, shard_rows)
@@ -252,18 +253,10 @@ def setup_world(world: Path, subscribers: int, trees: int, shard_rows: int) -> d
     began = time.perf_counter()
     apply_feature_repo(settings)
     reads = view_reads(settings)
-    arrow_types = {
-        "Int32": pa.int32(),
-        "Int64": pa.int64(),
-        "Float32": pa.float32(),
-        "Float64": pa.float64(),
-        "String": pa.string(),
-        "Bool": pa.bool_(),
-    }
     schemas = {
         r.name: pa.schema(
             [("subscriber_id", pa.int64()), (r.timestamp_field, pa.timestamp("us", tz="UTC"))]
-            + [(c, arrow_types[t]) for c, t in zip(r.columns, r.dtypes, strict=True)]
+            + [(c, FEAST_TO_ARROW[t]) for c, t in zip(r.columns, r.dtypes, strict=True)]
         )
         for r in reads
     }
@@ -532,7 +525,6 @@ def nightly(world: Path, shard_rows: int) -> dict:
 
 def profile(world: Path, shard_rows: int) -> dict:
     """The plan over the whole base, then one shard from its middle, step by step (and the log write)."""
-    import polars as pl
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -545,6 +537,7 @@ def profile(world: Path, shard_rows: int) -> dict:
         _explain_top,
         _missing_views,
         check_scoring_features,
+        encode_features,
         plan_shards,
         resolve_models,
         risk_tiers,
@@ -598,13 +591,7 @@ def profile(world: Path, shard_rows: int) -> dict:
     _, _, keep = _missing_views(frame, reads)
     scored = frame.filter(keep) if keep is not None else frame
     lap("missing views")
-    encoded = (
-        pl.from_arrow(scored.select(features))
-        .select(pl.struct(features).struct.json_encode().alias("features"))
-        .to_series()
-        .to_arrow()
-        .cast(pa.string())
-    )
+    encoded = encode_features(scored, features)
     lap("JSON encode of features")
     inputs = model_inputs(scored, model.spec)
     lap("model inputs (Arrow → pandas)")

@@ -68,7 +68,7 @@ class BuildSummary:
     contracts: list[ContractReport]
 
 
-_FEAST_TO_ARROW = {
+FEAST_TO_ARROW = {
     "Int32": pa.int32(),
     "Int64": pa.int64(),
     "Float32": pa.float32(),
@@ -76,6 +76,7 @@ _FEAST_TO_ARROW = {
     "String": pa.string(),
     "Bool": pa.bool_(),
 }
+"""Arrow type of each Feast field type the feature views use."""
 
 
 def feature_table_spec(view: FeatureView) -> TableSpec:
@@ -89,7 +90,7 @@ def feature_table_spec(view: FeatureView) -> TableSpec:
         columns.append(
             Column(
                 field.name,
-                _FEAST_TO_ARROW[str(field.dtype)],
+                FEAST_TO_ARROW[str(field.dtype)],
                 nullable=tags.get("nullable") == "true",
                 min=float(tags["min"]) if "min" in tags else None,
                 max=float(tags["max"]) if "max" in tags else None,

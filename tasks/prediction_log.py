@@ -302,18 +302,7 @@ class PredictionLogWriter:
             raise PredictionLogError(f"a writer of {self.relative_path} is used once")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(self.path)
-        fd, name = tempfile.mkstemp(
-            prefix=f"{TEMP_PREFIX}{self.path.name}.", suffix=TEMP_SUFFIX, dir=self.path.parent
-        )
-        temp = Path(name)
-        try:
-            # Held until the file is published or dropped: verify_log sees a live writer.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            writer = pq.ParquetWriter(temp, PREDICTION_LOG_SCHEMA, **PARQUET_OPTIONS)
-        except BaseException:
-            os.close(fd)
-            temp.unlink(missing_ok=True)
-            raise
+        writer, temp, fd = _open_temp_writer(self.path)
         self._state = _State(writer=writer, temp=temp, lock_fd=fd)
         return self
 
@@ -552,17 +541,7 @@ def publish_online_batch(
             f"{relative} is already published: online files are never replaced"
         )
     _remove_stale_temps(path, f"{TEMP_PREFIX}*-{ONLINE}-*.parquet.*{TEMP_SUFFIX}")
-    fd, name = tempfile.mkstemp(
-        prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
-    )
-    temp = Path(name)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        writer = pq.ParquetWriter(temp, PREDICTION_LOG_SCHEMA, **PARQUET_OPTIONS)
-    except BaseException:
-        os.close(fd)
-        temp.unlink(missing_ok=True)
-        raise
+    writer, temp, fd = _open_temp_writer(path)
     state = _State(writer=writer, temp=temp, lock_fd=fd, rows=table.num_rows)
     try:
         writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
@@ -739,6 +718,26 @@ def _publish(
 
 def _examples(ids: np.ndarray) -> str:
     return ", ".join(str(v) for v in np.unique(ids)[:3])
+
+
+def _open_temp_writer(path: Path) -> tuple[pq.ParquetWriter, Path, int]:
+    """A Parquet writer on a hidden temp sibling of ``path``, with the temp file locked.
+
+    The lock is held until the file is published or dropped, so :func:`verify_log` can tell a
+    live writer from the leftovers of a killed one.
+    """
+    fd, name = tempfile.mkstemp(
+        prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent
+    )
+    temp = Path(name)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        writer = pq.ParquetWriter(temp, PREDICTION_LOG_SCHEMA, **PARQUET_OPTIONS)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    return writer, temp, fd
 
 
 def _discard(state: _State) -> None:

@@ -237,6 +237,17 @@ def check_scoring_features(frame: pa.Table, reads: list[ViewRead]) -> None:
         raise DataContractError("scoring features", violations)
 
 
+def encode_features(frame: pa.Table, features: list[str]) -> pa.Array:
+    """Per row, the feature values as one JSON object (the prediction log's ``features``)."""
+    return (
+        pl.from_arrow(frame.select(features))
+        .select(pl.struct(features).struct.json_encode().alias("features"))
+        .to_series()
+        .to_arrow()
+        .cast(pa.string())
+    )
+
+
 def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
     """Score one shard with every model; see the module docstring for what comes back."""
     clock = time.perf_counter()
@@ -259,14 +270,7 @@ def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
     check_scoring_features(frame, ctx.reads)
     not_scored, examples, keep = _missing_views(frame, ctx.reads)
     scored = frame.filter(keep) if keep is not None else frame
-    features = ctx.features
-    encoded = (
-        pl.from_arrow(scored.select(features))
-        .select(pl.struct(features).struct.json_encode().alias("features"))
-        .to_series()
-        .to_arrow()
-        .cast(pa.string())
-    )
+    encoded = encode_features(scored, ctx.features)
     lap("contract + encode")
     ids = scored.column("subscriber_id").combine_chunks()
     charge = scored.column(CHARGE).to_numpy(zero_copy_only=False).astype(np.float64)

@@ -38,7 +38,7 @@ from tasks.registry import load_model, promote
 from tasks.retrain import retrain
 from tasks.train import ModelSpec, predict_proba
 
-from .conftest import RETRAIN_WORLD_DAYS, WORLD_START
+from .conftest import RETRAIN_WORLD_DAYS, WORLD_START, champion_environment
 
 with warnings.catch_warnings():
     # Starlette 1.x would rather drive its TestClient with httpx2; httpx (declared) still works.
@@ -50,33 +50,19 @@ pytestmark = pytest.mark.integration
 DAY = WORLD_START + timedelta(days=RETRAIN_WORLD_DAYS - 1)
 NOW = as_of_timestamp(DAY) + timedelta(hours=2)  # the morning after DAY's features are complete
 TOLERANCE = 1e-9
-GATES = {
-    "CHURN_FAIRNESS_MAX_EO_DIFFERENCE": "0.9",
-    "CHURN_FAIRNESS_MIN_DP_RATIO": "0.1",
-    "CHURN_GATE_MIN_AUC": "0.6",
-}
 
 
 @pytest.fixture(scope="module")
 def online_env(retrain_world_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The shared world with its own MLflow store (champion = version 1) and DAY materialized."""
-    store = tmp_path_factory.mktemp("online_mlflow")
-    env = {
-        "CHURN_HOME": str(retrain_world_home),
-        "CHURN_MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
-        "CHURN_MODEL_NAME": "online_test_model",
-        **GATES,
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        reset_settings()
-        settings = get_settings()
-        first = retrain(settings, DAY, "test: a champion to serve")
-        assert first.promoted and first.version == 1
-        materialize_online(settings, DAY)
-    reset_settings()
-    return env
+    return champion_environment(
+        retrain_world_home,
+        tmp_path_factory.mktemp("online_mlflow"),
+        "online_test_model",
+        DAY,
+        "test: a champion to serve",
+        then=lambda settings: materialize_online(settings, DAY),
+    )
 
 
 def _clean(settings: Settings) -> None:

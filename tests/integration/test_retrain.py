@@ -14,21 +14,12 @@ from tasks.registry import CHAMPION, current_alias, list_versions, promotion_his
 from tasks.retrain import retrain
 from tasks.simulate import WorldSpec
 
-from .conftest import RETRAIN_WORLD_DAYS, WORLD_START, make_world
+from .conftest import RETRAIN_WORLD_DAYS, SMALL_WORLD_GATES, WORLD_START, make_world
 
 pytestmark = pytest.mark.integration
 
 DAYS = RETRAIN_WORLD_DAYS
 AS_OF = WORLD_START + timedelta(days=DAYS - 1)
-# A 3,000-subscriber world has ~40 churners per age band in the holdout, so equalized-odds
-# estimates swing by ±0.15 between groups by chance; the default ceiling (0.25) is meant for
-# production volumes; likewise its holdout AUC (~0.66) sits under the default 0.70 floor. These
-# tests are about the registry flow, not about those thresholds.
-SMALL_WORLD_GATES = {
-    "CHURN_FAIRNESS_MAX_EO_DIFFERENCE": "0.9",
-    "CHURN_FAIRNESS_MIN_DP_RATIO": "0.1",
-    "CHURN_GATE_MIN_AUC": "0.6",
-}
 
 
 @pytest.fixture
@@ -286,12 +277,6 @@ def test_approval_mode_pauses_until_a_person_approves_from_the_cli(
 def test_approval_rejected_or_never_given_leaves_the_champion_alone(
     settings_for, prefect_server
 ) -> None:
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_LOGGING_TO_API_ENABLED,
-        temporary_settings,
-    )
-
     from flows.retrain import ApprovalTimeout, retrain_flow
     from tasks.approval import apply_approval
     from tasks.registry import RegistryError
@@ -307,9 +292,7 @@ def test_approval_rejected_or_never_given_leaves_the_champion_alone(
     )
     # Nobody answers: the run fails saying so, the candidate stays challenger, champion untouched.
     with (
-        temporary_settings(
-            {PREFECT_API_URL: prefect_server.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}
-        ),
+        prefect_server.in_process(),
         pytest.raises(ApprovalTimeout, match="no decision on version 2 within 0.0006 h"),
     ):
         retrain_flow(as_of=AS_OF, reason="test: unanswered")

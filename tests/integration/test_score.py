@@ -26,38 +26,24 @@ from tasks.score import NoChampion
 from tasks.sources import active_subscribers
 from tasks.train import ModelSpec, predict_proba
 
-from .conftest import RETRAIN_WORLD_DAYS, WORLD_START
+from .conftest import RETRAIN_WORLD_DAYS, WORLD_START, champion_environment
 
 pytestmark = pytest.mark.integration
 
 DAY = WORLD_START + timedelta(days=RETRAIN_WORLD_DAYS - 1)
-# Small-world gates, as in test_retrain: these tests are about scoring, not the thresholds.
-GATES = {
-    "CHURN_FAIRNESS_MAX_EO_DIFFERENCE": "0.9",
-    "CHURN_FAIRNESS_MIN_DP_RATIO": "0.1",
-    "CHURN_GATE_MIN_AUC": "0.6",
-}
 LOG_VALUES = ["subscriber_id", "probability", "risk_tier", "reasons", "features", "prediction_id"]
 
 
 @pytest.fixture(scope="module")
 def champion_env(retrain_world_home: Path, tmp_path_factory: pytest.TempPathFactory):
     """The shared world with its own MLflow store holding a champion (version 1)."""
-    store = tmp_path_factory.mktemp("score_mlflow")
-    env = {
-        "CHURN_HOME": str(retrain_world_home),
-        "CHURN_MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
-        "CHURN_MODEL_NAME": "score_test_model",
-        **GATES,
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        reset_settings()
-        first = retrain(get_settings(), DAY, "test: a champion to score with")
-        assert first.promoted and first.version == 1
-    reset_settings()
-    return env
+    return champion_environment(
+        retrain_world_home,
+        tmp_path_factory.mktemp("score_mlflow"),
+        "score_test_model",
+        DAY,
+        "test: a champion to score with",
+    )
 
 
 @pytest.fixture
@@ -71,18 +57,6 @@ def scoring(champion_env, monkeypatch: pytest.MonkeyPatch):
     shutil.rmtree(settings.retention_dir, ignore_errors=True)
     yield settings
     reset_settings()
-
-
-def _on_server(prefect_server):
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_LOGGING_TO_API_ENABLED,
-        temporary_settings,
-    )
-
-    return temporary_settings(
-        {PREFECT_API_URL: prefect_server.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}
-    )
 
 
 def _log(settings, role: str = "champion", version: int = 1) -> pa.Table:
@@ -104,7 +78,7 @@ def test_the_nightly_flow_scores_everyone_and_writes_the_file_and_the_log(
 ) -> None:
     from flows.score import score_nightly_flow
 
-    with _on_server(prefect_server):
+    with prefect_server.in_process():
         summary = score_nightly_flow(score_date=DAY)
 
     in_service = active_subscribers(scoring, DAY).num_rows
@@ -253,7 +227,7 @@ def test_dask_shards_give_exactly_the_in_process_output(
 
     monkeypatch.setenv("CHURN_SCORE_TASK_RUNNER", "dask")
     reset_settings()
-    with _on_server(prefect_server):
+    with prefect_server.in_process():
         on_dask = score_nightly_flow(score_date=DAY)
     assert on_dask.shards == 4 and on_dask.scored == local.scored
     assert _log(scoring).select(LOG_VALUES).equals(local_log)
