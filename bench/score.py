@@ -440,9 +440,15 @@ def register_champion(settings, reads: list, trees: int) -> dict:
 
 
 def floor(world: Path, shard_rows: int) -> dict:
-    """Bare predict over day D's feature matrix, ``shard_rows`` at a time, 2 threads."""
+    """Bare predict over day D's feature matrix, ``shard_rows`` at a time, 2 threads.
+
+    Also, outside the floor's clocks: compiling the champion (into the world's cache, which the
+    nightly child then finds, as a night after the first does) and the compiled trees' predict
+    over the same rows, with their largest difference from LightGBM's probabilities.
+    """
     import pyarrow.parquet as pq
 
+    from tasks.compiled import compile_forest, model_matrix
     from tasks.feast_offline import partition_files
     from tasks.frames import view_reads
     from tasks.registry import load_model
@@ -450,8 +456,15 @@ def floor(world: Path, shard_rows: int) -> dict:
 
     settings = _settings(world, shard_rows)
     reads = view_reads(settings)
-    booster, spec_dict, _ = load_model(settings, "champion")
+    booster, spec_dict, version = load_model(settings, "champion")
     spec = ModelSpec.from_dict(spec_dict)
+    # Compiled here, once per model version as the night does (timed: the first night pays it).
+    shutil.rmtree(settings.compiled_models_dir, ignore_errors=True)
+    clock = time.perf_counter()
+    forest = compile_forest(
+        booster, settings.compiled_models_dir, f"{settings.model_name}-v{version}"
+    )
+    compile_s = time.perf_counter() - clock
     files = [partition_files(r.directory, DAY, DAY) for r in reads]
     if any(len(f) != 1 for f in files):
         raise SystemExit(f"expected one day-{DAY} file per view, found {files}")
@@ -460,8 +473,8 @@ def floor(world: Path, shard_rows: int) -> dict:
         pq.ParquetFile(f[0]).iter_batches(batch_size=shard_rows, columns=list(r.columns))
         for f, r in zip(files, reads, strict=True)
     ]
-    rows, predict_s, predict_cpu_s = 0, 0.0, 0.0
-    checksum = 0.0
+    rows, predict_s, predict_cpu_s, compiled_s = 0, 0.0, 0.0, 0.0
+    checksum, gap = 0.0, 0.0
     for parts in zip(*streams, strict=True):
         batch = pa.Table.from_batches([parts[0]])
         for part in parts[1:]:
@@ -474,12 +487,20 @@ def floor(world: Path, shard_rows: int) -> dict:
         predict_cpu_s += time.process_time() - cpu
         rows += len(p)
         checksum += float(p.sum())
-    total = time.perf_counter() - began
+        # For comparison, not the floor: the compiled trees on the same rows.
+        clock = time.perf_counter()
+        compiled = forest.predict(model_matrix(batch, spec), PREDICT_THREADS)
+        compiled_s += time.perf_counter() - clock
+        gap = max(gap, float(np.max(np.abs(compiled - p))))
+    total = time.perf_counter() - began - compiled_s
     return {
         "rows": rows,
         "predict_s": predict_s,
         "predict_cpu_s": predict_cpu_s,
         "read_predict_s": total,
+        "compiled_s": compiled_s,
+        "compiled_gap": gap,
+        "compile_s": compile_s,
         "mean_p": checksum / rows,
     }
 
@@ -525,13 +546,13 @@ def nightly(world: Path, shard_rows: int) -> dict:
 
 def profile(world: Path, shard_rows: int) -> dict:
     """The plan over the whole base, then one shard from its middle, step by step (and the log write)."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from tasks.compiled import model_matrix
     from tasks.core.files import PARQUET_OPTIONS
     from tasks.feature_tables import as_of_timestamp
     from tasks.frames import features_from, view_reads
-    from tasks.prediction_log import ROW_GROUP_ROWS, PredictionLogWriter
+    from tasks.prediction_log import ROW_GROUP_ROWS, PredictionLogWriter, _open_temp_writer
     from tasks.score import (
         ScoringContext,
         _explain_top,
@@ -543,7 +564,6 @@ def profile(world: Path, shard_rows: int) -> dict:
         risk_tiers,
     )
     from tasks.sources import active_subscribers
-    from tasks.train import model_inputs
 
     settings = _settings(world, shard_rows)
     steps: dict[str, float] = {}
@@ -576,6 +596,7 @@ def profile(world: Path, shard_rows: int) -> dict:
         medium_threshold=settings.risk_medium_threshold,
         high_threshold=settings.risk_high_threshold,
         reason_count=settings.reason_codes,
+        threads=PREDICT_THREADS,
     )
     clock = time.perf_counter()
     frame = features_from(
@@ -592,16 +613,16 @@ def profile(world: Path, shard_rows: int) -> dict:
     scored = frame.filter(keep) if keep is not None else frame
     lap("missing views")
     encoded = encode_features(scored, features)
-    lap("JSON encode of features")
-    inputs = model_inputs(scored, model.spec)
-    lap("model inputs (Arrow → pandas)")
-    p = np.asarray(model.booster.predict(inputs), dtype=np.float64)
-    lap("predict")
+    lap("features struct for the log")
+    matrix = model_matrix(scored, model.spec)
+    lap("model matrix (Arrow → float64)")
+    p, predictor = model.predict(matrix, PREDICT_THREADS)
+    lap(f"predict ({predictor}, with its check)")
     tier = risk_tiers(p, ctx.medium_threshold, ctx.high_threshold)
     ids = scored.column("subscriber_id").combine_chunks()
     charge = scored.column("monthly_charge").to_numpy(zero_copy_only=False).astype(np.float64)
     lap("tiers")
-    _, reasons = _explain_top(model, inputs, ids, p, tier, charge, ctx)
+    _, reasons = _explain_top(model, scored, ids, p, tier, charge, ctx)
     lap(f"reasons (SHAP, top {ctx.capacity})")
     batch = pa.table(
         {
@@ -626,12 +647,15 @@ def profile(world: Path, shard_rows: int) -> dict:
     )
     lap("(batch table)")
     with writer:
+        # PredictionLogWriter.write, step by step.
         state = writer._state
-        columns, _ = writer._checked(batch, state.seen_ids)
+        columns, _ = writer._checked(batch, state)
         lap("log: batch checks")
         table = writer._complete(columns, batch.num_rows)
         lap("log: prediction_id + constant columns")
-        state.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        state.file = _open_temp_writer(writer.path, table.schema)
+        state.file.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        state.rows += table.num_rows
         lap("log: Parquet write (zstd)")
     lap("log: close + sha256 + fsync + publish")
     # For comparison only: the same table written without compression and with zstd level 1.
@@ -639,13 +663,11 @@ def profile(world: Path, shard_rows: int) -> dict:
         began = time.perf_counter()
         pq.write_table(table, "/tmp/benchscore/profile_cmp.parquet", **options)
         steps[f"(compare: Parquet write {label})"] = time.perf_counter() - began
-    clock = time.perf_counter()
-    json_bytes = pc.sum(pc.binary_length(encoded)).as_py()
     return {
         "rows": len(ids),
         "steps": steps,
         "memory": memory,
-        "json_bytes_per_row": json_bytes / len(ids),
+        "features_bytes_per_row": encoded.nbytes / len(ids),
         "log_bytes_per_row": Path(writer.path).stat().st_size / len(ids),
         "log_columns_bytes": {name: table.column(name).nbytes for name in table.column_names},
         "parquet_options": str(PARQUET_OPTIONS),
@@ -746,8 +768,8 @@ def _add_row(
 NIGHTLY_STAGES = (
     ("plan", "plan (active subscribers, models, shards)"),
     ("shard features", "features (bulk point-in-time read)"),
-    ("shard contract + encode", "contract check + JSON encode"),
-    ("shard predict", "predict (model inputs + booster)"),
+    ("shard contract + encode", "contract check + features struct"),
+    ("shard predict", "predict (model matrix + compiled trees)"),
     ("shard reasons", "reasons (SHAP, top per shard)"),
     ("log write", "prediction log write"),
     ("log publish", "prediction log publish"),
@@ -820,6 +842,7 @@ def main() -> None:
         rows = [
             ("floor: predict only", fl["predict_s"], fl["rows"], None),
             ("floor: read + predict", fl["read_predict_s"], fl["rows"], fl["peak_rss"]),
+            ("(compiled trees: predict only)", fl["compiled_s"], fl["rows"], None),
         ]
         timings = nt["timings"]
         for key, label in NIGHTLY_STAGES:
@@ -840,6 +863,11 @@ def main() -> None:
         checks.append(
             f"CPU seconds {nt['cpu_s']:.0f} against the floor's {fl['predict_cpu_s']:.0f} "
             f"({cpu_ratio:.2f}×)"
+        )
+        checks.append(
+            f"compiled trees {fl['predict_s'] / fl['compiled_s']:.1f}× LightGBM's predict, "
+            f"largest difference {fl['compiled_gap']:.1e} (allowed 1e-6); compiling took "
+            f"{fl['compile_s']:.1f} s (once per model version, not in the nightly path)"
         )
         extra = (
             f"scored {nt['rows']:,} of {nt['subscribers']:,} in {nt['shards']} shards, "
@@ -878,7 +906,7 @@ def main() -> None:
             )
         console.print(ptable)
         console.print(
-            f"features JSON {pr['json_bytes_per_row']:.0f} B/row, log file "
+            f"features struct {pr['features_bytes_per_row']:.0f} B/row in memory, log file "
             f"{pr['log_bytes_per_row']:.0f} B/row; profile peak {pr['peak_rss'] / 2**20:,.0f} MiB"
         )
 

@@ -78,7 +78,8 @@ def audit_subscriber(
     settings = get_settings()
     report = subscriber_report(settings, subscriber_id)
     if format_ is OutputFormat.table:
-        # The JSON of features is for CSV and SQL; a terminal shows the decision and its reasons.
+        # The feature values are for CSV (as JSON) and SQL (features.<name>, to_json(features));
+        # a terminal shows the decision and its reasons.
         report = report.select(
             [
                 "score_date",
@@ -160,6 +161,8 @@ def _cell(value: object) -> str:
         return "—"
     if isinstance(value, list):
         return ", ".join(_cell(v) for v in value)
+    if isinstance(value, dict):  # a struct, such as the feature values: name=value, in order
+        return ", ".join(f"{name}={_cell(v)}" for name, v in value.items())
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, float):

@@ -475,6 +475,13 @@ def _print_score_summary(summary) -> None:
             ("scored", summary.scored),
             *((f"not scored: {r}", c) for r, c in summary.not_scored.items()),
             ("tiers (champion)", ", ".join(f"{t} {c:,}" for t, c in tiers.items())),
+            (
+                "predicted by (champion)",
+                ", ".join(
+                    f"{name} ({count} shard(s))"
+                    for name, count in summary.predictors.get("champion", {}).items()
+                ),
+            ),
             ("high-risk file", f"{summary.high_risk_csv} ({summary.high_risk_rows:,} rows)"),
             ("seconds", f"{summary.timings.get('total', 0.0):.1f}"),
         ],

@@ -7,7 +7,10 @@
 * ``subscriber_predictions``, ``champion_on_date``, ``daily_volumes``, ``shadow_disagreement``.
 
 Before anything is logged (or promoted) the views exist and are empty, with the same columns:
-an auditor's script runs the same on day one as on day 300.
+an auditor's script runs the same on day one as on day 300. ``features`` is a struct of the
+feature values the model saw (``features.support_calls_30d``); its fields are those of every
+feature service in the log, unified by name (null where a row's service lacks the field), and
+none before anything is logged. ``to_json(features)`` shows a row's values as one JSON object.
 
 The session is locked down in three layers. :func:`run_readonly` refuses, before running
 anything, every statement that is not a read (only SELECT, a plain or ANALYZE EXPLAIN of a
@@ -30,7 +33,7 @@ import pyarrow as pa
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings
 from tasks.core.sql import connect, load_sql
-from tasks.prediction_log import LOG_GLOB, PREDICTION_LOG_SCHEMA, log_files
+from tasks.prediction_log import LOG_GLOB, PREDICTION_LOG_BASE_SCHEMA, log_files
 from tasks.registry import history_path
 
 logger = logging.getLogger(__name__)
@@ -96,7 +99,8 @@ def audit_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     if log_files(settings):
         _create_view(conn, "predictions")
     else:
-        _empty_view(conn, "predictions", PREDICTION_LOG_SCHEMA)
+        # No feature service has logged yet: ``features`` is a struct without fields.
+        _empty_view(conn, "predictions", PREDICTION_LOG_BASE_SCHEMA)
     if history.is_file():
         _create_view(conn, "promotions")
     else:

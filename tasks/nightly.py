@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from tasks.core.settings import Settings
 from tasks.feature_store import open_store
-from tasks.feature_tables import as_of_timestamp
+from tasks.feature_tables import FEAST_TO_ARROW, as_of_timestamp
 from tasks.frames import view_reads
 from tasks.prediction_log import CHAMPION, PredictionLogWriter
 from tasks.publish import select_high_risk, write_high_risk_file
@@ -77,6 +77,8 @@ class ScoreSummary:
     log_files: list[str]
     shards: int
     timings: dict[str, float] = field(default_factory=dict)
+    predictors: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per role, how many shards each predictor scored (``compiled`` unless it was off or refused)."""
     top: list[dict] = field(default_factory=list)
 
     def markdown(self) -> str:
@@ -104,6 +106,13 @@ class ScoreSummary:
                 for reason, count in self.not_scored.items()
             ]
             lines.append("")
+        predicted = "; ".join(
+            f"{role}: " + ", ".join(f"{name} ({count} shard(s))" for name, count in used.items())
+            for role, used in self.predictors.items()
+            if used
+        )
+        if predicted:
+            lines += [f"Predicted by: {predicted}.", ""]
         lines += [
             f"High-risk file: `{self.high_risk_csv}` ({self.high_risk_rows:,} rows).",
             "",
@@ -145,12 +154,22 @@ def run_scoring(
         medium_threshold=settings.risk_medium_threshold,
         high_threshold=settings.risk_high_threshold,
         reason_count=settings.reason_codes,
+        threads=settings.model_threads,
     )
     timings["plan"] = time.perf_counter() - began
     scored_at = datetime.now(UTC)
+    # A night that scores nobody still writes files whose features have the service's fields.
+    features_type = pa.struct(
+        [
+            (name, FEAST_TO_ARROW[dtype])
+            for r in reads
+            for name, dtype in zip(r.columns, r.dtypes, strict=True)
+        ]
+    )
     not_scored: dict[str, int] = {}
     examples: dict[str, list[int]] = {}
     tiers = {m.role: dict.fromkeys(TIERS, 0) for m in models}
+    predictors: dict[str, dict[str, int]] = {m.role: {} for m in models}
     candidates: list[pa.Table] = [CANDIDATE_SCHEMA.empty_table()]
     scored = 0
     stage_seconds: dict[str, float] = {}
@@ -166,6 +185,7 @@ def run_scoring(
                     feature_service=settings.feature_service,
                     flow_run_id=flow_run_id,
                     scored_at=scored_at,
+                    features_type=features_type,
                 )
             )
             for m in models
@@ -182,6 +202,8 @@ def run_scoring(
             for role, counts in result.tiers.items():
                 for tier, count in counts.items():
                     tiers[role][tier] += count
+            for role, predictor in result.predictors.items():
+                predictors[role][predictor] = predictors[role].get(predictor, 0) + 1
             for stage, seconds in result.seconds.items():
                 stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
             logger.info("shard %d of %d scored", result.index + 1, len(shards))
@@ -213,6 +235,7 @@ def run_scoring(
         log_files=[str(w.path) for w in writers.values()],
         shards=len(shards),
         timings=timings,
+        predictors=predictors,
         top=rows.slice(0, 10).to_pylist(),
     )
     logger.info(

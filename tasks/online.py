@@ -44,7 +44,6 @@ from zoneinfo import ZoneInfo
 
 import lightgbm as lgb
 import numpy as np
-import polars as pl
 import pyarrow as pa
 from feast import FeatureStore, FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
@@ -744,20 +743,13 @@ class OnlineLog:
             return entries
 
     def _batch(self, rows: list[OnlinePrediction]) -> pa.Table:
-        features = pa.table(
-            {
-                name: pa.array([r.features.get(name) for r in rows], self._schema.field(name).type)
-                for name in self._features
-            }
+        # The same struct as the nightly log's: the service's features in order, with the
+        # types of their contracts (the types the nightly feature frame has).
+        features = pa.Table.from_pydict(
+            {name: [r.features.get(name) for r in rows] for name in self._features},
+            schema=self._schema,
         )
-        # The same JSON as the nightly log's: Polars over the typed values the model saw.
-        encoded = (
-            pl.from_arrow(features)
-            .select(pl.struct(self._features).struct.json_encode().alias("features"))
-            .to_series()
-            .to_arrow()
-            .cast(pa.string())
-        )
+        encoded = features.to_struct_array().combine_chunks()
         columns = {
             "prediction_id": pa.array([r.prediction_id for r in rows], pa.string()),
             "scored_at": pa.array([r.scored_at for r in rows], pa.timestamp("us", tz="UTC")),

@@ -26,6 +26,11 @@ Layout (DESIGN §3, §5)::
   file removes such leftovers.
 * Zero rows is a valid file: a date scored with nobody to score is recorded as such (an empty
   file with the schema and a ledger line with ``rows: 0``); no file means "not scored".
+* ``features`` is a typed struct of the values the model saw, one field per model input in the
+  feature service's order, so its fields depend on the service: each file has its own schema
+  (:func:`prediction_log_schema` of its first batch's struct), one struct type throughout. Readers
+  unify files of different services by field name (DuckDB ``union_by_name``: a field a file
+  lacks reads as null).
 * The ledger's latest line per path is the expected state of that file. :func:`verify_log`
   recomputes SHA-256 and row counts and reports modified, missing and unexpected files.
 """
@@ -79,7 +84,7 @@ RISK_TIERS = ("low", "medium", "high")
 ROW_GROUP_ROWS = 1_048_576
 """Largest row group: a batch becomes one row group unless it is bigger than this."""
 
-PREDICTION_LOG_SCHEMA = pa.schema(
+PREDICTION_LOG_BASE_SCHEMA = pa.schema(
     [
         pa.field("prediction_id", pa.string(), nullable=False),
         pa.field("score_date", pa.date32(), nullable=False),
@@ -92,15 +97,58 @@ PREDICTION_LOG_SCHEMA = pa.schema(
         pa.field("risk_tier", pa.string(), nullable=False),
         # Parquet names a list's item "element"; naming it so here keeps a read-back schema equal.
         pa.field("reasons", pa.list_(pa.field("element", pa.string())), nullable=True),
-        pa.field("features", pa.string(), nullable=False),
+        # A placeholder: a file's schema has the struct of its feature service here.
+        pa.field("features", pa.struct([]), nullable=False),
         pa.field("feature_service", pa.string(), nullable=False),
         pa.field("flow_run_id", pa.string(), nullable=True),
     ]
 )
-"""One row per (score date, model version, role, subscriber). ``prediction_id`` is
+"""The columns of every log file, in order, with ``features`` left as an empty struct.
+
+One row per (score date, model version, role, subscriber). ``prediction_id`` is
 ``{score_date}/{model_name}/v{version}/{role}/{subscriber_id}``: the same on a rerun, unique in
-the log. ``reasons`` is null where reason codes were not computed; ``features`` is a JSON object
-of the feature values the model saw; ``flow_run_id`` is null outside a Prefect run."""
+the log. ``reasons`` is null where reason codes were not computed; ``features`` is a struct of
+the feature values the model saw, one (nullable) field per model input, typed as in the feature
+frame; ``flow_run_id`` is null outside a Prefect run. A file's own schema is
+:func:`prediction_log_schema` of its struct type: Parquet cannot store a struct without fields,
+and the audit views use this schema as it is only while nothing is logged yet."""
+
+EMPTY_FILE_SCHEMA = pa.schema(
+    [
+        pa.field("features", pa.null(), nullable=True) if f.name == "features" else f
+        for f in PREDICTION_LOG_BASE_SCHEMA
+    ]
+)
+"""The schema of a file of zero rows whose writer was never told its feature struct.
+
+No batch came, so no struct type is known, and Parquet cannot store a struct without fields:
+``features`` is left of Arrow's null type (nullable, as the null type must be). DuckDB's
+``union_by_name`` reads it together with the other files' structs."""
+
+
+def prediction_log_schema(features_type: pa.StructType) -> pa.Schema:
+    """The schema of one log file whose ``features`` are of ``features_type``.
+
+    Every field of the struct is made nullable (a feature value may be missing, and two batches
+    then differ only in what matters: field names, order and types).
+
+    Raises:
+        PredictionLogError: ``features_type`` is not a struct, or has no field.
+    """
+    if not pa.types.is_struct(features_type) or features_type.num_fields == 0:
+        raise PredictionLogError(
+            f"features must be a struct of at least one field, not {features_type}"
+        )
+    return PREDICTION_LOG_BASE_SCHEMA.set(
+        PREDICTION_LOG_BASE_SCHEMA.get_field_index("features"),
+        pa.field("features", _nullable_fields(features_type), nullable=False),
+    )
+
+
+def _nullable_fields(struct: pa.StructType) -> pa.StructType:
+    """``struct`` with every field nullable: a frame's columns may or may not say not-null."""
+    return pa.struct([struct.field(i).with_nullable(True) for i in range(struct.num_fields)])
+
 
 BATCH_COLUMNS = ("subscriber_id", "probability", "risk_tier", "reasons", "features")
 """Exactly the columns a batch given to :meth:`PredictionLogWriter.write` carries."""
@@ -235,10 +283,20 @@ def _relative_path(score_date: date, model_name: str, model_version: int, role: 
 
 
 @dataclass
-class _State:
+class _TempFile:
+    """A Parquet writer on a locked temp sibling of a log file (:func:`_open_temp_writer`)."""
+
     writer: pq.ParquetWriter
-    temp: Path
+    path: Path
     lock_fd: int
+
+
+@dataclass
+class _State:
+    """What a writer knows inside its block; the temp file opens with the first batch."""
+
+    features_type: pa.StructType | None
+    file: _TempFile | None = None
     rows: int = 0
     seen_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     refused: bool = False
@@ -247,15 +305,22 @@ class _State:
 class PredictionLogWriter:
     """Stream one (score date, model version, role) file of the log; publish it on clean exit.
 
-    Use as a context manager and call :meth:`write` once per batch. Memory holds one batch plus
-    the subscriber ids written so far (8 bytes each, to refuse a subscriber twice in a file).
-    On clean exit the file is fsynced, renamed over any earlier file of the same date, version
-    and role, and a ledger line appended (both under the ledger lock). On an exception, or after
-    a refused batch, the temp file is removed: nothing visible changes, the ledger is untouched.
+    Use as a context manager and call :meth:`write` once per batch. The file's schema is
+    :func:`prediction_log_schema` of the first batch's ``features`` struct (or of
+    ``features_type`` when given), so the temp file opens with the first batch; every later batch
+    must carry the same struct. Memory holds one batch plus the subscriber ids written so far
+    (8 bytes each, to refuse a subscriber twice in a file). On clean exit the file is fsynced,
+    renamed over any earlier file of the same date, version and role, and a ledger line appended
+    (both under the ledger lock). On an exception, or after a refused batch, the temp file is
+    removed: nothing visible changes, the ledger is untouched.
+
+    A block without a batch publishes a file of zero rows: with ``features_type`` it has that
+    struct, without it ``features`` is of the null type (:data:`EMPTY_FILE_SCHEMA`).
 
     Raises:
-        PredictionLogError: bad arguments (role, name, naive ``scored_at`` …), misuse (write
-            outside the block, exit after a refused batch), or a failure while publishing.
+        PredictionLogError: bad arguments (role, name, naive ``scored_at``, a ``features_type``
+            that is not a struct of at least one field …), misuse (write outside the block, exit
+            after a refused batch), or a failure while publishing.
         PredictionBatchError: from :meth:`write`, a batch that breaks the contract.
     """
 
@@ -270,12 +335,15 @@ class PredictionLogWriter:
         feature_service: str,
         flow_run_id: str | None,
         scored_at: datetime,
+        features_type: pa.StructType | None = None,
     ) -> None:
         if role not in ROLES:
             raise PredictionLogError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         _check_identity(score_date, model_name, model_version, feature_service)
         if scored_at.tzinfo is None or scored_at.utcoffset() is None:
             raise PredictionLogError(f"scored_at must be time-zone aware, not {scored_at!r}")
+        if features_type is not None:
+            features_type = prediction_log_schema(features_type).field("features").type
         self.settings = settings
         self.score_date = score_date
         self.model_name = model_name
@@ -284,6 +352,8 @@ class PredictionLogWriter:
         self.feature_service = feature_service
         self.flow_run_id = flow_run_id
         self.scored_at = scored_at.astimezone(UTC)
+        self.features_type: pa.StructType | None = features_type
+        """The struct of ``features`` expected of every batch; None: the first batch's."""
         self.relative_path = _relative_path(score_date, model_name, model_version, role)
         self.path = settings.predictions_dir / self.relative_path
         self.entry: LedgerEntry | None = None
@@ -302,15 +372,15 @@ class PredictionLogWriter:
             raise PredictionLogError(f"a writer of {self.relative_path} is used once")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(self.path)
-        writer, temp, fd = _open_temp_writer(self.path)
-        self._state = _State(writer=writer, temp=temp, lock_fd=fd)
+        self._state = _State(features_type=self.features_type)
         return self
 
     def write(self, batch: pa.Table | pa.RecordBatch) -> None:
         """Check ``batch`` (exactly :data:`BATCH_COLUMNS`), add the constant columns and append it.
 
         Raises:
-            PredictionBatchError: missing or extra columns, a column of the wrong type, nulls in
+            PredictionBatchError: missing or extra columns, a column of the wrong type (for
+                ``features``: not a struct, or another struct than the file's), nulls in
                 subscriber_id / probability / risk_tier / features, a probability outside
                 [0, 1] (NaN included), an unknown risk tier, or a subscriber id seen twice in
                 this file. Every broken rule is named with its count; the writer then refuses
@@ -326,9 +396,12 @@ class PredictionLogWriter:
         if isinstance(batch, pa.RecordBatch):
             batch = pa.Table.from_batches([batch])
         try:
-            columns, ids = self._checked(batch, state.seen_ids)
+            columns, ids = self._checked(batch, state)
             table = self._complete(columns, batch.num_rows)
-            state.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            if state.file is None:
+                state.file = _open_temp_writer(self.path, table.schema)
+                state.features_type = columns["features"].type
+            state.file.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         except BaseException:
             # A refused batch, or a writer left half way through a row group: never publish.
             state.refused = True
@@ -349,18 +422,28 @@ class PredictionLogWriter:
             return
         self._state = None
         if exc_type is not None or state.refused:
-            _discard(state)
+            if state.file is not None:
+                _discard(state.file)
             if exc_type is None:
                 raise PredictionLogError(
                     f"a batch of {self.relative_path} failed; nothing was published"
                 )
             logger.warning("dropped unpublished %s: %s", self.relative_path, exc_type.__name__)
             return
+        temp = state.file
         try:
-            state.writer.close()
-            sha256 = _sha256(state.temp, fsync=True)
+            if temp is None:  # no batch came: a file of zero rows
+                empty = (
+                    prediction_log_schema(state.features_type)
+                    if state.features_type is not None
+                    else EMPTY_FILE_SCHEMA
+                )
+                temp = _open_temp_writer(self.path, empty)
+            temp.writer.close()
+            sha256 = _sha256(temp.path, fsync=True)
         except BaseException:
-            _discard(state)
+            if temp is not None:
+                _discard(temp)
             raise
         entry = LedgerEntry(
             path=self.relative_path,
@@ -375,7 +458,7 @@ class PredictionLogWriter:
         )
         _publish(
             self.settings,
-            state,
+            temp,
             self.path,
             entry,
             "`churn audit verify` will report it until the date is scored again",
@@ -386,11 +469,13 @@ class PredictionLogWriter:
     # -- helpers --
 
     def _checked(
-        self, batch: pa.Table, seen: np.ndarray
+        self, batch: pa.Table, state: _State
     ) -> tuple[dict[str, pa.ChunkedArray], np.ndarray]:
-        """The batch's columns cast to the log's types, and its sorted subscriber ids."""
+        """The batch's columns cast to the file's types, and its sorted subscriber ids."""
         where, table = "batch", f"prediction batch for {self.relative_path}"
-        columns, violations = _checked_columns(batch, BATCH_COLUMNS, _REQUIRED, table)
+        columns, violations = _checked_columns(
+            batch, BATCH_COLUMNS, _REQUIRED, table, state.features_type
+        )
 
         ids = np.sort(pc.drop_null(columns["subscriber_id"]).to_numpy())
         twice = ids[1:][ids[1:] == ids[:-1]]
@@ -404,6 +489,7 @@ class PredictionLogWriter:
                     f"e.g. {_examples(twice)}",
                 )
             )
+        seen = state.seen_ids
         earlier = ids[np.isin(ids, seen)] if len(seen) else ids[:0]
         if len(earlier):
             violations.append(
@@ -421,7 +507,7 @@ class PredictionLogWriter:
 
     def _complete(self, columns: dict[str, pa.ChunkedArray], rows: int) -> pa.Table:
         """The batch with the constant columns and prediction ids, in the log's column order."""
-        schema = PREDICTION_LOG_SCHEMA
+        schema = prediction_log_schema(columns["features"].type)
 
         def constant(name: str, value: object) -> pa.Array:
             return pa.repeat(pa.scalar(value, schema.field(name).type), rows)
@@ -510,7 +596,8 @@ def publish_online_batch(
     """Publish one flush of online predictions as a new file of the log, with its ledger line.
 
     ``batch`` holds exactly :data:`ONLINE_BATCH_COLUMNS`, rows of one (score date, model
-    version), in the order they were served; role is ``online`` and ``flow_run_id`` null. The file
+    version), in the order they were served; role is ``online`` and ``flow_run_id`` null. The
+    file's schema is :func:`prediction_log_schema` of the batch's ``features`` struct. The file
     is written to a locked temp sibling, fsynced and renamed onto a name no other file has
     (``flush_id``: :func:`new_flush_id` unless given), then recorded in the ledger; on any
     error nothing is published. Earlier files are never touched.
@@ -519,8 +606,9 @@ def publish_online_batch(
         PredictionLogError: bad arguments, an empty batch, a flush id already published, or a
             failure while publishing.
         PredictionBatchError: the batch breaks the contract: missing or extra columns, wrong
-            types, nulls (all but reasons), a probability outside [0, 1], an unknown tier, or a
-            prediction id twice in the batch or not of this date, model version and role.
+            types (``features`` not a struct of at least one field), nulls (all but reasons), a
+            probability outside [0, 1], an unknown tier, or a prediction id twice in the batch
+            or not of this date, model version and role.
     """
     _check_identity(score_date, model_name, model_version, feature_service)
     flush_id = flush_id or new_flush_id()
@@ -541,14 +629,13 @@ def publish_online_batch(
             f"{relative} is already published: online files are never replaced"
         )
     _remove_stale_temps(path, f"{TEMP_PREFIX}*-{ONLINE}-*.parquet.*{TEMP_SUFFIX}")
-    writer, temp, fd = _open_temp_writer(path)
-    state = _State(writer=writer, temp=temp, lock_fd=fd, rows=table.num_rows)
+    temp = _open_temp_writer(path, table.schema)
     try:
-        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-        writer.close()
-        sha256 = _sha256(temp, fsync=True)
+        temp.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        temp.writer.close()
+        sha256 = _sha256(temp.path, fsync=True)
     except BaseException:
-        _discard(state)
+        _discard(temp)
         raise
     entry = LedgerEntry(
         path=relative,
@@ -563,7 +650,7 @@ def publish_online_batch(
     )
     _publish(
         settings,
-        state,
+        temp,
         path,
         entry,
         "`churn audit verify` will report the file as unexpected",
@@ -597,7 +684,7 @@ def _online_table(
         violations.append(ContractViolation(where, "prediction_id", "unique in the batch", twice))
     if violations:
         raise PredictionBatchError(table, violations)
-    schema = PREDICTION_LOG_SCHEMA
+    schema = prediction_log_schema(columns["features"].type)
     rows = batch.num_rows
 
     def constant(name: str, value: object) -> pa.Array:
@@ -616,12 +703,19 @@ def _online_table(
 
 
 def _checked_columns(
-    batch: pa.Table, expected: tuple[str, ...], required: tuple[str, ...], table: str
+    batch: pa.Table,
+    expected: tuple[str, ...],
+    required: tuple[str, ...],
+    table: str,
+    features_type: pa.StructType | None = None,
 ) -> tuple[dict[str, pa.ChunkedArray], list[ContractViolation]]:
     """The batch's columns cast to the log's types, and the broken row rules found so far.
 
+    ``features`` must be a struct of at least one field, and of ``features_type`` where given
+    (the file's struct, up to the nullability of its fields); it is never cast to another.
+
     Raises at once (PredictionBatchError) on missing, extra or duplicated columns and on columns
-    that do not cast; returns violations of the row rules (nulls in ``required``, probability
+    of the wrong type; returns violations of the row rules (nulls in ``required``, probability
     outside [0, 1], unknown tiers) for the caller to add its own and raise them together.
     """
     where = "batch"
@@ -652,8 +746,15 @@ def _checked_columns(
 
     columns: dict[str, pa.ChunkedArray] = {}
     for name in expected:
-        target = PREDICTION_LOG_SCHEMA.field(name).type
         column = batch.column(name)
+        if name == "features":
+            checked, violation = _checked_features(column, features_type, where, rows)
+            if violation is not None:
+                violations.append(violation)
+            else:
+                columns[name] = checked
+            continue
+        target = PREDICTION_LOG_BASE_SCHEMA.field(name).type
         try:
             columns[name] = column if column.type == target else column.cast(target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
@@ -693,8 +794,42 @@ def _checked_columns(
     return columns, violations
 
 
+def _checked_features(
+    column: pa.ChunkedArray, features_type: pa.StructType | None, where: str, rows: int
+) -> tuple[pa.ChunkedArray, ContractViolation | None]:
+    """``features`` with nullable fields, or the rule it breaks: a struct, the file's struct."""
+    if not pa.types.is_struct(column.type) or column.type.num_fields == 0:
+        rule = "a struct of the feature values (at least one field)"
+        return column, ContractViolation(where, "features", rule, rows, f"got {column.type}")
+    target = _nullable_fields(column.type)
+    if features_type is not None and target != features_type:
+        rule = "the same struct in every batch of a file"
+        return column, ContractViolation(
+            where, "features", rule, rows, _struct_change(features_type, target)
+        )
+    return (column if column.type == target else column.cast(target)), None
+
+
+def _struct_change(before: pa.StructType, after: pa.StructType) -> str:
+    """What differs between two structs, for a person: fields gone, added, retyped, reordered."""
+    old = {before.field(i).name: before.field(i).type for i in range(before.num_fields)}
+    new = {after.field(i).name: after.field(i).type for i in range(after.num_fields)}
+    changes = [f"{name} missing" for name in old if name not in new]
+    changes += [f"{name} added" for name in new if name not in old]
+    changes += [
+        f"{name} {old[name]} -> {new[name]}"
+        for name in old
+        if name in new and old[name] != new[name]
+    ]
+    if not changes:
+        changes.append(f"fields reordered: {', '.join(new)}")
+    shown = "; ".join(changes[:5])
+    more = f"; {len(changes) - 5} more" if len(changes) > 5 else ""
+    return f"{shown}{more} (the file's struct has {before.num_fields} fields)"
+
+
 def _publish(
-    settings: Settings, state: _State, path: Path, entry: LedgerEntry, if_unrecorded: str
+    settings: Settings, temp: _TempFile, path: Path, entry: LedgerEntry, if_unrecorded: str
 ) -> None:
     """Rename the finished temp file onto ``path`` and append its ledger line, under the lock.
 
@@ -702,7 +837,7 @@ def _publish(
     """
     try:
         with _ledger_lock(settings, fcntl.LOCK_EX):
-            os.replace(state.temp, path)
+            os.replace(temp.path, path)
             _fsync_dir(path.parent)
             try:
                 _append_ledger(settings, entry)
@@ -712,16 +847,16 @@ def _publish(
                     f"{LEDGER_NAME}: {append_exc}; {if_unrecorded}"
                 ) from append_exc
     finally:
-        os.close(state.lock_fd)
-        state.temp.unlink(missing_ok=True)
+        os.close(temp.lock_fd)
+        temp.path.unlink(missing_ok=True)
 
 
 def _examples(ids: np.ndarray) -> str:
     return ", ".join(str(v) for v in np.unique(ids)[:3])
 
 
-def _open_temp_writer(path: Path) -> tuple[pq.ParquetWriter, Path, int]:
-    """A Parquet writer on a hidden temp sibling of ``path``, with the temp file locked.
+def _open_temp_writer(path: Path, schema: pa.Schema) -> _TempFile:
+    """A Parquet writer of ``schema`` on a hidden temp sibling of ``path``, the temp file locked.
 
     The lock is held until the file is published or dropped, so :func:`verify_log` can tell a
     live writer from the leftovers of a killed one.
@@ -732,19 +867,19 @@ def _open_temp_writer(path: Path) -> tuple[pq.ParquetWriter, Path, int]:
     temp = Path(name)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        writer = pq.ParquetWriter(temp, PREDICTION_LOG_SCHEMA, **PARQUET_OPTIONS)
+        writer = pq.ParquetWriter(temp, schema, **PARQUET_OPTIONS)
     except BaseException:
         os.close(fd)
         temp.unlink(missing_ok=True)
         raise
-    return writer, temp, fd
+    return _TempFile(writer=writer, path=temp, lock_fd=fd)
 
 
-def _discard(state: _State) -> None:
+def _discard(temp: _TempFile) -> None:
     with contextlib.suppress(Exception):  # the writer may already be half closed
-        state.writer.close()
-    os.close(state.lock_fd)
-    state.temp.unlink(missing_ok=True)
+        temp.writer.close()
+    os.close(temp.lock_fd)
+    temp.path.unlink(missing_ok=True)
 
 
 def _sha256(path: Path, *, fsync: bool = False) -> str:

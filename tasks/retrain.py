@@ -39,6 +39,7 @@ from tasks.registry import (
     promote,
     register_version,
 )
+from tasks.score import compile_for_scoring
 from tasks.train import (
     ModelSpec,
     TimeSplit,
@@ -299,6 +300,8 @@ def retrain(
         clock.lap("drift reference")
         version = register_version(settings, run_id, lineage)
         save_reference(settings, version, reference, profile)
+        compile_for_scoring(settings, version)
+        clock.lap("compile for scoring")
         if settings.promotion_mode == "immediate":
             promote(settings, version, by=by, reason=reason)
             promoted = True

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -28,6 +27,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.compiled import (
+    TOLERANCE,
+    CompiledForest,
+    CompileError,
+    compile_forest,
+    disagreement,
+    model_matrix,
+)
 from tasks.core.errors import ChurnError, ContractViolation, DataContractError
 from tasks.core.settings import Settings
 from tasks.frames import ViewRead, features_from, present_column
@@ -70,6 +77,34 @@ class ScoringModel:
     role: str  # champion | shadow
     booster: lgb.Booster
     spec: ModelSpec
+    compiled: CompiledForest | None = None
+    """The booster compiled to native code; None scores with LightGBM's predict."""
+
+    def predict(self, matrix: np.ndarray, threads: int) -> tuple[np.ndarray, str]:
+        """Probabilities for ``matrix`` and what computed them (``compiled`` or ``lightgbm``).
+
+        Compiled probabilities are held to LightGBM's on a sample of the rows; beyond
+        :data:`tasks.compiled.TOLERANCE` the booster scores the rows instead (and says why).
+        """
+        if len(matrix) == 0:
+            return np.empty(0), "lightgbm"
+        if self.compiled is not None:
+            p = self.compiled.predict(matrix, threads)
+            gap = disagreement(p, self.booster, matrix)
+            if gap <= TOLERANCE:
+                return p, "compiled"
+            logger.warning(
+                "the compiled v%d differs from LightGBM by %.2e on sampled rows (tolerance "
+                "%.0e): scoring these rows with LightGBM",
+                self.version,
+                gap,
+                TOLERANCE,
+            )
+            return self._booster_predict(matrix, threads), f"lightgbm (compiled off by {gap:.1e})"
+        return self._booster_predict(matrix, threads), "lightgbm"
+
+    def _booster_predict(self, matrix: np.ndarray, threads: int) -> np.ndarray:
+        return np.asarray(self.booster.predict(matrix, num_threads=threads), dtype=np.float64)
 
 
 def check_signature(model_name: str, version: int, spec: ModelSpec, features: list[str]) -> None:
@@ -111,7 +146,31 @@ def resolve_models(settings: Settings, features: list[str]) -> list[ScoringModel
     challenger = current_alias(settings, CHALLENGER)
     if challenger is not None and challenger.version != models[0].version:
         models.append(_load(settings, challenger.version, SHADOW, features))
+    if settings.score_predictor == "compiled":
+        models = [_with_compiled(settings, m) for m in models]
     return models
+
+
+def compile_for_scoring(settings: Settings, version: int) -> CompiledForest | None:
+    """Compile a registered version into the scoring cache now (retraining does, so the night
+    after a new version finds it ready); None where compiling is off or fails (a warning)."""
+    if settings.score_predictor != "compiled":
+        return None
+    booster, spec, _ = load_model(settings, version)
+    model = ScoringModel(settings.model_name, version, SHADOW, booster, ModelSpec.from_dict(spec))
+    return _with_compiled(settings, model).compiled
+
+
+def _with_compiled(settings: Settings, model: ScoringModel) -> ScoringModel:
+    """``model`` with its compiled forest (cached per version); as is if compiling fails."""
+    try:
+        forest = compile_forest(
+            model.booster, settings.compiled_models_dir, f"{model.name}-v{model.version}"
+        )
+    except CompileError as exc:
+        logger.warning("%s; scoring v%d with LightGBM's predict", exc, model.version)
+        return model
+    return replace(model, compiled=forest)
 
 
 def _load(settings: Settings, which: str | int, role: str, features: list[str]) -> ScoringModel:
@@ -168,6 +227,8 @@ class ScoringContext:
     medium_threshold: float
     high_threshold: float
     reason_count: int
+    threads: int = 2
+    """Threads of each model's predict (``model_threads``)."""
 
     @property
     def features(self) -> list[str]:
@@ -186,6 +247,8 @@ class ShardResult:
     not_scored_examples: dict[str, list[int]] = field(default_factory=dict)
     tiers: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    predictors: dict[str, str] = field(default_factory=dict)
+    """Per role, what computed the probabilities (``compiled``, ``lightgbm``, or why not compiled)."""
 
 
 def risk_tiers(p: np.ndarray, medium: float, high: float) -> pa.Array:
@@ -237,15 +300,15 @@ def check_scoring_features(frame: pa.Table, reads: list[ViewRead]) -> None:
         raise DataContractError("scoring features", violations)
 
 
-def encode_features(frame: pa.Table, features: list[str]) -> pa.Array:
-    """Per row, the feature values as one JSON object (the prediction log's ``features``)."""
-    return (
-        pl.from_arrow(frame.select(features))
-        .select(pl.struct(features).struct.json_encode().alias("features"))
-        .to_series()
-        .to_arrow()
-        .cast(pa.string())
-    )
+def encode_features(frame: pa.Table, features: list[str]) -> pa.StructArray:
+    """Per row, the feature values the model saw, as one typed struct (the log's ``features``).
+
+    A struct keeps each value's type and costs nothing to build (the columns are shared, not
+    copied); in Parquet every field is a column of its own, so the log stays small and auditors
+    query ``features.support_calls_30d`` directly.
+    """
+    struct = frame.select(features).to_struct_array()
+    return struct.combine_chunks() if isinstance(struct, pa.ChunkedArray) else struct
 
 
 def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
@@ -276,19 +339,20 @@ def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
     charge = scored.column(CHARGE).to_numpy(zero_copy_only=False).astype(np.float64)
     batches: dict[str, pa.Table] = {}
     tiers: dict[str, dict[str, int]] = {}
+    predictors: dict[str, str] = {}
     candidates = CANDIDATE_SCHEMA.empty_table()
+    matrices: list[tuple[ModelSpec, np.ndarray]] = []
     for model in ctx.models:
-        inputs = model_inputs(scored, model.spec)
-        p = (
-            np.asarray(model.booster.predict(inputs), dtype=np.float64)
-            if len(inputs)
-            else np.empty(0)
-        )
+        matrix = next((m for spec, m in matrices if spec == model.spec), None)
+        if matrix is None:
+            matrix = model_matrix(scored, model.spec)
+            matrices.append((model.spec, matrix))
+        p, predictors[model.role] = model.predict(matrix, ctx.threads)
         lap("predict")
         tier = risk_tiers(p, ctx.medium_threshold, ctx.high_threshold)
         reasons = pa.nulls(len(p), pa.list_(pa.string()))
         if model.role == CHAMPION:
-            candidates, reasons = _explain_top(model, inputs, ids, p, tier, charge, ctx)
+            candidates, reasons = _explain_top(model, scored, ids, p, tier, charge, ctx)
             lap("reasons")
         batches[model.role] = pa.table(
             {
@@ -310,6 +374,7 @@ def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
         not_scored_examples=examples,
         tiers=tiers,
         seconds=seconds,
+        predictors=predictors,
     )
 
 
@@ -340,7 +405,7 @@ def _missing_views(
 
 def _explain_top(
     model: ScoringModel,
-    inputs: Any,
+    scored: pa.Table,
     ids: pa.Array,
     p: np.ndarray,
     tier: pa.Array,
@@ -350,7 +415,10 @@ def _explain_top(
     """The shard's top candidates by revenue at risk, with reasons; and the log's reasons column."""
     revenue = p * charge
     top = rank_by_revenue(revenue, p, ids.to_numpy(), ctx.capacity)
-    explained = top_reasons(model.booster, inputs.iloc[top], ctx.reason_count)
+    # SHAP from the booster itself, on the few rows explained: pandas inputs keep the values
+    # readable ("on the premium plan", not a category code).
+    inputs = model_inputs(scored.take(pa.array(top, pa.int64())), model.spec)
+    explained = top_reasons(model.booster, inputs, ctx.reason_count)
     by_row: list[list[str] | None] = [None] * len(p)
     for row, said in zip(top, explained, strict=True):
         by_row[row] = said

@@ -10,6 +10,12 @@
 -- ({model}-v{version}-online-{flush_id}.parquet) alike; writers' temp files never match it.
 -- score_date is a column of every file, so the score_date= directories are not read as a
 -- hive partition; union_by_name keeps older files readable if the schema ever gains a column.
+-- features is a struct of the feature values the model saw, one field per model input of the
+-- row's feature_service (query features.support_calls_30d; to_json(features) for one JSON
+-- object). Files of different feature services have different structs: union_by_name unifies
+-- them by field name, so the view's struct has every field of every service, null where the
+-- row's service lacks it (a field two services type differently gets a type both fit, e.g.
+-- BIGINT for INTEGER and BIGINT). A file of zero rows may have features of the null type (no struct known): it unifies with the rest.
 SELECT
     prediction_id,
     score_date,

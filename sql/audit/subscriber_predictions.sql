@@ -2,6 +2,7 @@
 -- subscriber's predictions over time, champion and shadow side by side.
 -- Keys: subscriber_id, score_date, model_version, role (prediction_id).
 -- Inputs: predictions (view).
+-- features is the feature values the model saw, as a struct (see predictions.sql).
 SELECT
     subscriber_id,
     score_date,

@@ -153,6 +153,14 @@ class Settings(BaseSettings):
         pattern="^(local|dask)$",
         description="Run scoring shards in this process, or fan them out over Dask (prefect-dask).",
     )
+    score_predictor: str = Field(
+        default="compiled",
+        pattern="^(compiled|lightgbm)$",
+        description=(
+            "Score with the booster compiled to native code by lleaves (same probabilities, "
+            "checked on every shard, ~4x faster), or with LightGBM's own predict."
+        ),
+    )
     risk_high_threshold: float = Field(
         default=0.10, gt=0, lt=1, description="Probability from which a subscriber is tier 'high'."
     )
@@ -309,6 +317,11 @@ class Settings(BaseSettings):
     @property
     def alerts_dir(self) -> Path:
         return self.home / "alerts"
+
+    @property
+    def compiled_models_dir(self) -> Path:
+        """Models compiled for scoring (a cache: deleting it costs a recompile per version)."""
+        return self.home / "cache" / "compiled"
 
     @property
     def feature_repo_dir(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,25 @@ def test_sql_prints_csv(log: Settings) -> None:
         ("2", "0.02", "2026-05-02"),
     ]
     assert rows[0]["reasons"] == '["tenure_months", "support_calls_30d"]'
+
+
+def test_feature_values_print_readably(log: Settings) -> None:
+    query = (
+        "SELECT features FROM predictions WHERE role = 'champion' "
+        "ORDER BY score_date, subscriber_id"
+    )
+    table = audit("sql", query)
+    assert table.exit_code == 0, table.output
+    assert "tenure_months=1, monthly_charge=21.5, plan=plus, autopay=False" in table.output
+    rows = list(csv.DictReader(io.StringIO(audit("sql", query, "--format", "csv").output)))
+    assert json.loads(rows[0]["features"]) == {
+        "tenure_months": 1,
+        "monthly_charge": 21.5,
+        "plan": "plus",
+        "autopay": False,
+    }
+    report = list(csv.DictReader(io.StringIO(audit("subscriber", "2", "--format", "csv").output)))
+    assert [json.loads(r["features"])["tenure_months"] for r in report] == [2, 2, 2]
 
 
 def test_sql_table_shows_a_limited_number_of_rows(log: Settings) -> None:

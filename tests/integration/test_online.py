@@ -130,6 +130,29 @@ def test_online_scores_equal_the_nightly_scores_of_the_same_day(settings, servic
     # Feature values sent in the request score exactly as the store's.
     assert all(abs(direct[sid]["probability"] - expected[sid]) <= TOLERANCE for sid in sample)
 
+    # The online log holds the nightly log's feature struct, field for field and type for type,
+    # and the same values for a subscriber, from the store or the request; the audit view reads
+    # both.
+    nightly_features = pq.read_schema(nightly.log_files[0]).field("features").type
+    online_files = sorted(settings.predictions_dir.glob("score_date=*/*-online-*.parquet"))
+    assert online_files
+    assert {pq.read_schema(f).field("features").type for f in online_files} == {nightly_features}
+    conn = audit_connection(settings)
+    try:
+        features = run_readonly(
+            conn,
+            # As JSON text: a NaN feature value compares equal to itself there.
+            "SELECT role, to_json(features) AS features FROM predictions "
+            f"WHERE subscriber_id = {sample[0]} AND role IN ('champion', 'online')",
+        ).to_pylist()
+    finally:
+        conn.close()
+    by_role: dict[str, list[str]] = {}
+    for row in features:
+        by_role.setdefault(row["role"], []).append(row["features"])
+    assert len(by_role["champion"]) == 1 and len(by_role[ONLINE]) == 2  # store, then request
+    assert all(logged == by_role["champion"][0] for logged in by_role[ONLINE])
+
 
 def test_the_reader_returns_what_feast_get_online_features_returns(settings, service) -> None:
     store = open_store(settings)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import subprocess
@@ -98,13 +97,15 @@ def test_the_nightly_flow_scores_everyone_and_writes_the_file_and_the_log(
     parquet = pq.read_table(summary.high_risk_parquet)
     assert parquet.column("subscriber_id").to_pylist() == [int(r["subscriber_id"]) for r in rows]
 
-    # The log: one row per subscriber, the champion's probabilities on the bulk frame, exactly.
+    # The log: one row per subscriber, the champion's probabilities on the bulk frame, computed
+    # by the compiled trees on every shard (agreeing with LightGBM to the last bits or so).
+    assert summary.predictors == {"champion": {"compiled": summary.shards}}
     log = _log(scoring).sort_by("subscriber_id")
     assert log.num_rows == in_service
     frame = build_scoring_frame(scoring, DAY)
     booster, spec, _ = load_model(scoring, "champion")
     expected = predict_proba((booster, ModelSpec.from_dict(spec)), frame)
-    np.testing.assert_array_equal(log.column("probability").to_numpy(), expected)
+    np.testing.assert_allclose(log.column("probability").to_numpy(), expected, rtol=0, atol=1e-12)
     assert set(log.column("risk_tier").to_pylist()) <= {"low", "medium", "high"}
     # Reasons wherever computed, and for everyone in the file.
     explained = {
@@ -115,9 +116,15 @@ def test_the_nightly_flow_scores_everyone_and_writes_the_file_and_the_log(
         if reasons is not None
     }
     assert {int(r["subscriber_id"]) for r in rows} <= explained
-    # The feature values used, as the model saw them.
+    # The feature values used, as the model saw them: a struct of the model's inputs, in order,
+    # with the feature frame's types.
+    inputs = ModelSpec.from_dict(spec).features
+    assert log.schema.field("features").type == pa.struct(
+        [pa.field(name, frame.schema.field(name).type) for name in inputs]
+    )
     sample = frame.slice(7, 1).to_pylist()[0]
-    logged = json.loads(log.slice(7, 1).column("features")[0].as_py())
+    logged = log.slice(7, 1).column("features")[0].as_py()
+    assert list(logged) == list(inputs)
     for name, value in logged.items():
         assert (
             value == pytest.approx(sample[name])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,7 +19,13 @@ from tasks.audit import (
 )
 from tasks.core.settings import Settings
 from tasks.registry import Promotion, history_path
-from tests.unit.test_prediction_log import MODEL, make_batch, publish
+from tests.unit.test_prediction_log import (
+    FEATURES_TYPE,
+    MODEL,
+    features_of,
+    make_batch,
+    publish,
+)
 
 DAY = date(2026, 5, 1)
 
@@ -87,9 +94,18 @@ def test_empty_views_have_the_same_columns_as_full_ones(churn_home: Settings, vi
     publish(churn_home, [make_batch([1])])
     write_history(churn_home, [promotion("2026-04-01T09:00:00+00:00", 3)])
     full = query(churn_home, f"DESCRIBE {view}")
-    assert [(c["column_name"], c["column_type"]) for c in empty] == [
-        (c["column_name"], c["column_type"]) for c in full
-    ]
+
+    def shape(c: dict) -> tuple[str, str]:
+        # features is a struct either way; its fields are those of the services logged so far.
+        kind = c["column_type"]
+        return c["column_name"], "STRUCT" if kind.startswith("STRUCT") else kind
+
+    assert [shape(c) for c in empty] == [shape(c) for c in full]
+    if view == "predictions":
+        types = {c["column_name"]: c["column_type"] for c in full}
+        assert types["features"] == (
+            "STRUCT(tenure_months INTEGER, monthly_charge FLOAT, plan VARCHAR, autopay BOOLEAN)"
+        )
 
 
 def test_an_empty_history_file_gives_an_empty_promotions_view(log: Settings) -> None:
@@ -111,6 +127,75 @@ def test_predictions_view_reads_every_file(log: Settings) -> None:
     ]
 
 
+# A second feature service: one field retyped (int32 -> int64), two gone, one new.
+OTHER_FEATURES = pa.struct(
+    [("tenure_months", pa.int64()), ("plan", pa.string()), ("support_calls_30d", pa.int64())]
+)
+
+
+def test_files_of_two_feature_services_read_together(churn_home: Settings) -> None:
+    publish(churn_home, [make_batch([1, 2])])
+    other = make_batch([1, 2]).set_column(4, "features", features_of([1, 2], OTHER_FEATURES))
+    publish(churn_home, [other], version=4, role="shadow", feature_service="churn_model_v2")
+
+    rows = query(
+        churn_home,
+        "SELECT feature_service, subscriber_id, features, features.support_calls_30d AS calls, "
+        "to_json(features) AS shown FROM predictions ORDER BY feature_service, subscriber_id",
+    )
+    (described,) = query(
+        churn_home, "SELECT column_type FROM (DESCRIBE predictions) WHERE column_name = 'features'"
+    )
+    # One struct with every field of both services, by name, in first-seen order.
+    assert described["column_type"] == (
+        "STRUCT(tenure_months BIGINT, monthly_charge FLOAT, plan VARCHAR, autopay BOOLEAN, "
+        "support_calls_30d BIGINT)"
+    )
+    assert [(r["feature_service"], r["subscriber_id"]) for r in rows] == [
+        ("churn_model_v1", 1),
+        ("churn_model_v1", 2),
+        ("churn_model_v2", 1),
+        ("churn_model_v2", 2),
+    ]
+    assert rows[0]["features"] == {
+        "tenure_months": 1,
+        "monthly_charge": 21.5,
+        "plan": "plus",
+        "autopay": False,
+        "support_calls_30d": None,  # not a field of churn_model_v1
+    }
+    assert rows[2]["features"] == {
+        "tenure_months": 1,
+        "monthly_charge": None,
+        "plan": "plus",
+        "autopay": None,
+        "support_calls_30d": 1,
+    }
+    assert [r["calls"] for r in rows] == [None, None, 1, 2]
+    assert rows[3]["shown"] == (
+        '{"tenure_months":2,"monthly_charge":null,"plan":"basic","autopay":null,'
+        '"support_calls_30d":2}'
+    )
+
+
+def test_empty_files_publish_and_read_with_the_others(churn_home: Settings) -> None:
+    # Nobody to score: a file without a known struct (null type), one with the service's.
+    publish(churn_home, [], day=DAY + timedelta(days=1))
+    publish(churn_home, [], day=DAY + timedelta(days=2), features_type=FEATURES_TYPE)
+    alone = query(churn_home, "SELECT count(*) AS n, count(features) AS f FROM predictions")
+    assert alone == [{"n": 0, "f": 0}]
+    assert subscriber_report(churn_home, 1).num_rows == 0
+
+    publish(churn_home, [make_batch([1, 2])])
+    rows = query(
+        churn_home,
+        "SELECT score_date, features.plan AS plan FROM predictions ORDER BY subscriber_id",
+    )
+    assert rows == [{"score_date": DAY, "plan": "plus"}, {"score_date": DAY, "plan": "basic"}]
+    volumes = query(churn_home, "SELECT DISTINCT score_date FROM daily_volumes")
+    assert volumes == [{"score_date": DAY}]  # the empty days hold no prediction
+
+
 def test_subscriber_report_is_the_history_of_one_subscriber(log: Settings) -> None:
     rows = subscriber_report(log, 2).to_pylist()
     assert [(r["score_date"], r["role"], r["model_version"], r["probability"]) for r in rows] == [
@@ -122,6 +207,12 @@ def test_subscriber_report_is_the_history_of_one_subscriber(log: Settings) -> No
         "tenure_months",
         "support_calls_30d",
     ]
+    assert rows[0]["features"] == {
+        "tenure_months": 2,
+        "monthly_charge": 22.5,
+        "plan": "basic",
+        "autopay": False,
+    }
     assert subscriber_report(log, 999).num_rows == 0
 
 
@@ -279,6 +370,8 @@ ALLOWED = [
     "PRAGMA table_info('predictions')",
     "SELECT * FROM query('SELECT 1 AS one')",
     "SELECT 1; SELECT 2 AS two",
+    "SELECT features.plan, to_json(features) FROM predictions",
+    "SELECT unnest(features) FROM predictions",
 ]
 
 

@@ -7,7 +7,6 @@ interface as ``tasks.online.OnlineFeatureReader``.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import warnings
@@ -28,6 +27,8 @@ from flows.serve import create_app
 from tasks import online
 from tasks.audit import audit_connection, run_readonly
 from tasks.core.settings import Settings, get_settings, reset_settings
+from tasks.feature_tables import as_of_timestamp
+from tasks.frames import features_from
 from tasks.online import (
     ChampionModel,
     OnlineFeatures,
@@ -39,26 +40,29 @@ from tasks.online import (
 from tasks.prediction_log import (
     ONLINE,
     ONLINE_BATCH_COLUMNS,
-    PREDICTION_LOG_SCHEMA,
+    PREDICTION_LOG_BASE_SCHEMA,
     PredictionBatchError,
     PredictionLogError,
     new_flush_id,
     online_log_path,
     online_prediction_id,
+    prediction_log_schema,
     publish_online_batch,
     read_ledger,
     verify_log,
 )
 from tasks.reasons import top_reasons
-from tasks.score import risk_tiers
+from tasks.score import encode_features, risk_tiers
 from tasks.train import model_inputs, predict_proba
 from tests.unit.test_score import (
     FEATURES,
     PLANS,
+    SCORE_DAY,
     SPEC,
     generated_features,
     make_reads,
     train_booster,
+    write_partition,
 )
 
 with warnings.catch_warnings():
@@ -72,6 +76,16 @@ DAY = date(2026, 3, 10)
 STAMP = datetime(2026, 3, 11, tzinfo=UTC)
 NOW = STAMP + timedelta(hours=3)
 KEY = "s3cret-key"
+FEATURES_TYPE = pa.struct(
+    [
+        ("tenure_days", pa.int32()),
+        ("plan", pa.string()),
+        ("monthly_charge", pa.float32()),
+        ("support_calls_30d", pa.int32()),
+        ("data_gb_30d", pa.float32()),
+    ]
+)
+"""The log's ``features`` for the views of ``make_reads``: the model inputs, typed, in order."""
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +436,7 @@ def test_every_prediction_is_logged_on_shutdown_and_verifies(churn_home, service
     # Leaving the client ran the lifespan's exit: the buffer is flushed.
     (path,) = churn_home.predictions_dir.glob("**/*.parquet")
     table = pq.read_table(path)
-    assert table.schema.equals(PREDICTION_LOG_SCHEMA)
+    assert table.schema.equals(prediction_log_schema(FEATURES_TYPE))
     rows = table.to_pylist()
     assert [r["prediction_id"] for r in rows] == [s["prediction_id"] for s in served]
     assert [r["probability"] for r in rows] == [s["probability"] for s in served]
@@ -430,10 +444,12 @@ def test_every_prediction_is_logged_on_shutdown_and_verifies(churn_home, service
     assert {(r["role"], r["model_version"], r["flow_run_id"]) for r in rows} == {(ONLINE, 1, None)}
     assert {r["score_date"] for r in rows} == {NOW.date()}
     assert rows[0]["reasons"] == served[0]["reasons"]
-    logged = json.loads(rows[0]["features"])
+    logged = rows[0]["features"]
     assert list(logged) == FEATURES
     assert logged["plan"] == frame.loc[4, "plan"]
     assert logged["monthly_charge"] == pytest.approx(float(frame.loc[4, "monthly_charge"]))
+    assert np.float32(logged["monthly_charge"]) == frame.loc[4, "monthly_charge"]  # as served
+    assert logged["tenure_days"] == frame.loc[4, "tenure_days"]
     (entry,) = read_ledger(churn_home)
     assert (entry.role, entry.rows, entry.path) == (
         ONLINE,
@@ -441,6 +457,28 @@ def test_every_prediction_is_logged_on_shutdown_and_verifies(churn_home, service
         path.relative_to(churn_home.predictions_dir).as_posix(),
     )
     assert verify_log(churn_home).clean
+
+
+def test_the_online_features_struct_is_the_nightly_one(
+    churn_home, service, frame, tmp_path
+) -> None:
+    # Nightly: the point-in-time feature frame of the same views, encoded as scoring does.
+    reads = make_reads(tmp_path / "nightly")
+    for read in reads:
+        write_partition(read, SCORE_DAY, frame)
+    ids = pa.table({"subscriber_id": pa.array([5, 6], pa.int64())})
+    nightly = encode_features(features_from(reads, as_of_timestamp(SCORE_DAY), ids), FEATURES)
+
+    with TestClient(create_app(service)) as http:
+        http.post("/predict", json={"subscriber_id": 5})
+        http.post("/predict", json={"subscriber_id": 6})
+    (path,) = churn_home.predictions_dir.glob("**/*.parquet")
+    online_features = pq.read_table(path).column("features")
+
+    assert online_features.type == prediction_log_schema(nightly.type).field("features").type
+    assert online_features.type == FEATURES_TYPE
+    # The same values too: the online store holds what the nightly frame read.
+    assert online_features.to_pylist() == nightly.to_pylist()
 
 
 def test_the_audit_views_include_the_online_partition(churn_home, service) -> None:
@@ -545,7 +583,7 @@ def online_batch(ids: list[int], *, day: date = DAY, version: int = 3) -> pa.Tab
             "probability": pa.array([0.5] * len(ids), pa.float64()),
             "risk_tier": ["high"] * len(ids),
             "reasons": pa.array([["x"]] * len(ids), pa.list_(pa.string())),
-            "features": ['{"a":1}'] * len(ids),
+            "features": pa.array([{"a": i} for i in ids], pa.struct([("a", pa.int64())])),
         }
     )
 
@@ -605,6 +643,11 @@ def test_tampering_with_an_online_file_is_detected(churn_home) -> None:
             online_batch([1]).set_column(1, "scored_at", pa.nulls(1, pa.timestamp("us", tz="UTC"))),
             "not null",
         ),
+        (
+            # The log's format before features became a struct.
+            online_batch([1, 2]).set_column(6, "features", pa.array(['{"a":1}', '{"a":2}'])),
+            "batch.features: a struct of the feature values (at least one field) failed for 2 rows",
+        ),
     ],
 )
 def test_a_bad_online_batch_is_refused_and_nothing_is_written(churn_home, batch, rule) -> None:
@@ -635,4 +678,11 @@ def test_an_empty_flush_publishes_nothing(churn_home) -> None:
 
 
 def test_online_batch_columns_are_the_writers_contract() -> None:
-    assert set(ONLINE_BATCH_COLUMNS) <= set(PREDICTION_LOG_SCHEMA.names)
+    assert set(ONLINE_BATCH_COLUMNS) <= set(PREDICTION_LOG_BASE_SCHEMA.names)
+
+
+def test_an_online_file_has_the_schema_of_its_features_struct(churn_home) -> None:
+    entry = publish(churn_home, online_batch([1, 2]))
+    table = pq.read_table(churn_home.predictions_dir / entry.path)
+    assert table.schema.equals(prediction_log_schema(pa.struct([("a", pa.int64())])))
+    assert table.column("features").to_pylist() == [{"a": 1}, {"a": 2}]

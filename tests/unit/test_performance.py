@@ -97,7 +97,9 @@ def log_day(
             "probability": pa.array(p, pa.float64()),
             "risk_tier": ["high" if v >= 0.1 else "medium" if v >= 0.04 else "low" for v in p],
             "reasons": pa.array([None] * len(ids), pa.list_(pa.string())),
-            "features": ["{}"] * len(ids),
+            "features": pa.array(
+                [{"tenure_days": i % 90} for i in ids], pa.struct([("tenure_days", pa.int32())])
+            ),
         }
     )
     with PredictionLogWriter(

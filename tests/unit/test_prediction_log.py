@@ -15,13 +15,14 @@ import pytest
 import tasks.prediction_log as plog
 from tasks.core.settings import Settings
 from tasks.prediction_log import (
-    PREDICTION_LOG_SCHEMA,
+    EMPTY_FILE_SCHEMA,
     PredictionBatchError,
     PredictionLogError,
     PredictionLogWriter,
     ledger_path,
     log_files,
     log_path,
+    prediction_log_schema,
     read_ledger,
     verify_log,
 )
@@ -29,6 +30,30 @@ from tasks.prediction_log import (
 DAY = date(2026, 5, 1)
 MODEL = "telecom_churn_model"
 SCORED_AT = datetime(2026, 5, 2, 3, 15, tzinfo=UTC)
+FEATURES_TYPE = pa.struct(
+    [
+        ("tenure_months", pa.int32()),
+        ("monthly_charge", pa.float32()),
+        ("plan", pa.string()),
+        ("autopay", pa.bool_()),
+    ]
+)
+"""The feature struct of the batches below: a few model inputs of the types a frame has."""
+LOG_SCHEMA = prediction_log_schema(FEATURES_TYPE)
+
+
+def features_of(ids: Sequence[int], struct: pa.StructType = FEATURES_TYPE) -> pa.StructArray:
+    """Per id, feature values as the scoring flow logs them (a null where i % 7 == 0)."""
+    values = {
+        "tenure_months": [i % 60 for i in ids],
+        "monthly_charge": [None if i % 7 == 0 else 20.5 + i % 4 for i in ids],
+        "plan": [("basic", "plus")[i % 2] for i in ids],
+        "autopay": [i % 3 == 0 for i in ids],
+        "support_calls_30d": [i % 5 for i in ids],
+    }
+    return pa.StructArray.from_arrays(
+        [pa.array(values[f.name], f.type) for f in struct], fields=list(struct)
+    )
 
 
 def make_batch(
@@ -55,7 +80,7 @@ def make_batch(
                 else [None] * len(ids),
                 pa.list_(pa.string()),
             ),
-            "features": pa.array([json.dumps({"tenure_months": i % 60}) for i in ids]),
+            "features": features_of(ids),
         }
     )
 
@@ -69,6 +94,8 @@ def writer(
     model: str = MODEL,
     flow_run_id: str | None = "run-1",
     scored_at: datetime = SCORED_AT,
+    feature_service: str = "churn_model_v1",
+    features_type: pa.StructType | None = None,
 ) -> PredictionLogWriter:
     return PredictionLogWriter(
         settings,
@@ -76,9 +103,10 @@ def writer(
         model_name=model,
         model_version=version,
         role=role,
-        feature_service="churn_model_v1",
+        feature_service=feature_service,
         flow_run_id=flow_run_id,
         scored_at=scored_at,
+        features_type=features_type,
     )
 
 
@@ -106,7 +134,7 @@ def test_file_has_the_schema_and_constant_columns(churn_home: Settings) -> None:
     )
     assert path == log_path(churn_home, DAY, MODEL, 3, "champion")
     table = pq.read_table(path)
-    assert table.schema.equals(PREDICTION_LOG_SCHEMA)
+    assert table.schema.equals(LOG_SCHEMA)
     assert table.num_rows == 8
     assert pq.ParquetFile(path).metadata.num_row_groups == 2  # one per batch
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
@@ -120,7 +148,13 @@ def test_file_has_the_schema_and_constant_columns(churn_home: Settings) -> None:
     assert rows[0]["prediction_id"] == f"2026-05-01/{MODEL}/v3/champion/1"
     assert rows[0]["reasons"] == ["tenure_months", "support_calls_30d"]
     assert rows[-1]["reasons"] is None  # not computed for that batch
-    assert json.loads(rows[0]["features"]) == {"tenure_months": 1}
+    assert rows[0]["features"] == {
+        "tenure_months": 1,
+        "monthly_charge": 21.5,
+        "plan": "plus",
+        "autopay": False,
+    }
+    assert rows[6]["features"]["monthly_charge"] is None  # subscriber 7: a missing value
 
     (entry,) = read_ledger(churn_home)
     assert entry.path == f"score_date=2026-05-01/{MODEL}-v3-champion.parquet"
@@ -146,11 +180,74 @@ def test_scored_at_in_another_zone_is_stored_in_utc(churn_home: Settings) -> Non
 
 
 def test_zero_rows_publish_an_empty_file_with_the_schema(churn_home: Settings) -> None:
+    # No batch, no struct known: features is of the null type (Parquet has no empty struct).
     path = publish(churn_home, [])
     table = pq.read_table(path)
-    assert table.num_rows == 0 and table.schema.equals(PREDICTION_LOG_SCHEMA)
+    assert table.num_rows == 0 and table.schema.equals(EMPTY_FILE_SCHEMA)
+    assert table.schema.field("features").type == pa.null()
     assert read_ledger(churn_home)[0].rows == 0
     assert verify_log(churn_home).clean
+
+
+def test_zero_rows_with_the_services_struct_publish_it(churn_home: Settings) -> None:
+    path = publish(churn_home, [], features_type=FEATURES_TYPE)
+    table = pq.read_table(path)
+    assert table.num_rows == 0 and table.schema.equals(LOG_SCHEMA)
+    assert read_ledger(churn_home)[0].rows == 0
+    assert verify_log(churn_home).clean
+
+
+def test_the_features_struct_round_trips_with_its_types(churn_home: Settings) -> None:
+    # Every type a feature frame has, fields not nullable in the batch: the file keeps the
+    # types and order, and makes each field nullable.
+    struct = pa.struct(
+        [
+            pa.field("tenure_months", pa.int32(), nullable=False),
+            pa.field("support_calls_30d", pa.int64()),
+            pa.field("monthly_charge", pa.float32()),
+            pa.field("data_gb_30d", pa.float64()),
+            pa.field("plan", pa.string()),
+            pa.field("autopay", pa.bool_()),
+        ]
+    )
+    values = {
+        "tenure_months": pa.array([12, 7], pa.int32()),
+        "support_calls_30d": pa.array([3, None], pa.int64()),
+        "monthly_charge": pa.array([49.5, 20.25], pa.float32()),
+        "data_gb_30d": pa.array([1.1, float("nan")], pa.float64()),
+        "plan": pa.array(["basic", None], pa.string()),
+        "autopay": pa.array([True, False], pa.bool_()),
+    }
+    features = pa.StructArray.from_arrays(list(values.values()), fields=list(struct))
+    path = publish(churn_home, [make_batch([1, 2]).set_column(4, "features", features)])
+
+    stored = pq.read_table(path).schema.field("features")
+    assert not stored.nullable
+    assert [(f.name, f.type, f.nullable) for f in stored.type] == [
+        (f.name, f.type, True) for f in struct
+    ]
+    assert pq.read_table(path).schema.equals(prediction_log_schema(struct))
+    first, second = pq.read_table(path).column("features").to_pylist()
+    assert first == {
+        "tenure_months": 12,
+        "support_calls_30d": 3,
+        "monthly_charge": 49.5,
+        "data_gb_30d": pytest.approx(1.1),
+        "plan": "basic",
+        "autopay": True,
+    }
+    assert second["support_calls_30d"] is None and second["plan"] is None
+    assert second["data_gb_30d"] != second["data_gb_30d"]  # NaN stays NaN, not null
+
+
+@pytest.mark.parametrize(
+    "struct",
+    [pa.int32(), pa.struct([])],
+    ids=["not a struct", "a struct without fields"],
+)
+def test_a_features_type_that_is_no_struct_is_refused(churn_home: Settings, struct) -> None:
+    with pytest.raises(PredictionLogError, match="features must be a struct of at least one field"):
+        writer(churn_home, features_type=struct)
 
 
 # --- reruns ----------------------------------------------------------------------------------
@@ -330,6 +427,30 @@ BAD_BATCHES = [
         make_batch([1]).set_column(1, "probability", pa.array(["high"])),
         ["probability", "type double"],
     ),
+    (
+        # The log's format before features became a struct.
+        "features as JSON text",
+        make_batch([1, 2]).set_column(4, "features", pa.array(['{"a": 1}', '{"a": 2}'])),
+        ["batch.features", "a struct of the feature values", "2 rows", "got string"],
+    ),
+    (
+        "features as a struct without fields",
+        make_batch([1]).set_column(4, "features", pa.array([{}], pa.struct([]))),
+        ["batch.features", "a struct of the feature values (at least one field)", "1 rows"],
+    ),
+    (
+        "null features",
+        make_batch([1, 2, 3]).set_column(
+            4,
+            "features",
+            pa.StructArray.from_arrays(
+                features_of([1, 2, 3]).flatten(),
+                fields=list(FEATURES_TYPE),
+                mask=pa.array([False, True, False]),
+            ),
+        ),
+        ["features", "not null", "1 rows"],
+    ),
 ]
 
 
@@ -358,6 +479,55 @@ def test_subscriber_in_two_batches_of_one_file_is_refused(churn_home: Settings) 
     assert not w.path.exists() and read_ledger(churn_home) == []
 
 
+TYPE_CHANGES = [
+    # (case, the second batch's struct, words the message must contain)
+    (
+        "a field retyped",
+        pa.struct([("tenure_months", pa.int64()), *list(FEATURES_TYPE)[1:]]),
+        ["tenure_months int32 -> int64"],
+    ),
+    ("a field added", pa.struct([*FEATURES_TYPE, ("support_calls_30d", pa.int64())]), ["added"]),
+    ("a field gone", pa.struct(list(FEATURES_TYPE)[:3]), ["autopay missing"]),
+    ("fields reordered", pa.struct(list(FEATURES_TYPE)[::-1]), ["reordered"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "struct", "words"), TYPE_CHANGES, ids=[c[0] for c in TYPE_CHANGES]
+)
+def test_a_features_struct_that_changes_within_a_file_is_refused(
+    churn_home: Settings, case: str, struct: pa.StructType, words: list[str]
+) -> None:
+    published = publish(churn_home, [make_batch([1, 2])])
+    before = published.read_bytes()
+    second = make_batch([3, 4]).set_column(4, "features", features_of([3, 4], struct))
+    with pytest.raises(PredictionBatchError) as caught, writer(churn_home) as w:
+        w.write(make_batch([1, 2]))
+        w.write(second)
+    message = str(caught.value)
+    for word in ["batch.features", "the same struct in every batch of a file", "2 rows", *words]:
+        assert word in message, (case, message)
+    assert published.read_bytes() == before and temp_files(churn_home) == []
+    assert len(read_ledger(churn_home)) == 1
+
+
+def test_a_batch_of_another_struct_than_the_writers_is_refused(churn_home: Settings) -> None:
+    other = pa.struct([("tenure_months", pa.int64())])
+    with (
+        pytest.raises(PredictionBatchError, match="tenure_months int64 -> int32"),
+        writer(churn_home, features_type=other) as w,
+    ):
+        w.write(make_batch([1]))
+    assert not w.path.exists() and read_ledger(churn_home) == []
+
+
+def test_fields_that_differ_only_in_nullability_are_one_struct(churn_home: Settings) -> None:
+    strict = pa.struct([f.with_nullable(False) for f in FEATURES_TYPE])
+    batch = make_batch([3]).set_column(4, "features", features_of([3]).cast(strict))
+    path = publish(churn_home, [make_batch([1, 2]), batch])
+    assert pq.read_table(path).schema.equals(LOG_SCHEMA)
+
+
 def test_swallowed_batch_error_still_publishes_nothing(churn_home: Settings) -> None:
     published = publish(churn_home, [make_batch([1, 2])])
     before = published.read_bytes()
@@ -375,7 +545,7 @@ def test_swallowed_batch_error_still_publishes_nothing(churn_home: Settings) -> 
 def test_compatible_types_are_cast(churn_home: Settings) -> None:
     batch = pa.table(
         {
-            "features": pa.array(['{"a": 1}'], pa.large_string()),
+            "features": features_of([5]),
             "subscriber_id": pa.array([5], pa.int32()),
             "probability": pa.array([0.25], pa.float32()),
             "risk_tier": pa.array(["high"]).dictionary_encode(),
@@ -384,7 +554,7 @@ def test_compatible_types_are_cast(churn_home: Settings) -> None:
     )
     path = publish(churn_home, [batch])
     table = pq.read_table(path)
-    assert table.schema.equals(PREDICTION_LOG_SCHEMA)
+    assert table.schema.equals(LOG_SCHEMA)
     assert table.column("subscriber_id").to_pylist() == [5]
 
 

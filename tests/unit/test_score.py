@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -497,13 +496,14 @@ def test_score_shard_scores_a_shard_end_to_end(world, champion, challenger):
         assert batch.column("subscriber_id").to_pylist() == scored_ids
         assert batch.num_rows == 14
 
-    # The features JSON holds today's values (yesterday's for the one today's build missed),
-    # never the stale or the future partition's.
+    # The features struct holds today's values (yesterday's for the one today's build missed),
+    # never the stale or the future partition's, with the frame's types.
     expected = expected_rows(today, scored_ids)
-    log = result.log_batches[CHAMPION].to_pylist()
-    for row, want in zip(log, expected.to_dict("records"), strict=True):
-        seen = json.loads(row["features"])
-        assert list(seen) == FEATURES
+    features = result.log_batches[CHAMPION].column("features")
+    assert [f.name for f in features.type] == FEATURES
+    assert features.type.field("tenure_days").type == pa.int32()
+    assert features.type.field("monthly_charge").type == pa.float32()
+    for seen, want in zip(features.to_pylist(), expected.to_dict("records"), strict=True):
         assert seen["tenure_days"] == want["tenure_days"]
         assert seen["plan"] == want["plan"]
         assert seen["support_calls_30d"] == want["support_calls_30d"]
@@ -512,9 +512,7 @@ def test_score_shard_scores_a_shard_end_to_end(world, champion, challenger):
             assert seen["data_gb_30d"] is None
         else:
             assert np.float32(seen["data_gb_30d"]) == want["data_gb_30d"]
-    assert result.log_batches[SHADOW].column("features") == result.log_batches[CHAMPION].column(
-        "features"
-    )
+    assert result.log_batches[SHADOW].column("features") == features
 
     # Probabilities are the boosters' own predictions on the same inputs, for both roles.
     inputs = model_inputs(expected, SPEC)
