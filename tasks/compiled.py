@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version as package_version
@@ -48,58 +49,83 @@ class CompileError(ChurnError):
 
 @dataclass(frozen=True)
 class CompiledForest:
-    """A booster compiled to native code: the model text lleaves read and its binary."""
+    """A booster compiled to native code: the model text lleaves reads, and its binary for a host.
+
+    ``host`` keys the CPU (and compiler versions) the binary was built for. A process on another
+    kind of machine (a Dask worker elsewhere) compiles its own from the same model text instead
+    of running code built for instructions its CPU may lack.
+    """
 
     model_file: Path
     binary: Path
+    host: str
 
     def predict(self, matrix: np.ndarray, threads: int) -> np.ndarray:
-        """Probabilities for the rows of ``matrix`` (see :func:`model_matrix`)."""
+        """Probabilities for the rows of ``matrix`` (see :func:`model_matrix`).
+
+        Raises:
+            CompileError: this host needed its own binary and compiling it failed.
+        """
         if len(matrix) == 0:
             return np.empty(0)
-        return _loaded(self.model_file, self.binary).predict(matrix, n_jobs=threads)
+        forest = self if self.host == host_key() else _for_this_host(self.model_file)
+        return _loaded(forest.model_file, forest.binary).predict(matrix, n_jobs=threads)
 
 
 def compile_forest(booster: lgb.Booster, directory: Path, label: str) -> CompiledForest:
-    """The compiled form of ``booster``, from the cache in ``directory`` or compiled now.
+    """The compiled form of ``booster`` for this host, from the cache in ``directory`` or compiled now.
 
-    ``label`` (e.g. ``churn_model-v3``) only makes the cached file names readable; the cache key
-    is the model text, the compiler versions and the host CPU.
+    ``label`` (e.g. ``churn_model-v3``) only makes the cached file names readable; the files are
+    keyed by the model text's hash, then by :func:`host_key`.
 
     Raises:
         CompileError: lleaves or LLVM failed on this model.
     """
+    model_text = booster.model_to_string()
+    digest = hashlib.sha256(model_text.encode()).hexdigest()[:16]
+    model_file = directory / f"{label}-{digest}.txt"
+    if not model_file.exists():
+        with file_lock(directory / f".{model_file.name}.lock"), atomic_path(model_file) as tmp:
+            tmp.write_text(model_text)
+    return _for_this_host(model_file)
+
+
+@cache
+def host_key() -> str:
+    """What a compiled binary depends on besides the model: compiler versions, CPU and features."""
     import llvmlite.binding as llvm
 
-    model_text = booster.model_to_string()
-    key = hashlib.sha256(
-        "\n".join(
-            (
-                model_text,
-                package_version("lleaves"),
-                package_version("llvmlite"),
-                llvm.get_host_cpu_name(),
-                _host_features(),
-            )
-        ).encode()
-    ).hexdigest()[:16]
-    stem = directory / f"{label}-{key}"
-    forest = CompiledForest(model_file=stem.with_suffix(".txt"), binary=stem.with_suffix(".bin"))
-    if forest.binary.exists() and forest.model_file.exists():
+    try:
+        features = llvm.get_host_cpu_features().flatten()
+    except RuntimeError:  # LLVM cannot tell on some hosts; the CPU name still keys the cache
+        features = ""
+    parts = (
+        package_version("lleaves"),
+        package_version("llvmlite"),
+        llvm.get_host_cpu_name(),
+        features,
+    )
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def _for_this_host(model_file: Path) -> CompiledForest:
+    host = host_key()
+    forest = CompiledForest(model_file, model_file.with_name(f"{model_file.stem}-{host}.bin"), host)
+    if forest.binary.exists():
         return forest
-    directory.mkdir(parents=True, exist_ok=True)
-    # Two processes (Dask workers) may want the same forest: one compiles, the other waits.
-    with file_lock(directory / f".{label}-{key}.lock"):
-        if forest.binary.exists() and forest.model_file.exists():
+    # Two processes (Dask workers) may want the same binary: one compiles, the other waits.
+    with file_lock(model_file.with_name(f".{forest.binary.name}.lock")):
+        if forest.binary.exists():
             return forest
-        with atomic_path(forest.model_file) as text_tmp:
-            text_tmp.write_text(model_text)
+        began = time.perf_counter()
         try:
-            with atomic_path(forest.binary) as binary_tmp:
-                _compile(forest.model_file, binary_tmp)
+            with atomic_path(forest.binary) as tmp:
+                _compile(model_file, tmp)
         except Exception as exc:  # lleaves/LLVM raise whatever they raise
-            raise CompileError(f"could not compile {label} with lleaves: {exc}") from exc
-    logger.info("compiled %s (%d trees) to %s", label, booster.num_trees(), forest.binary)
+            raise CompileError(f"could not compile {model_file.stem} with lleaves: {exc}") from exc
+    logger.info(
+        "compiled %s in %.1f s to %s", model_file.stem, time.perf_counter() - began, forest.binary
+    )
     return forest
 
 
@@ -141,15 +167,6 @@ def disagreement(compiled: np.ndarray, booster: lgb.Booster, matrix: np.ndarray)
 # ----------------------------------------------------------------------------- lleaves
 
 _LOCK = threading.Lock()
-
-
-def _host_features() -> str:
-    import llvmlite.binding as llvm
-
-    try:
-        return llvm.get_host_cpu_features().flatten()
-    except RuntimeError:  # LLVM cannot tell on some hosts; the CPU name still keys the cache
-        return ""
 
 
 def _compile(model_file: Path, binary: Path) -> None:

@@ -28,14 +28,15 @@ from tasks.core.settings import Settings
 from tasks.feature_store import open_store
 from tasks.feature_tables import FEAST_TO_ARROW, as_of_timestamp
 from tasks.frames import view_reads
-from tasks.prediction_log import CHAMPION, PredictionLogWriter
+from tasks.prediction_log import BATCH_COLUMNS, CHAMPION, PredictionLogWriter
 from tasks.publish import select_high_risk, write_high_risk_file
 from tasks.score import (
-    CANDIDATE_SCHEMA,
     TIERS,
     ScoringContext,
     Shard,
     ShardResult,
+    candidate_schema,
+    explain_candidates,
     plan_shards,
     resolve_models,
 )
@@ -170,7 +171,7 @@ def run_scoring(
     examples: dict[str, list[int]] = {}
     tiers = {m.role: dict.fromkeys(TIERS, 0) for m in models}
     predictors: dict[str, dict[str, int]] = {m.role: {} for m in models}
-    candidates: list[pa.Table] = [CANDIDATE_SCHEMA.empty_table()]
+    candidates: list[pa.Table] = []
     scored = 0
     stage_seconds: dict[str, float] = {}
     with ExitStack() as stack:
@@ -193,7 +194,7 @@ def run_scoring(
         for result in map_shards(ctx, shards):
             for role, batch in result.log_batches.items():
                 writers[role].write(batch)
-            scored += len(result.log_batches[CHAMPION])
+            scored += len(result.log_batches[CHAMPION]) + len(result.candidates)
             candidates.append(result.candidates)
             for reason, count in result.not_scored.items():
                 not_scored[reason] = not_scored.get(reason, 0) + count
@@ -207,13 +208,25 @@ def run_scoring(
             for stage, seconds in result.seconds.items():
                 stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
             logger.info("shard %d of %d scored", result.index + 1, len(shards))
+        # The night's top: explained once, then logged with the rows the shards held back.
+        explain_began = time.perf_counter()
+        champion = models[0]
+        pool = (
+            pa.concat_tables(candidates)
+            if candidates
+            else candidate_schema(features_type).empty_table()
+        )
+        explained = explain_candidates(
+            champion, pool, settings.retention_capacity, settings.reason_codes
+        )
+        writers[CHAMPION].write(explained.select(list(BATCH_COLUMNS)))
+        timings["reasons"] = time.perf_counter() - explain_began
         publish_began = time.perf_counter()
     # Leaving the block published every log file (or, on error, none).
     timings |= {f"shard {stage}": seconds for stage, seconds in stage_seconds.items()}
     timings["log publish"] = time.perf_counter() - publish_began
-    champion = models[0]
     rows = select_high_risk(
-        pa.concat_tables(candidates),
+        explained,
         settings.retention_capacity,
         champion.version,
         day,

@@ -7,11 +7,12 @@ each read every row group. Each shard is independent of the others (a Dask worke
 returns the prediction-log rows of every model and the champion's top candidates for the
 high-risk file, and holds only its own rows: peak memory follows the shard size.
 
-Which subscribers get reason codes: the high-risk file holds the top ``retention_capacity``
-subscribers by revenue at risk over all shards, and each shard cannot know the global cut, so
-each shard explains its own top ``retention_capacity`` (a superset of its members in the file).
-SHAP contributions cost ~150 plain predictions per row, so that is about ``capacity × shards``
-rows, not the whole base; those rows carry their reasons in the log too.
+Which subscribers get reason codes: exactly the high-risk file's, the night's top
+``retention_capacity`` by revenue at risk. A shard cannot know the night's cut, so it holds its
+own top ``retention_capacity`` back from its log batch as candidates (a superset of its members
+in the file); once every shard is in, :func:`explain_candidates` explains the night's top from
+those, and the held-back rows are logged with their reasons. SHAP contributions cost ~150 plain
+predictions per row, so that is ``capacity`` rows a night, whatever the number of shards.
 """
 
 from __future__ import annotations
@@ -48,16 +49,21 @@ logger = logging.getLogger(__name__)
 
 CHARGE = "monthly_charge"
 TIERS = ("low", "medium", "high")
-CANDIDATE_SCHEMA = pa.schema(
-    [
-        ("subscriber_id", pa.int64()),
-        ("probability", pa.float64()),
-        ("risk_tier", pa.string()),
-        (CHARGE, pa.float64()),
-        ("revenue_at_risk", pa.float64()),
-        ("reasons", pa.list_(pa.string())),
-    ]
-)
+
+
+def candidate_schema(features_type: pa.DataType) -> pa.Schema:
+    """A shard's candidates for the high-risk file: its top rows by revenue at risk, with the
+    feature values the champion saw (to explain the ones that make the file, and to log them)."""
+    return pa.schema(
+        [
+            ("subscriber_id", pa.int64()),
+            ("probability", pa.float64()),
+            ("risk_tier", pa.string()),
+            (CHARGE, pa.float64()),
+            ("revenue_at_risk", pa.float64()),
+            ("features", features_type),
+        ]
+    )
 
 
 class NoChampion(ChurnError):
@@ -89,7 +95,11 @@ class ScoringModel:
         if len(matrix) == 0:
             return np.empty(0), "lightgbm"
         if self.compiled is not None:
-            p = self.compiled.predict(matrix, threads)
+            try:
+                p = self.compiled.predict(matrix, threads)
+            except CompileError as exc:  # a worker host that needed its own binary
+                logger.warning("%s; scoring these rows of v%d with LightGBM", exc, self.version)
+                return self._booster_predict(matrix, threads), "lightgbm (compile failed)"
             gap = disagreement(p, self.booster, matrix)
             if gap <= TOLERANCE:
                 return p, "compiled"
@@ -340,7 +350,7 @@ def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
     batches: dict[str, pa.Table] = {}
     tiers: dict[str, dict[str, int]] = {}
     predictors: dict[str, str] = {}
-    candidates = CANDIDATE_SCHEMA.empty_table()
+    candidates = candidate_schema(encoded.type).empty_table()
     matrices: list[tuple[ModelSpec, np.ndarray]] = []
     for model in ctx.models:
         matrix = next((m for spec, m in matrices if spec == model.spec), None)
@@ -350,19 +360,24 @@ def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
         p, predictors[model.role] = model.predict(matrix, ctx.threads)
         lap("predict")
         tier = risk_tiers(p, ctx.medium_threshold, ctx.high_threshold)
-        reasons = pa.nulls(len(p), pa.list_(pa.string()))
-        if model.role == CHAMPION:
-            candidates, reasons = _explain_top(model, scored, ids, p, tier, charge, ctx)
-            lap("reasons")
-        batches[model.role] = pa.table(
+        batch = pa.table(
             {
                 "subscriber_id": ids,
                 "probability": pa.array(p, pa.float64()),
                 "risk_tier": tier,
-                "reasons": reasons,
+                "reasons": pa.nulls(len(p), pa.list_(pa.string())),
                 "features": encoded,
             }
         )
+        if model.role == CHAMPION:
+            # The shard's top rows are held back from its log batch: they are logged with the
+            # night's reasons once every shard is in (see explain_candidates).
+            top = rank_by_revenue(p * charge, p, ids.to_numpy(), ctx.capacity)
+            candidates = _candidates(batch, charge, top)
+            held = np.zeros(len(p), dtype=bool)
+            held[top] = True
+            batch = batch.filter(pa.array(~held))
+        batches[model.role] = batch
         counts = pc.value_counts(tier).to_pylist()
         tiers[model.role] = {t: 0 for t in TIERS} | {c["values"]: c["counts"] for c in counts}
     return ShardResult(
@@ -403,45 +418,65 @@ def _missing_views(
     return not_scored, examples, keep
 
 
-def _explain_top(
-    model: ScoringModel,
-    scored: pa.Table,
-    ids: pa.Array,
-    p: np.ndarray,
-    tier: pa.Array,
-    charge: np.ndarray,
-    ctx: ScoringContext,
-) -> tuple[pa.Table, pa.Array]:
-    """The shard's top candidates by revenue at risk, with reasons; and the log's reasons column."""
-    revenue = p * charge
-    top = rank_by_revenue(revenue, p, ids.to_numpy(), ctx.capacity)
-    # SHAP from the booster itself, on the few rows explained: pandas inputs keep the values
-    # readable ("on the premium plan", not a category code).
-    inputs = model_inputs(scored.take(pa.array(top, pa.int64())), model.spec)
-    explained = top_reasons(model.booster, inputs, ctx.reason_count)
-    by_row: list[list[str] | None] = [None] * len(p)
-    for row, said in zip(top, explained, strict=True):
-        by_row[row] = said
-    candidates = pa.table(
+def _candidates(batch: pa.Table, charge: np.ndarray, top: np.ndarray) -> pa.Table:
+    rows = pa.array(top, pa.int64())
+    picked = batch.take(rows)
+    p = picked.column("probability").to_numpy()
+    return pa.table(
         {
-            "subscriber_id": pc.take(ids, pa.array(top, pa.int64())),
-            "probability": pa.array(p[top], pa.float64()),
-            "risk_tier": pc.take(tier, pa.array(top, pa.int64())),
+            "subscriber_id": picked.column("subscriber_id"),
+            "probability": picked.column("probability"),
+            "risk_tier": picked.column("risk_tier"),
             CHARGE: pa.array(charge[top], pa.float64()),
-            "revenue_at_risk": pa.array(revenue[top], pa.float64()),
-            "reasons": pa.array(explained, pa.list_(pa.string())),
+            "revenue_at_risk": pa.array(p * charge[top], pa.float64()),
+            "features": picked.column("features"),
         },
-        schema=CANDIDATE_SCHEMA,
+        schema=candidate_schema(batch.schema.field("features").type),
     )
-    return candidates, pa.array(by_row, pa.list_(pa.string()))
+
+
+def explain_candidates(
+    model: ScoringModel, candidates: pa.Table, capacity: int, reason_count: int
+) -> pa.Table:
+    """``candidates`` with a ``reasons`` column: the reasons of the night's top ``capacity`` by
+    revenue at risk (the high-risk file's subscribers), null for the others.
+
+    Every shard holds back its own top ``capacity`` (it cannot know the night's cut), so the
+    night's top is among them. SHAP contributions cost ~150 plain predictions a row: explaining
+    the file's rows once, rather than each shard's top, is ``capacity`` rows instead of
+    ``capacity`` × shards. They come from the booster itself, on pandas inputs, so values read
+    as words ("on the premium plan"), not category codes.
+    """
+    p = candidates.column("probability").to_numpy()
+    top = rank_by_revenue(
+        candidates.column("revenue_at_risk").to_numpy(),
+        p,
+        candidates.column("subscriber_id").to_numpy(),
+        capacity,
+    )
+    said: list[list[str] | None] = [None] * len(p)
+    if len(top):
+        chosen = candidates.column("features").take(pa.array(top, pa.int64())).combine_chunks()
+        features = pa.Table.from_batches([pa.RecordBatch.from_struct_array(chosen)])
+        reasons = top_reasons(model.booster, model_inputs(features, model.spec), reason_count)
+        for row, reason in zip(top, reasons, strict=True):
+            said[row] = reason
+    return candidates.append_column("reasons", pa.array(said, pa.list_(pa.string())))
 
 
 def rank_by_revenue(
     revenue: np.ndarray, probability: np.ndarray, ids: np.ndarray, k: int
 ) -> np.ndarray:
     """Row positions of the top ``k`` by revenue at risk, then probability, then lowest id."""
-    if len(revenue) == 0:
+    if len(revenue) == 0 or k <= 0:
         return np.empty(0, dtype=np.int64)
+    rows = np.arange(len(revenue))
+    if k < len(revenue):
+        # Only rows at or above the k-th largest revenue can make the top k (ties at the cut
+        # included): sort those, not the whole shard. A NaN revenue (no charge) ranks last.
+        ranked = np.where(np.isnan(revenue), -np.inf, revenue)
+        cut = np.partition(ranked, len(ranked) - k)[len(ranked) - k]
+        rows = np.flatnonzero(ranked >= cut)
     # lexsort sorts by the last key first; negate to get descending revenue and probability.
-    order = np.lexsort((ids, -probability, -revenue))
+    order = rows[np.lexsort((ids[rows], -probability[rows], -revenue[rows]))]
     return order[:k].astype(np.int64)

@@ -132,7 +132,7 @@ def test_compiled_forests_are_cached_per_model(booster, tmp_path):
 
     assert again == first and first.binary.stat().st_mtime_ns == compiled_at
     assert other.binary != first.binary and other.binary.name.startswith("churn-v2-")
-    # Nothing half-written is left next to them.
+    # A model text and a binary for this host each; nothing half-written next to them.
     assert sorted(p.suffix for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         ".bin",
         ".bin",
@@ -182,7 +182,37 @@ def test_a_model_that_fails_to_compile_scores_with_lightgbm(
         kept = _with_compiled(churn_home, model)
 
     assert kept.compiled is None
-    assert "could not compile churn-v7 with lleaves: LLVM ERROR: out of registers" in caplog.text
+    assert "could not compile churn-v7-" in caplog.text
+    assert "with lleaves: LLVM ERROR: out of registers" in caplog.text
     assert not list(churn_home.compiled_models_dir.glob("*.bin"))
     with pytest.raises(CompileError):
         compile_forest(booster, churn_home.compiled_models_dir, "churn-v7")
+
+
+def test_a_process_on_another_kind_of_cpu_compiles_its_own_binary(booster, tmp_path, monkeypatch):
+    forest = compile_forest(booster, tmp_path, "churn-v1")
+    matrix = model_matrix(frame_of(1_000, seed=17), SPEC)
+    built_here = forest.binary.read_bytes()
+
+    # As a Dask worker on another machine sees the forest the flow's process compiled.
+    monkeypatch.setattr(compiled_module, "host_key", lambda: "another-cpu")
+    p = forest.predict(matrix, threads=2)
+
+    own = tmp_path / f"{forest.model_file.stem}-another-cpu.bin"
+    assert own.exists() and forest.binary.read_bytes() == built_here
+    np.testing.assert_allclose(p, booster.predict(matrix), rtol=0, atol=1e-12)
+
+
+def test_a_worker_that_cannot_compile_its_binary_scores_with_lightgbm(
+    booster, tmp_path, monkeypatch
+):
+    forest = compile_forest(booster, tmp_path, "churn-v1")
+    model = ScoringModel("churn", 1, CHAMPION, booster, SPEC, compiled=forest)
+    matrix = model_matrix(frame_of(200, seed=18), SPEC)
+    monkeypatch.setattr(compiled_module, "host_key", lambda: "another-cpu")
+    monkeypatch.setattr(compiled_module, "_compile", lambda model_file, binary: 1 / 0)
+
+    p, predictor = model.predict(matrix, threads=1)
+
+    assert predictor == "lightgbm (compile failed)"
+    np.testing.assert_array_equal(p, booster.predict(matrix))

@@ -138,6 +138,20 @@ def test_file_has_the_schema_and_constant_columns(churn_home: Settings) -> None:
     assert table.num_rows == 8
     assert pq.ParquetFile(path).metadata.num_row_groups == 2  # one per batch
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    # Dictionaries only where values repeat: not for floats nor for the per-row ids.
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    dictionary = {
+        group.column(i).path_in_schema
+        for i in range(group.num_columns)
+        if any("DICTIONARY" in e for e in group.column(i).encodings)
+    }
+    assert {"risk_tier", "model_name", "features.plan", "features.tenure_months"} <= dictionary
+    assert not dictionary & {
+        "prediction_id",
+        "subscriber_id",
+        "probability",
+        "features.monthly_charge",
+    }
     rows = table.to_pylist()
     assert {r["score_date"] for r in rows} == {DAY}
     assert {r["scored_at"] for r in rows} == {SCORED_AT}

@@ -23,13 +23,14 @@ from tasks.prediction_log import BATCH_COLUMNS, CHAMPION, SHADOW, PredictionLogW
 from tasks.publish import select_high_risk
 from tasks.reasons import top_reasons
 from tasks.score import (
-    CANDIDATE_SCHEMA,
     ModelSignatureError,
     ScoringContext,
     ScoringModel,
     Shard,
+    candidate_schema,
     check_scoring_features,
     check_signature,
+    explain_candidates,
     plan_shards,
     rank_by_revenue,
     risk_tiers,
@@ -134,6 +135,30 @@ def test_rank_by_revenue_keeps_only_the_top_k():
 
     assert rank_by_revenue(revenue, probability, ids, k=2).tolist() == [3, 1]
     assert rank_by_revenue(revenue, probability, ids, k=0).tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("k", [1, 7, 50, 199, 200, 250])
+def test_rank_by_revenue_is_a_full_sort_cut_at_k(seed, k):
+    # Few distinct revenues, so ties straddle the cut; some NaN revenues (no monthly charge).
+    rng = np.random.default_rng(seed)
+    revenue = rng.integers(0, 12, size=200).astype(np.float64)
+    revenue[rng.random(200) < 0.1] = np.nan
+    probability = rng.integers(0, 4, size=200) / 4
+    ids = rng.permutation(1_000)[:200]
+
+    order = rank_by_revenue(revenue, probability, ids, k)
+
+    full = np.lexsort((ids, -probability, -revenue))
+    assert order.tolist() == full[:k].tolist()
+
+
+def test_rank_by_revenue_with_fewer_real_revenues_than_k_ranks_the_nans_last():
+    revenue = np.array([np.nan, 2.0, np.nan, 1.0])
+    order = rank_by_revenue(revenue, np.array([0.5, 0.1, 0.9, 0.2]), np.array([1, 2, 3, 4]), k=3)
+
+    assert order.tolist()[:2] == [1, 3]
+    assert len(order) == 3
 
 
 def test_rank_by_revenue_of_nobody_is_empty():
@@ -489,17 +514,38 @@ def test_score_shard_scores_a_shard_end_to_end(world, champion, challenger):
     assert result.not_scored_examples == {reason: [NO_ACTIVITY]}
     scored_ids = [i for i in range(16, 31) if i != NO_ACTIVITY]
 
-    # The log batches: exactly the writer's columns, one row per scored subscriber, per model.
+    # Probabilities are the boosters' own predictions on the same inputs, for both roles.
+    expected = expected_rows(today, scored_ids)
+    inputs = model_inputs(expected, SPEC)
+    p = np.asarray(champion.predict(inputs), dtype=np.float64)
+    shadow_p = np.asarray(challenger.predict(inputs), dtype=np.float64)
+    assert not np.array_equal(p, shadow_p)
+    charge = expected["monthly_charge"].to_numpy().astype(np.float64)
+    revenue = p * charge
+    top = sorted(range(len(p)), key=lambda r: (-revenue[r], -p[r], scored_ids[r]))[:4]
+    rest = [r for r in range(len(p)) if r not in top]
+
+    # The log batches: exactly the writer's columns, without reasons (the night explains its
+    # top once every shard is in). The shadow logs every scored subscriber; the champion all
+    # but its top 4 by revenue at risk, held back as candidates for the high-risk file.
     assert set(result.log_batches) == {CHAMPION, SHADOW}
-    for batch in result.log_batches.values():
+    shadow, held_out = result.log_batches[SHADOW], result.log_batches[CHAMPION]
+    for batch in (shadow, held_out):
         assert tuple(batch.column_names) == BATCH_COLUMNS
-        assert batch.column("subscriber_id").to_pylist() == scored_ids
-        assert batch.num_rows == 14
+        assert batch.column("reasons").null_count == batch.num_rows
+    assert shadow.column("subscriber_id").to_pylist() == scored_ids
+    assert held_out.column("subscriber_id").to_pylist() == [scored_ids[r] for r in rest]
+    np.testing.assert_array_equal(shadow.column("probability"), shadow_p)
+    np.testing.assert_array_equal(held_out.column("probability"), p[rest])
+    for role, probs, rows in ((CHAMPION, p, rest), (SHADOW, shadow_p, range(len(p)))):
+        tiers = np.where(probs >= 0.5, "high", np.where(probs >= 0.2, "medium", "low"))
+        assert result.log_batches[role].column("risk_tier").to_pylist() == tiers[rows].tolist()
+        # Tier counts are over every scored subscriber, candidates included.
+        assert result.tiers[role] == {t: int((tiers == t).sum()) for t in ("low", "medium", "high")}
 
     # The features struct holds today's values (yesterday's for the one today's build missed),
     # never the stale or the future partition's, with the frame's types.
-    expected = expected_rows(today, scored_ids)
-    features = result.log_batches[CHAMPION].column("features")
+    features = shadow.column("features")
     assert [f.name for f in features.type] == FEATURES
     assert features.type.field("tenure_days").type == pa.int32()
     assert features.type.field("monthly_charge").type == pa.float32()
@@ -512,44 +558,58 @@ def test_score_shard_scores_a_shard_end_to_end(world, champion, challenger):
             assert seen["data_gb_30d"] is None
         else:
             assert np.float32(seen["data_gb_30d"]) == want["data_gb_30d"]
-    assert result.log_batches[SHADOW].column("features") == features
+    assert held_out.column("features") == features.take(rest)
 
-    # Probabilities are the boosters' own predictions on the same inputs, for both roles.
-    inputs = model_inputs(expected, SPEC)
-    p = np.asarray(champion.predict(inputs), dtype=np.float64)
-    shadow_p = np.asarray(challenger.predict(inputs), dtype=np.float64)
-    np.testing.assert_array_equal(result.log_batches[CHAMPION].column("probability"), p)
-    np.testing.assert_array_equal(result.log_batches[SHADOW].column("probability"), shadow_p)
-    assert not np.array_equal(p, shadow_p)
-    for role, probs in ((CHAMPION, p), (SHADOW, shadow_p)):
-        tiers = np.where(probs >= 0.5, "high", np.where(probs >= 0.2, "medium", "low"))
-        assert result.log_batches[role].column("risk_tier").to_pylist() == tiers.tolist()
-        assert result.tiers[role] == {t: int((tiers == t).sum()) for t in ("low", "medium", "high")}
-
-    # Reasons: exactly the champion's top 4 by revenue at risk carry them; the shadow has none.
-    charge = expected["monthly_charge"].to_numpy().astype(np.float64)
-    revenue = p * charge
-    top = sorted(range(len(p)), key=lambda r: (-revenue[r], -p[r], scored_ids[r]))[:4]
-    reasons = result.log_batches[CHAMPION].column("reasons").to_pylist()
-    assert [r for r, said in enumerate(reasons) if said is not None] == sorted(top)
-    said = top_reasons(champion, inputs.iloc[top].reset_index(drop=True), 3)
-    assert [reasons[r] for r in top] == said
-    assert all(said)  # the riskiest subscribers have at least one reason
-    assert result.log_batches[SHADOW].column("reasons").null_count == 14
-
-    # Candidates for the high-risk file: the same top 4, best first, with their numbers.
+    # Candidates for the high-risk file: the top 4, best first, with their numbers and features.
     candidates = result.candidates
-    assert candidates.schema == CANDIDATE_SCHEMA
+    assert candidates.schema == candidate_schema(features.type)
     assert candidates.column("subscriber_id").to_pylist() == [scored_ids[r] for r in top]
     np.testing.assert_array_equal(candidates.column("probability"), p[top])
     np.testing.assert_array_equal(candidates.column("monthly_charge"), charge[top])
     np.testing.assert_array_equal(candidates.column("revenue_at_risk"), revenue[top])
-    assert candidates.column("reasons").to_pylist() == said
-    # ... which the high-risk file takes as they are.
-    rows = select_high_risk(candidates, capacity=4, model_version=3, day=SCORE_DAY)
+    assert candidates.column("features") == features.take(top)
+
+    # Explained (as the night does with every shard's candidates): reasons from the booster's
+    # SHAP on the same inputs; the high-risk file takes them as they are.
+    explained = explain_candidates(models[0], candidates, capacity=4, reason_count=3)
+    said = top_reasons(champion, inputs.iloc[top].reset_index(drop=True), 3)
+    assert explained.column("reasons").to_pylist() == said
+    assert all(said)  # the riskiest subscribers have at least one reason
+    rows = select_high_risk(explained, capacity=4, model_version=3, day=SCORE_DAY)
     assert rows.column("subscriber_id").to_pylist() == [scored_ids[r] for r in top]
     assert rows.column("reason_1").to_pylist() == [r[0] for r in said]
-    assert set(result.seconds) >= {"features", "predict", "reasons"}
+    assert set(result.seconds) >= {"features", "predict"}
+
+
+def test_explain_candidates_explains_the_nights_top_only(world, champion):
+    # Two shards' candidates: the night's top 3 by revenue at risk get reasons, the rest none.
+    reads, today = world
+    model = ScoringModel("churn", 3, CHAMPION, champion, SPEC)
+    ctx = make_context(reads, [model], capacity=3)
+    shards = plan_shards(pa.array(np.arange(1, BASE + 1), pa.int64()), 15)
+    pool = pa.concat_tables([score_shard(ctx, shard).candidates for shard in shards[:2]])
+    assert len(pool) == 6
+
+    explained = explain_candidates(model, pool, capacity=3, reason_count=2)
+
+    ids = pool.column("subscriber_id").to_pylist()
+    revenue = pool.column("revenue_at_risk").to_numpy()
+    p = pool.column("probability").to_numpy()
+    night = sorted(range(6), key=lambda r: (-revenue[r], -p[r], ids[r]))[:3]
+    reasons = explained.column("reasons").to_pylist()
+    assert [r for r in range(6) if reasons[r] is not None] == sorted(night)
+    inputs = model_inputs(expected_rows(today, [ids[r] for r in night]), SPEC)
+    assert [reasons[r] for r in night] == top_reasons(champion, inputs, 2)
+    assert explained.drop_columns(["reasons"]) == pool
+
+
+def test_explain_candidates_of_nobody_is_an_empty_table(world, champion):
+    model = ScoringModel("churn", 3, CHAMPION, champion, SPEC)
+    empty = candidate_schema(pa.struct([("tenure_days", pa.int32())])).empty_table()
+
+    explained = explain_candidates(model, empty, capacity=4, reason_count=3)
+
+    assert explained.num_rows == 0 and explained.column_names[-1] == "reasons"
 
 
 def test_score_shard_with_a_capacity_above_the_shard_explains_every_scored_row(world, champion):
@@ -558,8 +618,9 @@ def test_score_shard_with_a_capacity_above_the_shard_explains_every_scored_row(w
 
     result = score_shard(ctx, middle_shard())
 
+    # Every scored row is a candidate: the champion's log batch holds none of them.
     assert set(result.log_batches) == {CHAMPION}
-    assert result.log_batches[CHAMPION].column("reasons").null_count == 0
+    assert result.log_batches[CHAMPION].num_rows == 0
     assert len(result.candidates) == 14
 
 
@@ -590,7 +651,9 @@ def test_score_shard_counts_each_subscriber_once_under_the_first_view_it_lacks(w
     no_activity = f"no {ACTIVITY} features within TTL (1 day, 0:00:00)"
     assert result.not_scored == {no_profile: 1, no_activity: 1}
     assert result.not_scored_examples == {no_profile: [99], no_activity: [NO_ACTIVITY]}
-    assert result.log_batches[CHAMPION].column("subscriber_id").to_pylist() == [16]
+    # 16 alone is scored: a candidate (the shard's top), so held back from the champion's batch.
+    assert result.log_batches[CHAMPION].num_rows == 0
+    assert result.candidates.column("subscriber_id").to_pylist() == [16]
 
 
 def test_score_shard_log_batches_are_accepted_by_the_prediction_log(
