@@ -163,10 +163,15 @@ def resolve_models(settings: Settings, features: list[str]) -> list[ScoringModel
 
 def compile_for_scoring(settings: Settings, version: int) -> CompiledForest | None:
     """Compile a registered version into the scoring cache now (retraining does, so the night
-    after a new version finds it ready); None where compiling is off or fails (a warning)."""
+    after a new version finds it ready); None where compiling is off or fails (a warning: the
+    night then compiles it, or scores with LightGBM)."""
     if settings.score_predictor != "compiled":
         return None
-    booster, spec, _ = load_model(settings, version)
+    try:
+        booster, spec, _ = load_model(settings, version)
+    except ChurnError as exc:
+        logger.warning("version %d not compiled for scoring: %s", version, exc)
+        return None
     model = ScoringModel(settings.model_name, version, SHADOW, booster, ModelSpec.from_dict(spec))
     return _with_compiled(settings, model).compiled
 

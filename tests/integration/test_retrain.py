@@ -53,6 +53,7 @@ def test_refused_candidate_stays_a_run_never_a_version(settings_for) -> None:
     assert list_versions(settings) == []
     assert current_alias(settings, CHAMPION) is None
     assert promotion_history(settings) == []
+    assert not settings.compiled_models_dir.exists()  # nothing compiled for a refused model
     import mlflow
 
     run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result.run_id)
@@ -65,6 +66,9 @@ def test_first_model_becomes_champion_and_an_equal_one_is_refused(settings_for) 
     first = retrain(settings, AS_OF, "test: first")
     assert first.decision.passed and first.version == 1 and first.promoted
     assert current_alias(settings, CHAMPION).version == 1
+    # Compiled for nightly scoring as it was registered: the first night finds it ready.
+    assert "compile for scoring" in first.timings
+    assert len(list(settings.compiled_models_dir.glob(f"{settings.model_name}-v1-*.bin"))) == 1
     assert first.best_auc is not None and first.best_auc > first.challenger.metrics["roc_auc"] > 0.6
 
     # Same data, same seed: the same model, so it cannot beat the champion by the margin.
