@@ -92,8 +92,8 @@ class ScoringModel:
         Compiled probabilities are held to LightGBM's on a sample of the rows; beyond
         :data:`tasks.compiled.TOLERANCE` the booster scores the rows instead (and says why).
         """
-        if len(matrix) == 0:
-            return np.empty(0), "lightgbm"
+        if len(matrix) == 0:  # nothing to score: say what would have scored it
+            return np.empty(0), "compiled" if self.compiled is not None else "lightgbm"
         if self.compiled is not None:
             try:
                 p = self.compiled.predict(matrix, threads)

@@ -158,7 +158,7 @@ class Settings(BaseSettings):
         pattern="^(compiled|lightgbm)$",
         description=(
             "Score with the booster compiled to native code by lleaves (same probabilities, "
-            "checked on every shard, ~4x faster), or with LightGBM's own predict."
+            "checked on every shard, 3.5-3.8x faster in bench/score.py), or with LightGBM's own predict."
         ),
     )
     risk_high_threshold: float = Field(

@@ -167,6 +167,8 @@ def test_a_model_scores_compiled_when_its_forest_agrees(booster, tmp_path):
     assert predictor == "compiled"
     np.testing.assert_allclose(p, booster.predict(matrix), rtol=0, atol=TOLERANCE)
     assert model.predict(matrix[:0], threads=2)[0].shape == (0,)
+    # An empty shard reports the predictor configured, not a fallback that never happened.
+    assert model.predict(matrix[:0], threads=2)[1] == "compiled"
 
 
 def test_a_model_that_fails_to_compile_scores_with_lightgbm(
