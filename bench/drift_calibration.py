@@ -33,9 +33,9 @@ HISTORY_DAYS = 210  # 90-day features + 30-day labels + 90-day window before T
 
 def build_world(home: Path, subscribers: int, days: int, scenario: str, shift: date) -> None:
     from tasks.core.settings import Settings
-    from tasks.feature_store import apply_feature_repo
-    from tasks.feature_tables import build_feature_tables
-    from tasks.simulate import WorldSpec, simulate_world
+    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.features.store import apply_feature_repo
+    from tasks.features.tables import build_feature_tables
 
     if (home / "features").exists():
         return
@@ -65,11 +65,11 @@ def main() -> None:
     from rich.table import Table
 
     from tasks.core.settings import Settings
-    from tasks.drift import build_reference, day_severity, feature_drift
-    from tasks.feature_tables import as_of_timestamp
-    from tasks.frames import build_training_frame, features_from, view_reads
-    from tasks.sources import active_subscribers
-    from tasks.train import predict_proba, split_by_time, train_model
+    from tasks.data.sources import active_subscribers
+    from tasks.features.frames import build_training_frame, features_from, view_reads
+    from tasks.features.tables import as_of_timestamp
+    from tasks.monitoring.drift import build_reference, day_severity, feature_drift
+    from tasks.training.train import predict_proba, split_by_time, train_model
 
     console = Console()
     train_day = START + timedelta(days=HISTORY_DAYS)

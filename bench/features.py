@@ -6,7 +6,7 @@ For each size it simulates a world (once; reused on later runs), builds the feat
 of the training snapshot days, then builds the same training frame three ways, each in a fresh
 child process so its peak RSS is its own:
 
-* project   — ``tasks.frames.build_training_frame``: Feast ``get_historical_features`` on the
+* project   — ``tasks.features.frames.build_training_frame``: Feast ``get_historical_features`` on the
               feature service, served by the partition-pruning offline store;
 * raw asof  — one hand-written DuckDB query: the label spine ASOF LEFT JOIN each feature table
               (whole history, TTL applied), the baseline the target is measured against;
@@ -51,10 +51,10 @@ def prepare_world(
     home: Path, subscribers: int, days: int, as_of: date, console: Console, full_history: bool
 ) -> dict:
     """Simulate the world and build the feature days the training frame reads (skipped if done)."""
-    from tasks.feature_store import apply_feature_repo
-    from tasks.feature_tables import build_feature_tables, built_days
-    from tasks.frames import training_snapshot_days
-    from tasks.simulate import WorldSpec, simulate_world
+    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.features.frames import training_snapshot_days
+    from tasks.features.store import apply_feature_repo
+    from tasks.features.tables import build_feature_tables, built_days
 
     settings = _settings(home)
     timings: dict[str, float] = {}
@@ -93,8 +93,8 @@ def raw_asof_frame(settings, as_of: date) -> pa.Table:
     """The same frame from one DuckDB query over whole tables: the baseline."""
     from tasks.core.schema import PROTECTED_ATTRIBUTES
     from tasks.core.sql import connect
-    from tasks.feature_store import feature_service, open_store, service_views
-    from tasks.frames import LABEL, TIMESTAMP, training_entities
+    from tasks.features.frames import LABEL, TIMESTAMP, training_entities
+    from tasks.features.store import feature_service, open_store, service_views
 
     store = open_store(settings)
     views = service_views(store, feature_service(store, settings.feature_service))
@@ -146,12 +146,12 @@ def child(path: str, home: Path, as_of: date, out: Path) -> None:
 
     disable_telemetry()
     settings = _settings(home)
-    from tasks.feature_store import open_store
-    from tasks.frames import build_training_frame
+    from tasks.features.frames import build_training_frame
+    from tasks.features.store import open_store
 
     began = time.perf_counter()
     if path == "materialize":
-        from tasks.feature_tables import materialize_online
+        from tasks.features.tables import materialize_online
 
         rows = materialize_online(settings, as_of)["subscriber_profile"]
         peak = peak_rss_bytes()

@@ -6,7 +6,7 @@
 
 Setup, once (reused while ``<home>/_bench_online.json`` matches): a simulated world
 (``--subscribers`` × ``--days`` from 2026-01-01, seed 7), its features built, a champion trained at
-the last day by ``tasks.retrain.retrain`` (small-world gates, as in the integration tests) in an
+the last day by ``tasks.training.retrain.retrain`` (small-world gates, as in the integration tests) in an
 MLflow store under the world, and the online store materialized for that day.
 
 Measured: ``churn serve`` in a child process (one uvicorn worker, the defaults of settings: log
@@ -105,10 +105,10 @@ def build(home: Path, subscribers: int, days: int) -> None:
 
     from tasks.core.settings import get_settings
     from tasks.core.telemetry import disable_telemetry
-    from tasks.feature_store import apply_feature_repo
-    from tasks.feature_tables import build_feature_tables, materialize_online
-    from tasks.retrain import retrain
-    from tasks.simulate import WorldSpec, simulate_world
+    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.features.store import apply_feature_repo
+    from tasks.features.tables import build_feature_tables, materialize_online
+    from tasks.training.retrain import retrain
 
     disable_telemetry()
     shutil.rmtree(home, ignore_errors=True)
@@ -130,7 +130,7 @@ def build(home: Path, subscribers: int, days: int) -> None:
 def subscribers_in_service(home: Path, day: date) -> list[int]:
     os.environ.update(world_env(home))
     from tasks.core.settings import get_settings, reset_settings
-    from tasks.sources import active_subscribers
+    from tasks.data.sources import active_subscribers
 
     reset_settings()
     return active_subscribers(get_settings(), day).column("subscriber_id").to_pylist()

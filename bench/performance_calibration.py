@@ -58,17 +58,17 @@ def main() -> None:
     from rich.table import Table
 
     from tasks.core.settings import get_settings, reset_settings
-    from tasks.feature_store import apply_feature_repo
-    from tasks.feature_tables import build_feature_tables
-    from tasks.nightly import run_scoring
-    from tasks.performance import (
+    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.features.store import apply_feature_repo
+    from tasks.features.tables import build_feature_tables
+    from tasks.monitoring.performance import (
         champion_reference,
         performance_findings,
         read_history,
         update_history,
     )
-    from tasks.retrain import retrain
-    from tasks.simulate import WorldSpec, simulate_world
+    from tasks.scoring.nightly import run_scoring
+    from tasks.training.retrain import retrain
 
     console = Console()
     reset_settings()

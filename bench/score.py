@@ -12,7 +12,7 @@ written directly, for one score day D = 2026-06-30 and exactly what scoring read
   feature service (read from the applied Feast registry): the layout, column names and types
   (``subscriber_id`` int64, ``snapshot_ts`` timestamp[us, UTC] = day + 1 00:00, then the view's
   features as the Feast declaration types them), sorted by ``subscriber_id`` in zstd row groups of
-  122,880 rows, as DuckDB writes them in ``tasks.feature_tables``. Day D-1 is there because the
+  122,880 rows, as DuckDB writes them in ``tasks.features.tables``. Day D-1 is there because the
   views' 1-day TTL makes the bulk read reach it (and de-duplicate it against D). Values are
   synthetic but inside every contract: the 20 inputs of ``churn_model_v1`` have realistic shapes,
   any other feature is drawn from its contract (allowed values, range, nullability).
@@ -20,21 +20,21 @@ written directly, for one score day D = 2026-06-30 and exactly what scoring read
   ``tenure_days``, plus 1 in 51 ids cancelled a month earlier), ``cancellations``, empty
   ``usage_daily``, ``billing``, ``support_tickets`` and ``plan_changes`` with the source schema
   (``active_subscribers`` registers every table), and a manifest.
-* ``feast apply`` of ``feature_repo/`` (``tasks.feature_store.apply_feature_repo``).
+* ``feast apply`` of ``feature_repo/`` (``tasks.features.store.apply_feature_repo``).
 * A champion: LightGBM with ``model_params`` and exactly ``--trees`` rounds on 200k synthetic rows
   whose label follows a logistic risk of contract, support calls, late payments, tenure, data
-  trend and price, logged with ``tasks.registry.log_candidate`` (its one gate passed), registered
+  trend and price, logged with ``tasks.training.registry.log_candidate`` (its one gate passed), registered
   and promoted (SQLite MLflow store under the world).
 
 Measured per size, each in a fresh child process so its peak RSS (VmHWM) is its own:
 
 * floor — the day-D partitions of the service's views read in lockstep, ``--shard-rows`` at a time,
-  turned into model inputs (``tasks.train.model_inputs``) and ``booster.predict`` with 2 threads:
+  turned into model inputs (``tasks.training.train.model_inputs``) and ``booster.predict`` with 2 threads:
   predict-only seconds (the floor) and read + predict seconds. Outside those clocks, for
-  comparison: compiling the champion with lleaves (``tasks.compiled``), and the compiled trees'
+  comparison: compiling the champion with lleaves (``tasks.scoring.compiled``), and the compiled trees'
   predict over the same rows with their largest difference from LightGBM's probabilities;
-* nightly — ``tasks.nightly.run_scoring(settings, D)`` in process (no Prefect), through a shard
-  mapper that calls ``score_shard`` exactly as ``tasks.nightly.in_process`` does and only adds
+* nightly — ``tasks.scoring.nightly.run_scoring(settings, D)`` in process (no Prefect), through a shard
+  mapper that calls ``score_shard`` exactly as ``tasks.scoring.nightly.in_process`` does and only adds
   clocks: the time run_scoring spends between shards is the prediction-log write. Stage seconds
   come from the summary's timings (``reasons``: SHAP for the night's top, once every shard is
   in); the high-risk file is what remains after the reasons and the log's publication. The
@@ -250,9 +250,9 @@ def setup_world(world: Path, subscribers: int, trees: int, shard_rows: int) -> d
 
     from tasks.core.layout import MANIFEST_NAME, table_path
     from tasks.core.schema import SOURCE_TABLES
-    from tasks.feature_store import apply_feature_repo
-    from tasks.feature_tables import FEAST_TO_ARROW
-    from tasks.frames import view_reads
+    from tasks.features.frames import view_reads
+    from tasks.features.store import apply_feature_repo
+    from tasks.features.tables import FEAST_TO_ARROW
 
     settings = _settings(world, shard_rows)
     timings: dict[str, float] = {}
@@ -398,8 +398,8 @@ def register_champion(settings, reads: list, trees: int) -> dict:
     import lightgbm as lgb
     from sklearn.metrics import roc_auc_score
 
-    from tasks.registry import log_candidate, promote, register_version
-    from tasks.train import model_inputs, model_params, model_spec
+    from tasks.training.registry import log_candidate, promote, register_version
+    from tasks.training.train import model_inputs, model_params, model_spec
 
     rng = np.random.default_rng(11)
     n = TRAIN_ROWS + 50_000
@@ -454,11 +454,11 @@ def floor(world: Path, shard_rows: int) -> dict:
     """
     import pyarrow.parquet as pq
 
-    from tasks.compiled import compile_forest, model_matrix
-    from tasks.feast_offline import partition_files
-    from tasks.frames import view_reads
-    from tasks.registry import load_model
-    from tasks.train import ModelSpec, model_inputs
+    from tasks.features.feast_offline import partition_files
+    from tasks.features.frames import view_reads
+    from tasks.scoring.compiled import compile_forest, model_matrix
+    from tasks.training.registry import load_model
+    from tasks.training.train import ModelSpec, model_inputs
 
     settings = _settings(world, shard_rows)
     reads = view_reads(settings)
@@ -513,8 +513,8 @@ def floor(world: Path, shard_rows: int) -> dict:
 
 def nightly(world: Path, shard_rows: int) -> dict:
     """``run_scoring`` in process, with clocks around each shard's hand-over."""
-    from tasks.nightly import run_scoring
-    from tasks.score import score_shard
+    from tasks.scoring.nightly import run_scoring
+    from tasks.scoring.shards import score_shard
 
     settings = _settings(world, shard_rows)
     shutil.rmtree(settings.predictions_dir, ignore_errors=True)
@@ -522,7 +522,7 @@ def nightly(world: Path, shard_rows: int) -> dict:
     clocks = {"log write": 0.0, "shards done": 0.0}
 
     def timed_in_process(ctx, shards) -> Iterator:
-        # tasks.nightly.in_process, plus: how long run_scoring takes with each result.
+        # tasks.scoring.nightly.in_process, plus: how long run_scoring takes with each result.
         for shard in shards:
             result = score_shard(ctx, shard)
             handed = time.perf_counter()
@@ -556,12 +556,14 @@ def profile(world: Path, shard_rows: int) -> dict:
     """The plan over the whole base, then one shard from its middle, step by step (and the log write)."""
     import pyarrow.parquet as pq
 
-    from tasks.compiled import model_matrix
+    from tasks.audit.log_schema import ROW_GROUP_ROWS
+    from tasks.audit.prediction_log import PredictionLogWriter, open_temp_writer
     from tasks.core.files import PARQUET_OPTIONS
-    from tasks.feature_tables import as_of_timestamp
-    from tasks.frames import features_from, view_reads
-    from tasks.prediction_log import ROW_GROUP_ROWS, PredictionLogWriter, _open_temp_writer
-    from tasks.score import (
+    from tasks.data.sources import active_subscribers
+    from tasks.features.frames import features_from, view_reads
+    from tasks.features.tables import as_of_timestamp
+    from tasks.scoring.compiled import model_matrix
+    from tasks.scoring.shards import (
         ScoringContext,
         _candidates,
         _missing_views,
@@ -573,7 +575,6 @@ def profile(world: Path, shard_rows: int) -> dict:
         resolve_models,
         risk_tiers,
     )
-    from tasks.sources import active_subscribers
 
     settings = _settings(world, shard_rows)
     steps: dict[str, float] = {}
@@ -677,7 +678,7 @@ def profile(world: Path, shard_rows: int) -> dict:
         lap("log: batch checks")
         table = writer._complete(columns, batch.num_rows)
         lap("log: prediction_id + constant columns")
-        state.file = _open_temp_writer(writer.path, table.schema)
+        state.file = open_temp_writer(writer.path, table.schema)
         state.file.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         state.rows += table.num_rows
         lap("log: Parquet write (zstd)")

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.core.schema import USAGE_DAILY
-from tasks.simulate import WorldSpec, WorldSummary, simulate_world
+from tasks.data.simulate import WorldSpec, WorldSummary, simulate_world
 
 
 @dataclass(frozen=True)

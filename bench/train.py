@@ -2,7 +2,7 @@
 
     python bench/train.py [--sizes 100000 1000000] [--days 210] [--workdir bench/out]
 
-Reuses (or prepares) the worlds of bench/features.py, then runs ``tasks.retrain.retrain`` in a
+Reuses (or prepares) the worlds of bench/features.py, then runs ``tasks.training.retrain.retrain`` in a
 fresh child process per size, against a fresh MLflow store, and prints the seconds of each stage,
 the peak RSS of that process (its own VmHWM), the holdout ROC-AUC, the best achievable AUC and
 the observable-oracle AUC (the target: truth without frailty and the protected age term).
@@ -43,7 +43,7 @@ def child(home: Path, as_of: str) -> None:
     os.environ["CHURN_MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/bench_mlflow/mlflow.db"
     from tasks.core.settings import get_settings, reset_settings
     from tasks.core.telemetry import disable_telemetry
-    from tasks.retrain import retrain
+    from tasks.training.retrain import retrain
 
     disable_telemetry()
     reset_settings()

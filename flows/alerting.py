@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from tasks.alerts import Alert, Delivery, failure_alert, send_alert
+from tasks.alerting.alerts import Alert, failure_alert
+from tasks.alerting.delivery import Delivery, send_alert
 from tasks.core.errors import ChurnError
 from tasks.core.settings import get_settings
 

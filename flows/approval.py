@@ -15,7 +15,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 
-from tasks.approval import pause_key
+from tasks.training.approval import pause_key
 
 
 def resume_waiting_run(version: int, decision: dict[str, Any]) -> str | None:

@@ -56,7 +56,7 @@ def audit_sql(
     limit: LimitOption = 100,
 ) -> None:
     """Run QUERY read-only; anything but SELECT / EXPLAIN / DESCRIBE / SHOW is refused."""
-    from tasks.audit import audit_connection, run_readonly
+    from tasks.audit.views import audit_connection, run_readonly
 
     conn = audit_connection(get_settings())
     try:
@@ -73,7 +73,7 @@ def audit_subscriber(
     limit: LimitOption = 1000,
 ) -> None:
     """Every prediction logged for SUBSCRIBER_ID, oldest first, champion and shadow."""
-    from tasks.audit import subscriber_report
+    from tasks.audit.views import subscriber_report
 
     settings = get_settings()
     report = subscriber_report(settings, subscriber_id)
@@ -105,7 +105,7 @@ def audit_subscriber(
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Check every log file against the ledger's checksums and row counts; exit 1 on any mismatch."""
-    from tasks.prediction_log import verify_log
+    from tasks.audit.ledger import verify_log
 
     settings = get_settings()
     report = verify_log(settings)

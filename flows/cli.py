@@ -75,7 +75,7 @@ def main(
     if not verbose:
         # Without Slack an alert is logged in full and kept in $CHURN_HOME/alerts/outbox; the
         # commands summarise it, so the terminal shows it with -v only.
-        logging.getLogger("tasks.alerts").setLevel(logging.ERROR)
+        logging.getLogger("tasks.alerting.delivery").setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -140,7 +140,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Simulate a subscriber world and write its source tables under $CHURN_HOME/source."""
-    from tasks.simulate import WorldSpec, simulate_world
+    from tasks.data.simulate import WorldSpec, simulate_world
 
     settings = _settings()
     try:
@@ -187,7 +187,7 @@ def import_(
     ],
 ) -> None:
     """Import your own subscriber data (CSV/Parquet) into the source schema; nothing is written unless it all passes."""
-    from tasks.importer import import_file
+    from tasks.data.importer import import_file
 
     summary = import_file(path, mapping, _settings().source_dir)
     _summary(
@@ -206,7 +206,7 @@ def import_(
 @features_app.command("apply")
 def features_apply() -> None:
     """Register the Feast declarations in feature_repo/ (feast apply)."""
-    from tasks.feature_store import apply_feature_repo
+    from tasks.features.store import apply_feature_repo
 
     result = apply_feature_repo(_settings())
     _summary(
@@ -260,7 +260,7 @@ def features_materialize(
     date_: Annotated[str, typer.Option("--date", help="Snapshot day to load (YYYY-MM-DD).")],
 ) -> None:
     """Load the features as of DATE into the Feast online store (SQLite), in bounded batches."""
-    from tasks.feature_tables import materialize_online
+    from tasks.features.tables import materialize_online
 
     settings = _settings()
     began = time.perf_counter()
@@ -284,7 +284,7 @@ def features_training_frame(
     out: Annotated[Path, typer.Option(help="Parquet file to write.")],
 ) -> None:
     """Build the point-in-time training frame at AS_OF through Feast and write it to OUT."""
-    from tasks.frames import build_training_frame, write_frame
+    from tasks.features.frames import build_training_frame, write_frame
 
     settings = _settings()
     began = time.perf_counter()
@@ -313,7 +313,7 @@ def features_scoring_frame(
     out: Annotated[Path, typer.Option(help="Parquet file to write.")],
 ) -> None:
     """Build the features of every active subscriber as of DATE (bulk Polars path) and write them to OUT."""
-    from tasks.frames import build_scoring_frame, write_frame
+    from tasks.features.frames import build_scoring_frame, write_frame
 
     began = time.perf_counter()
     frame = build_scoring_frame(_settings(), _day(date_, "--date"))
@@ -491,7 +491,7 @@ def _print_score_summary(summary) -> None:
 @model_app.command("list")
 def model_list() -> None:
     """Versions of the model with their aliases, holdout metrics and gate results."""
-    from tasks.registry import list_versions
+    from tasks.training.registry import list_versions
 
     table = Table(title=f"{_settings().model_name}", title_justify="left")
     for column in ("version", "aliases", "created", "roc_auc", "calibration", "gates"):
@@ -515,7 +515,7 @@ def model_promote(
     by: Annotated[str, typer.Option(help="Who decides.")] = os.environ.get("USER", "operator"),
 ) -> None:
     """Move the champion alias to VERSION (recorded)."""
-    from tasks.registry import promote
+    from tasks.training.registry import promote
 
     moved = promote(_settings(), version, by=by, reason=reason)
     _summary(
@@ -536,7 +536,7 @@ def model_approve(
     """Approve (or --reject) a challenger: resumes the retrain run paused for it, if one waits."""
     _use_prefect()
     from flows.approval import resume_waiting_run
-    from tasks.approval import apply_approval
+    from tasks.training.approval import apply_approval
 
     decision = {"approve": not reject, "approver": by, "comment": comment}
     run_id = resume_waiting_run(version, decision)
@@ -561,7 +561,7 @@ def model_rollback(
     by: Annotated[str, typer.Option(help="Who decides.")] = os.environ.get("USER", "operator"),
 ) -> None:
     """Restore the previous champion in one command (recorded)."""
-    from tasks.registry import rollback
+    from tasks.training.registry import rollback
 
     moved = rollback(_settings(), by=by, reason=reason)
     _summary(

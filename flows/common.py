@@ -7,7 +7,7 @@ from datetime import date
 from prefect import runtime
 
 from tasks.core.settings import Settings, get_settings
-from tasks.nightly import default_score_date
+from tasks.scoring.nightly import default_score_date
 
 
 def run_day(settings: Settings | None = None) -> date:

@@ -9,9 +9,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.alerting import alert_on_failure
 from tasks.core.settings import get_settings
-from tasks.feature_store import apply_feature_repo
-from tasks.feature_tables import BuildSummary, build_feature_tables, built_days, materialize_online
-from tasks.sources import check_sources, source_date_range
+from tasks.data.sources import check_sources, source_date_range
+from tasks.features.store import apply_feature_repo
+from tasks.features.tables import BuildSummary, build_feature_tables, built_days, materialize_online
 
 
 @task

@@ -11,9 +11,10 @@ from prefect.events import emit_event
 
 from flows.alerting import alert_on_failure, notify
 from flows.common import dated_run_name, run_day
-from tasks.alerts import Alert, flow_run_url, flush_outbox
+from tasks.alerting.alerts import Alert, flow_run_url
+from tasks.alerting.delivery import flush_outbox
 from tasks.core.settings import Settings, get_settings
-from tasks.monitor import MonitorResult, drifted_features_text, monitor_day
+from tasks.monitoring.monitor import MonitorResult, drifted_features_text, monitor_day
 
 DRIFT_EVENT = "churn.drift.detected"
 

@@ -9,9 +9,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.alerting import alert_on_failure, notify
 from flows.common import dated_run_name, run_day
-from tasks.alerts import Alert, flow_run_url, flush_outbox
+from tasks.alerting.alerts import Alert, flow_run_url
+from tasks.alerting.delivery import flush_outbox
 from tasks.core.settings import get_settings
-from tasks.performance import (
+from tasks.monitoring.performance import (
     champion_reference,
     history_dir,
     performance_findings,

@@ -23,11 +23,11 @@ from pydantic import Field
 
 from flows.alerting import alert_on_failure, notify
 from flows.common import dated_run_name, run_day
-from tasks.alerts import flow_run_url, gate_alert
-from tasks.approval import ApprovalOutcome, apply_approval, pause_key
+from tasks.alerting.alerts import flow_run_url, gate_alert
 from tasks.core.errors import ChurnError
 from tasks.core.settings import get_settings
-from tasks.retrain import RetrainResult, retrain
+from tasks.training.approval import ApprovalOutcome, apply_approval, pause_key
+from tasks.training.retrain import RetrainResult, retrain
 
 
 class ApprovalTimeout(ChurnError):

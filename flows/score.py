@@ -20,8 +20,8 @@ from prefect.concurrency.sync import concurrency
 from flows.alerting import alert_on_failure
 from flows.common import dated_run_name, run_day
 from tasks.core.settings import Settings, get_settings
-from tasks.nightly import ScoreSummary, run_scoring
-from tasks.score import ScoringContext, Shard, ShardResult, score_shard
+from tasks.scoring.nightly import ScoreSummary, run_scoring
+from tasks.scoring.shards import ScoringContext, Shard, ShardResult, score_shard
 
 
 @task(name="score-shard", cache_policy=NO_CACHE, persist_result=False)

@@ -1,6 +1,6 @@
-"""``churn serve``: the real-time scoring endpoint (issue 7), FastAPI over ``tasks.online``, under uvicorn.
+"""``churn serve``: the real-time scoring endpoint (issue 7), FastAPI over ``tasks.serving.online``, under uvicorn.
 
-Thin: what is scored, flagged, logged and reloaded is decided in ``tasks/online.py``; this module
+Thin: what is scored, flagged, logged and reloaded is decided in ``tasks/serving/online.py``; this module
 maps it to HTTP.
 
 * ``POST /predict`` ``{"subscriber_id": 42}``: features from the Feast online store, scored by
@@ -42,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from tasks.core.settings import Settings
-from tasks.online import (
+from tasks.serving.online import (
     OnlineError,
     OnlineMetrics,
     OnlineService,

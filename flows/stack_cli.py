@@ -25,7 +25,7 @@ def up(
     ] = True,
 ) -> None:
     """Start the Prefect server, a process worker and the MLflow UI on 127.0.0.1 (state under CHURN_HOME)."""
-    from tasks.stack import deploy_all, stack_environment, start_stack
+    from tasks.ops.stack import deploy_all, stack_environment, start_stack
 
     settings = get_settings()
     with console.status("starting the Prefect server, a worker and the MLflow UI"):
@@ -48,7 +48,7 @@ def up(
 
 def down() -> None:
     """Stop exactly what `churn up` started; history stays under CHURN_HOME."""
-    from tasks.stack import stop_stack
+    from tasks.ops.stack import stop_stack
 
     stopped = stop_stack(get_settings())
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -56,7 +56,7 @@ def down() -> None:
 
 def status() -> None:
     """What the local stack runs, and whether each part answers its health check."""
-    from tasks.stack import stack_status
+    from tasks.ops.stack import stack_status
 
     rows = stack_status(get_settings())
     if not rows:
@@ -74,7 +74,7 @@ def status() -> None:
 
 def deploy() -> None:
     """Create the work pool if missing and deploy every flow in prefect.yaml (updates in place)."""
-    from tasks.stack import StackError, deploy_all, read_state, stack_environment
+    from tasks.ops.stack import StackError, deploy_all, read_state, stack_environment
 
     settings = get_settings()
     server = next((c for c in read_state(settings) if c.name == "prefect-server"), None)
@@ -101,10 +101,10 @@ def worker(
     import sys
 
     from tasks.core.telemetry import TELEMETRY_OFF
-    from tasks.stack import WORK_POOL
+    from tasks.ops.stack import WORK_POOL
 
     if not os.environ.get("PREFECT_API_URL"):
-        from tasks.stack import StackError
+        from tasks.ops.stack import StackError
 
         raise StackError(
             "PREFECT_API_URL is not set: the worker needs the Prefect server's API URL"

@@ -4,7 +4,7 @@
 -- in the business time zone.
 -- Keys: prediction_id (unique in the log).
 -- Inputs: every published file of the prediction log, getvariable('prediction_files') (the glob
--- $CHURN_HOME/predictions/score_date=*/*.parquet, set by tasks/audit.py: a view cannot take
+-- $CHURN_HOME/predictions/score_date=*/*.parquet, set by tasks/audit/views.py: a view cannot take
 -- prepared parameters, so values reach the views as session variables). The glob takes the
 -- nightly files ({model}-v{version}-{role}.parquet) and the online partition's flush files
 -- ({model}-v{version}-online-{flush_id}.parquet) alike; writers' temp files never match it.

@@ -1,4 +1,4 @@
--- Grain: one row per recorded alias move of a registered model (tasks/registry.py Promotion).
+-- Grain: one row per recorded alias move of a registered model (tasks/training/registry.py Promotion).
 -- Keys: (model, alias, at).
 -- Inputs: the promotion history JSONL, getvariable('promotion_history') ($CHURN_HOME/mlflow/promotions.jsonl).
 -- Columns are declared, not sniffed, so an empty history still has them; to_version is null

@@ -5,7 +5,7 @@
 -- The realized outcome of a night's predictions, by the rule of labels/churned_30d.sql, so a
 -- realized label is the training label of that subscriber and day: churned_30d = the first day
 -- without service falls in (d, d + horizon]. Only mature once the source data reaches
--- d + horizon (tasks/performance.py refuses earlier days): before that a churner reads as a stayer.
+-- d + horizon (tasks/monitoring/performance.py refuses earlier days): before that a churner reads as a stayer.
 SELECT
     sp.subscriber_id,
     sp.snapshot_date AS score_date,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tasks.core.settings import Settings, get_settings, reset_settings
-from tasks.feature_store import apply_feature_repo
-from tasks.feature_tables import build_feature_tables
-from tasks.simulate import WorldSpec, simulate_world
+from tasks.data.simulate import WorldSpec, simulate_world
+from tasks.features.store import apply_feature_repo
+from tasks.features.tables import build_feature_tables
 
 # A 28-day training window keeps the worlds small: 28 + 30-day horizon + 90-day feature history.
 TRAINING_WINDOW_DAYS = "28"
@@ -85,7 +85,7 @@ def champion_environment(
 ) -> dict[str, str]:
     """Environment of ``home`` with its own MLflow store in ``store`` whose champion (version 1)
     was trained at ``as_of``; ``then`` runs with those settings before the environment is restored."""
-    from tasks.retrain import retrain
+    from tasks.training.retrain import retrain
 
     env = {
         "CHURN_HOME": str(home),

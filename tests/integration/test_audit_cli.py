@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.audit_cli import audit_app
-from tasks.audit import ReadOnlyViolation
+from tasks.audit.views import ReadOnlyViolation
 from tasks.core.settings import Settings
-from tests.unit.test_prediction_log import DAY, MODEL, make_batch, publish
+from tests.unit.audit.test_prediction_log import DAY, MODEL, make_batch, publish
 
 pytestmark = pytest.mark.integration
 

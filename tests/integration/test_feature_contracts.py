@@ -14,14 +14,14 @@ import yaml
 
 from tasks.core.errors import DataContractError
 from tasks.core.settings import PROJECT_ROOT
-from tasks.feast_offline import partition_files
-from tasks.feature_tables import (
+from tasks.data.simulate import WorldSpec
+from tasks.features.feast_offline import partition_files
+from tasks.features.tables import (
     FEATURE_TABLES,
     build_feature_tables,
     built_days,
     check_feature_tables,
 )
-from tasks.simulate import WorldSpec
 
 from .conftest import WORLD_START, make_world
 

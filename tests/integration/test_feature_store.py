@@ -14,9 +14,8 @@ from feast import Entity, FeatureService, FeatureView, FileSource
 
 from tasks.core.schema import PROTECTED_ATTRIBUTES
 from tasks.core.settings import Settings
-from tasks.feature_store import feature_service, open_store, service_columns, service_views
-from tasks.feature_tables import as_of_timestamp
-from tasks.frames import (
+from tasks.data.sources import active_subscribers
+from tasks.features.frames import (
     LABEL,
     TIMESTAMP,
     build_scoring_frame,
@@ -25,8 +24,9 @@ from tasks.frames import (
     training_entities,
     write_frame,
 )
-from tasks.reasons import REASON_TEXT
-from tasks.sources import active_subscribers
+from tasks.features.store import feature_service, open_store, service_columns, service_views
+from tasks.features.tables import as_of_timestamp
+from tasks.scoring.reasons import REASON_TEXT
 
 from .conftest import WORLD_END
 
@@ -211,7 +211,7 @@ def test_training_frame_bytes_are_reproducible(world_settings: Settings, tmp_pat
 
 
 def test_online_store_serves_what_bulk_reads(world_settings: Settings) -> None:
-    from tasks.feature_tables import materialize_online
+    from tasks.features.tables import materialize_online
 
     materialize_online(world_settings, AS_OF)
     store = open_store(world_settings)
@@ -233,7 +233,7 @@ def test_offline_store_equals_stock_on_shuffled_intraday_rows_in_small_batches(
     # batches of 97 rows: the pruning store must still answer exactly as Feast's own store.
     import numpy as np
 
-    from tasks import feast_offline
+    from tasks.features import feast_offline
 
     monkeypatch.setattr(feast_offline, "BATCH_ROWS", 97)
     rng = np.random.default_rng(3)
@@ -269,7 +269,7 @@ def test_training_frame_refuses_missing_feature_days(
     shutil.copytree(world_settings.home / "truth", home / "truth")
     monkeypatch.setenv("CHURN_HOME", str(home))
     from tasks.core.settings import get_settings, reset_settings
-    from tasks.feature_store import apply_feature_repo
+    from tasks.features.store import apply_feature_repo
 
     reset_settings()
     settings = get_settings()

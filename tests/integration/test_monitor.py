@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from tasks.core.settings import get_settings, reset_settings
-from tasks.simulate import WorldSpec
+from tasks.data.simulate import WorldSpec
 
 from .conftest import SMALL_WORLD_GATES, WORLD_START, make_world
 from .test_slack import Receiver
@@ -58,9 +58,9 @@ def test_a_price_shock_is_alerted_the_night_it_starts_and_triggers_one_retrainin
 ) -> None:
     from flows.monitor import monitor_flow
     from flows.score import score_nightly_flow
-    from tasks.monitor import read_triggers
-    from tasks.registry import list_versions
-    from tasks.retrain import retrain
+    from tasks.monitoring.monitor import read_triggers
+    from tasks.training.registry import list_versions
+    from tasks.training.retrain import retrain
 
     for name, value in {
         "CHURN_HOME": str(shock_home),

@@ -26,17 +26,18 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from flows.serve import create_app
-from tasks.audit import audit_connection, run_readonly
+from tasks.audit.ledger import read_ledger, verify_log
+from tasks.audit.log_schema import ONLINE
+from tasks.audit.views import audit_connection, run_readonly
 from tasks.core.settings import Settings, get_settings, reset_settings
-from tasks.feature_store import feature_service, open_store
-from tasks.feature_tables import as_of_timestamp, materialize_online
-from tasks.frames import build_scoring_frame
-from tasks.nightly import run_scoring
-from tasks.online import OnlineService
-from tasks.prediction_log import ONLINE, read_ledger, verify_log
-from tasks.registry import load_model, promote
-from tasks.retrain import retrain
-from tasks.train import ModelSpec, predict_proba
+from tasks.features.frames import build_scoring_frame
+from tasks.features.store import feature_service, open_store
+from tasks.features.tables import as_of_timestamp, materialize_online
+from tasks.scoring.nightly import run_scoring
+from tasks.serving.online import OnlineService
+from tasks.training.registry import load_model, promote
+from tasks.training.retrain import retrain
+from tasks.training.train import ModelSpec, predict_proba
 
 from .conftest import RETRAIN_WORLD_DAYS, WORLD_START, champion_environment
 

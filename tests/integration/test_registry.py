@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import registry
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings, get_settings, reset_settings
-from tasks.registry import (
+from tasks.training import registry
+from tasks.training.registry import (
     CHALLENGER,
     CHAMPION,
     ModelLoadError,

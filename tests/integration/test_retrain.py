@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 
 from tasks.core.settings import get_settings, reset_settings
-from tasks.registry import CHAMPION, current_alias, list_versions, promotion_history
-from tasks.retrain import retrain
-from tasks.simulate import WorldSpec
+from tasks.data.simulate import WorldSpec
+from tasks.training.registry import CHAMPION, current_alias, list_versions, promotion_history
+from tasks.training.retrain import retrain
 
 from .conftest import RETRAIN_WORLD_DAYS, SMALL_WORLD_GATES, WORLD_START, make_world
 
@@ -113,8 +113,8 @@ def test_a_model_trained_on_degraded_labels_is_refused_and_logged(
     import numpy as np
     import pyarrow as pa
 
-    import tasks.retrain as retrain_module
-    from tasks.frames import LABEL
+    import tasks.training.retrain as retrain_module
+    from tasks.features.frames import LABEL
 
     settings = settings_for(**SMALL_WORLD_GATES)
     first = retrain(settings, AS_OF, "test: baseline champion")
@@ -153,7 +153,7 @@ def test_a_model_trained_on_degraded_labels_is_refused_and_logged(
 def test_after_concept_drift_a_new_model_beats_the_stale_champion_and_rollback_restores_it(
     tmp_path_factory, monkeypatch
 ) -> None:
-    from tasks.registry import rollback
+    from tasks.training.registry import rollback
 
     # support_decline from day 200: support tickets start to weigh 2.5x in the hazard.
     home = tmp_path_factory.mktemp("drift_world")
@@ -204,7 +204,7 @@ def _paused_run_for(version: int, api_env: dict[str, str], timeout_s: float = 24
     script = (
         "import sys\n"
         "from prefect.client.orchestration import get_client\n"
-        "from tasks.approval import pause_key\n"
+        "from tasks.training.approval import pause_key\n"
         "with get_client(sync_client=True) as c:\n"
         "    runs = c.read_flow_runs()\n"
         f"key = pause_key({version})\n"
@@ -283,8 +283,8 @@ def test_approval_rejected_or_never_given_leaves_the_champion_alone(
     settings_for, prefect_server
 ) -> None:
     from flows.retrain import ApprovalTimeout, retrain_flow
-    from tasks.approval import apply_approval
-    from tasks.registry import RegistryError
+    from tasks.training.approval import apply_approval
+    from tasks.training.registry import RegistryError
 
     settings = settings_for(**SMALL_WORLD_GATES)
     first = retrain(settings, AS_OF, "test: first champion")

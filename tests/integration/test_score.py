@@ -15,15 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.audit.ledger import read_ledger, verify_log
 from tasks.core.settings import get_settings, reset_settings
-from tasks.frames import build_scoring_frame
-from tasks.nightly import run_scoring
-from tasks.prediction_log import read_ledger, verify_log
-from tasks.registry import load_model
-from tasks.retrain import retrain
-from tasks.score import NoChampion
-from tasks.sources import active_subscribers
-from tasks.train import ModelSpec, predict_proba
+from tasks.data.sources import active_subscribers
+from tasks.features.frames import build_scoring_frame
+from tasks.scoring.nightly import run_scoring
+from tasks.scoring.shards import NoChampion
+from tasks.training.registry import load_model
+from tasks.training.retrain import retrain
+from tasks.training.train import ModelSpec, predict_proba
 
 from .conftest import RETRAIN_WORLD_DAYS, WORLD_START, champion_environment
 
@@ -152,8 +152,8 @@ def test_a_rerun_replaces_that_date_and_never_duplicates(scoring) -> None:
 def test_a_crash_mid_run_leaves_the_published_files_and_the_rerun_succeeds(
     scoring, monkeypatch
 ) -> None:
-    import tasks.nightly
-    from tasks.nightly import in_process
+    import tasks.scoring.nightly
+    from tasks.scoring.nightly import in_process
 
     monkeypatch.setenv("CHURN_SCORE_SHARD_ROWS", "1000")
     reset_settings()
@@ -177,7 +177,7 @@ def test_a_crash_mid_run_leaves_the_published_files_and_the_rerun_succeeds(
     def file_write_fails(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tasks.nightly, "write_high_risk_file", file_write_fails)
+    monkeypatch.setattr(tasks.scoring.nightly, "write_high_risk_file", file_write_fails)
     with pytest.raises(OSError, match="disk full"):
         run_scoring(settings, DAY)
     assert csv_path.read_bytes() == csv_bytes
@@ -245,7 +245,7 @@ def test_a_distinct_challenger_is_scored_in_shadow_beside_the_champion(
     scoring, monkeypatch
 ) -> None:
     """Last in this module: it leaves a challenger in the module's registry."""
-    from tasks.audit import audit_connection, run_readonly
+    from tasks.audit.views import audit_connection, run_readonly
 
     run_scoring(scoring, DAY)
     assert not list(scoring.predictions_dir.glob("**/*shadow*.parquet"))  # no challenger yet

@@ -23,7 +23,9 @@ from typing import Any, Self
 
 import pytest
 
-from tasks.alerts import Alert, flush_outbox, render_blocks, render_text, send_alert
+from tasks.alerting.alerts import Alert
+from tasks.alerting.delivery import flush_outbox, send_alert
+from tasks.alerting.render import render_blocks, render_text
 from tasks.core.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
@@ -291,7 +293,7 @@ def test_another_process_does_not_post_it_again(tmp_path: Path, receiver: Receiv
     settings = webhook_settings(tmp_path, receiver)
     assert send_alert(settings, drift_alert()).status == "sent"
     script = (
-        "from tasks.alerts import send_alert\n"
+        "from tasks.alerting.delivery import send_alert\n"
         "from tasks.core.settings import get_settings\n"
         "from tests.integration.test_slack import drift_alert\n"
         "print(send_alert(get_settings(), drift_alert()).status)\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core.settings import get_settings, reset_settings
-from tasks.retrain import retrain
+from tasks.training.retrain import retrain
 
 from .conftest import RETRAIN_WORLD_DAYS, SMALL_WORLD_GATES, WORLD_START
 

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from tasks.feature_tables import FEATURE_TABLES, read_feature_day
-from tasks.frames import build_training_frame, write_frame
-from tasks.simulate import WorldSpec
+from tasks.data.simulate import WorldSpec
+from tasks.features.frames import build_training_frame, write_frame
+from tasks.features.tables import FEATURE_TABLES, read_feature_day
 
 from .conftest import WORLD_START, make_world
 

@@ -12,8 +12,8 @@ from dask.distributed import Client, LocalCluster
 
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings
-from tasks.evaluate import holdout_metrics
-from tasks.train import (
+from tasks.training.evaluate import holdout_metrics
+from tasks.training.train import (
     LABEL,
     TimeSplit,
     TrainedModel,
@@ -24,14 +24,14 @@ from tasks.train import (
     split_by_time,
     train_model,
 )
-from tasks.train_dask import (
+from tasks.training.train_dask import (
     DaskClusterError,
     best_iteration,
     dask_client,
     train_model_dask,
     validation_log_loss,
 )
-from tests.unit.test_train import FEATURES, make_frame
+from tests.unit.training.test_train import FEATURES, make_frame
 
 pytestmark = pytest.mark.integration
 

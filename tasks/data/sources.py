@@ -1,0 +1,82 @@
+"""The source tables as SQL sees them: their manifest, DuckDB views over them, and who is in service."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from tasks.core.errors import DataContractError, SourceDataMissing
+from tasks.core.layout import MANIFEST_NAME, table_glob
+from tasks.core.schema import PLANS, SOURCE_TABLES
+from tasks.core.settings import Settings
+from tasks.core.sql import connect, load_sql
+from tasks.data.contracts import ContractReport, check_source_dir
+
+
+def read_manifest(source_dir: Path) -> dict:
+    """What produced the source tables (simulator or import) and the days they cover."""
+    path = source_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise SourceDataMissing(
+            f"no source data under {source_dir}: run `churn simulate` or `churn import` first"
+        )
+    return json.loads(path.read_text())
+
+
+def source_date_range(source_dir: Path) -> tuple[date, date]:
+    """First and last day covered by the source tables."""
+    manifest = read_manifest(source_dir)
+    return date.fromisoformat(manifest["start"]), date.fromisoformat(manifest["end"])
+
+
+def register_sources(con: duckdb.DuckDBPyConnection, source_dir: Path) -> None:
+    """Expose each source table, and the plan catalog, as a view named after the table."""
+    for spec in SOURCE_TABLES.values():
+        pattern = Path(table_glob(source_dir, spec))
+        if not list(pattern.parent.glob(pattern.name)):
+            raise SourceDataMissing(
+                f"source table {spec.name} is missing ({pattern}): "
+                "run `churn simulate` or `churn import` first"
+            )
+        con.read_parquet(str(pattern)).create_view(spec.name)
+    con.register(
+        "plan_catalog", pa.table({"plan": list(PLANS), "list_price": list(PLANS.values())})
+    )
+
+
+def create_spine(con: duckdb.DuckDBPyConnection, days: list[date]) -> None:
+    """Temp table ``spine``: every subscriber in service on each of ``days`` (sql/features/active_subscribers.sql)."""
+    con.execute("DROP TABLE IF EXISTS spine")
+    con.execute(
+        "CREATE TEMP TABLE spine AS " + load_sql("features/active_subscribers"),
+        {"snapshot_dates": days},
+    )
+
+
+def active_subscribers(settings: Settings, day: date) -> pa.Table:
+    """Subscribers in service on ``day``. Grain: one row per subscriber_id, ordered by id."""
+    con = connect()
+    register_sources(con, settings.source_dir)
+    create_spine(con, [day])
+    return con.sql("SELECT subscriber_id FROM spine ORDER BY subscriber_id").to_arrow_table()
+
+
+def check_sources(settings: Settings, expected_latest: date | None = None) -> list[ContractReport]:
+    """Check every source table's contract on its newest day; one error lists every failing table."""
+    if expected_latest is None:
+        expected_latest = source_date_range(settings.source_dir)[1]
+    reports = check_source_dir(
+        settings.source_dir,
+        expected_latest=expected_latest,
+        volume_tolerance=settings.volume_tolerance,
+    )
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        raise DataContractError(
+            ", ".join(r.table for r in failed), [v for r in failed for v in r.violations]
+        )
+    return reports

@@ -1,0 +1,307 @@
+"""Feature tables: built by ``sql/features/*.sql``, checked by their contracts, then published.
+
+Layout: ``$CHURN_HOME/features/<table>/snapshot_date=YYYY-MM-DD/part_0.parquet``, one partition per
+snapshot day, so a reader touches only the days that its window and TTL can reach. A build writes
+a chunk of days to a staging area, checks the contract of every table on the chunk's newest day
+(volume against the day before it), and only then moves the files into place, one
+``os.replace`` per file: a reader sees a day's old file or its new one, never a mix, and a day
+that fails its contract is never published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from feast import FeatureStore, FeatureView
+
+from tasks.core.errors import DataContractError, SourceDataMissing
+from tasks.core.schema import Column, TableSpec
+from tasks.core.settings import Settings
+from tasks.core.sql import connect, load_sql, used_params
+from tasks.data.contracts import ContractReport, check_table
+from tasks.data.sources import create_spine, register_sources, source_date_range
+from tasks.features.feast_offline import PARTITION_KEY, partition_files
+from tasks.features.store import open_store
+
+logger = logging.getLogger(__name__)
+
+FEATURE_TABLES = (
+    "subscriber_profile",
+    "subscriber_usage_30d",
+    "subscriber_support_30d",
+    "subscriber_billing_90d",
+    "subscriber_usage_90d",
+)
+"""Feature tables in build order; each is built by ``sql/features/<name>.sql`` and read by the Feast view of that name."""
+LOOKBACK_DAYS = 91
+"""Days of source history the longest feature window needs (90 days before the snapshot day, and the day itself)."""
+
+
+def as_of_timestamp(day: date) -> datetime:
+    """When the data of ``day`` is complete: ``day + 1, 00:00 UTC``.
+
+    A snapshot of day d carries this timestamp, and an entity row "as of d" asks at it, so no
+    feature row holds anything that happened after its own timestamp.
+    """
+    return datetime.combine(day + timedelta(days=1), time.min, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """Feature partitions written by one build."""
+
+    start: date
+    end: date
+    rows: dict[str, int]
+    features_dir: Path
+    contracts: list[ContractReport]
+
+
+FEAST_TO_ARROW = {
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "Float32": pa.float32(),
+    "Float64": pa.float64(),
+    "String": pa.string(),
+    "Bool": pa.bool_(),
+}
+"""Arrow type of each Feast field type the feature views use."""
+
+
+def feature_table_spec(view: FeatureView) -> TableSpec:
+    """The data contract of a feature table, read from its Feast declaration (field tags carry ranges)."""
+    columns = [
+        Column("subscriber_id", pa.int64(), min=1),
+        Column("snapshot_ts", pa.timestamp("us", tz="UTC")),
+    ]
+    for field in view.features:
+        tags = field.tags or {}
+        columns.append(
+            Column(
+                field.name,
+                FEAST_TO_ARROW[str(field.dtype)],
+                nullable=tags.get("nullable") == "true",
+                min=float(tags["min"]) if "min" in tags else None,
+                max=float(tags["max"]) if "max" in tags else None,
+                allowed=tuple(tags["allowed"].split(",")) if "allowed" in tags else None,
+            )
+        )
+    return TableSpec(
+        name=view.name,
+        grain="one row per subscriber in service per snapshot day",
+        columns=tuple(columns),
+        keys=("subscriber_id", "snapshot_ts"),
+        date_column="snapshot_ts",
+        partitioned=True,
+    )
+
+
+def feature_table_specs(store: FeatureStore) -> dict[str, TableSpec]:
+    """Contracts of every feature table, from the registered Feast views."""
+    return {name: feature_table_spec(store.get_feature_view(name)) for name in FEATURE_TABLES}
+
+
+def built_days(settings: Settings, name: str) -> list[date]:
+    """The snapshot days a feature table has partitions for, oldest first."""
+    root = settings.features_dir / name
+    return sorted(
+        date.fromisoformat(p.name.split("=", 1)[1]) for p in root.glob(f"{PARTITION_KEY}=*")
+    )
+
+
+def read_feature_day(settings: Settings, name: str, day: date) -> pa.Table:
+    """One day's partition of a feature table."""
+    files = partition_files(settings.features_dir / name, day, day)
+    if not files:
+        raise _missing_day(name, day)
+    return pq.read_table(files)
+
+
+def _missing_day(name: str, day: date) -> SourceDataMissing:
+    return SourceDataMissing(
+        f"feature table {name} has no partition for {day}: run `churn features build`"
+    )
+
+
+def _day_rows(root: Path, day: date) -> int | None:
+    """Rows in one partition, from Parquet footers; None when the day is not there."""
+    files = partition_files(root, day, day)
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files else None
+
+
+def build_feature_tables(
+    settings: Settings,
+    start: date | None = None,
+    end: date | None = None,
+    *,
+    specs: dict[str, TableSpec] | None = None,
+    chunk_days: int = 31,
+    progress: Callable[[int], None] | None = None,
+) -> BuildSummary:
+    """Compute, check and publish every feature table for the snapshot days ``[start, end]``.
+
+    Grain of each table: one row per (subscriber_id, snapshot_ts) for subscribers in service that
+    day. ``start``/``end`` default to the source's first/last day. ``specs`` are the contracts to
+    enforce (default: from the Feast registry; ``{}`` skips them, for tests of the SQL alone).
+    Days are built in chunks of ``chunk_days`` so memory follows the chunk, not the history.
+
+    Raises:
+        DataContractError: a table broke its contract on a chunk's newest day; nothing of that
+            chunk is published (earlier chunks stay).
+    """
+    first, last = source_date_range(settings.source_dir)
+    start = start or first
+    end = end or last
+    if start > end:
+        raise ValueError(f"build range is empty: start {start} is after end {end}")
+    if start < first or end > last:
+        raise SourceDataMissing(
+            f"source data covers {first} .. {last}; cannot build features for {start} .. {end}"
+        )
+    if specs is None:
+        specs = feature_table_specs(open_store(settings))
+    rows = {name: 0 for name in FEATURE_TABLES}
+    reports: list[ContractReport] = []
+    con = connect(
+        memory_limit=settings.duckdb_memory_limit, spill_dir=settings.home / "tmp" / "duckdb"
+    )
+    register_sources(con, settings.source_dir)
+    chunk_start = start
+    while chunk_start <= end:
+        chunk_end = min(end, chunk_start + timedelta(days=chunk_days - 1))
+        staging = settings.home / "tmp" / "staging" / uuid.uuid4().hex
+        try:
+            counts = _stage_chunk(con, chunk_start, chunk_end, staging)
+            reports += _check_day(
+                settings,
+                specs,
+                chunk_end,
+                [staging, settings.features_dir],
+                " (nothing of this chunk was published)",
+            )
+            for name in FEATURE_TABLES:
+                _publish(staging / name, settings.features_dir / name)
+                rows[name] += counts[name]
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if progress:
+            progress((chunk_end - chunk_start).days + 1)
+        chunk_start = chunk_end + timedelta(days=1)
+    return BuildSummary(start, end, rows, settings.features_dir, reports)
+
+
+def _stage_chunk(con, start: date, end: date, staging: Path) -> dict[str, int]:
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    staging.mkdir(parents=True)
+    create_spine(con, days)
+    params = {"start_date": start, "end_date": end}
+    counts = {}
+    for name in FEATURE_TABLES:
+        query = load_sql(f"features/{name}").strip().rstrip(";")
+        relation = con.sql(
+            f"SELECT * FROM ({query}) ORDER BY snapshot_date, subscriber_id",
+            params=used_params(query, params),
+        )
+        relation.write_parquet(
+            str(staging / name),
+            compression="zstd",
+            partition_by=["snapshot_date"],
+            filename_pattern="part_{i}",
+            overwrite=True,
+        )
+        counts[name] = sum(
+            pq.ParquetFile(f).metadata.num_rows for f in (staging / name).glob("*/*.parquet")
+        )
+    return counts
+
+
+def _check_day(
+    settings: Settings,
+    specs: dict[str, TableSpec],
+    day: date,
+    roots: list[Path],
+    context: str = "",
+) -> list[ContractReport]:
+    """Contracts of every table on ``day``, read from the first root that holds it (staging, then
+    the published table); one error lists every failing table."""
+    reports = []
+    for name, spec in specs.items():
+        files = next((f for root in roots if (f := partition_files(root / name, day, day))), [])
+        # A day with nobody in service has no partition: check an empty table (volume catches it).
+        table = pq.read_table(files) if files else spec.arrow_schema.empty_table()
+        previous = day - timedelta(days=1)
+        previous_rows = next(
+            (n for root in roots if (n := _day_rows(root / name, previous)) is not None), None
+        )
+        reports.append(
+            check_table(
+                spec,
+                table,
+                volume_tolerance=settings.volume_tolerance if previous_rows else None,
+                previous_day_rows=previous_rows,
+            )
+        )
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        raise DataContractError(
+            ", ".join(r.table for r in failed) + f" on {day}{context}",
+            [v for r in failed for v in r.violations],
+        )
+    return reports
+
+
+def _publish(staged_table: Path, table_dir: Path) -> None:
+    """Move staged partitions into the table, file by file with ``os.replace``."""
+    for staged_day in sorted(staged_table.glob(f"{PARTITION_KEY}=*")):
+        target = table_dir / staged_day.name
+        target.mkdir(parents=True, exist_ok=True)
+        new_names = set()
+        for staged_file in sorted(staged_day.glob("*.parquet")):
+            os.replace(staged_file, target / staged_file.name)
+            new_names.add(staged_file.name)
+        for old in target.glob("*.parquet"):
+            if old.name not in new_names:
+                old.unlink()
+
+
+def check_feature_tables(settings: Settings, day: date) -> list[ContractReport]:
+    """Check the contract of every published feature table on ``day`` (volume against the day before)."""
+    for name in FEATURE_TABLES:
+        if not partition_files(settings.features_dir / name, day, day):
+            raise _missing_day(name, day)
+    specs = feature_table_specs(open_store(settings))
+    return _check_day(settings, specs, day, [settings.features_dir])
+
+
+def materialize_online(settings: Settings, day: date) -> dict[str, int]:
+    """Load each feature view's newest values as of ``day`` into the online store.
+
+    Returns the rows of each view's partition for ``day`` (the subscribers in service that day).
+    """
+    store = open_store(settings)
+    views = [store.get_feature_view(name) for name in FEATURE_TABLES]
+    end = as_of_timestamp(day)
+    longest_ttl = max((v.ttl for v in views if v.ttl), default=timedelta(days=1))
+    rows = {}
+    for name in FEATURE_TABLES:
+        count = _day_rows(settings.features_dir / name, day)
+        if count is None:
+            raise _missing_day(name, day)
+        rows[name] = count
+    # Batched online writes (materialization.online_write_batch_size) keep memory flat.
+    with contextlib.redirect_stdout(io.StringIO()):  # Feast prints a progress report per view
+        store.materialize(
+            start_date=end - longest_ttl, end_date=end, feature_views=list(FEATURE_TABLES)
+        )
+    return rows

@@ -1,0 +1,249 @@
+"""The champion/challenger decision: every gate a candidate must pass before registration (DESIGN §6).
+
+Five gates, always all evaluated and reported, in this order:
+
+===========================  ================================================================
+gate                         passes when
+===========================  ================================================================
+``min_auc``                  challenger holdout ROC-AUC ``>= gate_min_auc``
+``max_calibration_error``    challenger calibration error ``<= gate_max_calibration_error``
+``beats_champion_auc``       challenger ROC-AUC ``>= champion ROC-AUC + gate_auc_margin``
+``calibration_vs_champion``  calibration error ``<= champion's + gate_calibration_tolerance``
+``fairness``                 the :class:`~tasks.training.fairness.FairnessReport` passed
+===========================  ================================================================
+
+The champion's metrics must come from the *same* holdout with the same point-in-time features
+(the caller scores it); with no champion the two comparison gates pass with the detail
+"no champion yet: absolute floors only". A NaN metric (challenger's or champion's) fails its
+gate: an undefined number never clears a bar, and a champion that cannot be measured is kept
+rather than replaced blindly. A tie at a boundary passes (within 1e-9, so that float rounding of
+``champion + margin`` cannot turn "exactly the margin" into a failure).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.core.settings import Settings
+from tasks.training.fairness import FairnessReport
+
+GATES = (
+    "min_auc",
+    "max_calibration_error",
+    "beats_champion_auc",
+    "calibration_vs_champion",
+    "fairness",
+)
+"""Every gate name, in evaluation and report order."""
+
+NO_CHAMPION = "no champion yet: absolute floors only"
+_TIE = 1e-9
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's verdict; ``detail`` is one sentence with the numbers (and the shortfall)."""
+
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "value": _json_number(self.value),
+            "threshold": _json_number(self.threshold),
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """All gates' verdicts; the candidate may be registered only when ``passed``."""
+
+    results: list[GateResult]
+    passed: bool
+    failed: list[GateResult]
+    has_champion: bool = True
+
+    @property
+    def verdict(self) -> str:
+        """``promote``, ``keep_champion`` (a gate failed) or ``refuse`` (failed, no champion)."""
+        if self.passed:
+            return "promote"
+        return "keep_champion" if self.has_champion else "refuse"
+
+    def summary(self) -> str:
+        """One line for people: the verdict and, on failure, each failed gate with its numbers."""
+        if self.passed:
+            return f"promote: all {len(self.results)} gates passed"
+        head = "keep champion" if self.has_champion else "refuse (no champion yet)"
+        failures = "; ".join(f"{r.name} failed ({r.detail})" for r in self.failed)
+        return f"{head}: {failures}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for MLflow tags/params and the Prefect artifact."""
+        return {
+            "passed": self.passed,
+            "verdict": self.verdict,
+            "summary": self.summary(),
+            "has_champion": self.has_champion,
+            "failed": [r.name for r in self.failed],
+            "gates": [r.to_dict() for r in self.results],
+        }
+
+
+def decide(
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    fairness: FairnessReport,
+    settings: Settings,
+) -> GateDecision:
+    """Run every gate on the challenger's holdout metrics and return the decision.
+
+    Args:
+        challenger: holdout metrics of the candidate; needs ``roc_auc`` and ``calibration_error``.
+        champion: the current champion's metrics on the same holdout, or ``None`` if there is
+            no champion yet.
+        fairness: the challenger's fairness report at the operating threshold.
+        settings: gate thresholds (``gate_*``).
+
+    Raises:
+        ValueError: a metrics mapping lacks ``roc_auc`` or ``calibration_error``.
+    """
+    auc = _metric(challenger, "roc_auc", "challenger")
+    cal = _metric(challenger, "calibration_error", "challenger")
+    results = [
+        _floor_auc(auc, settings.gate_min_auc),
+        _ceiling_calibration(cal, settings.gate_max_calibration_error),
+    ]
+    if champion is None:
+        results += [
+            GateResult("beats_champion_auc", True, None, None, NO_CHAMPION),
+            GateResult("calibration_vs_champion", True, None, None, NO_CHAMPION),
+        ]
+    else:
+        results += [
+            _beats_champion(
+                auc, _metric(champion, "roc_auc", "champion"), settings.gate_auc_margin
+            ),
+            _calibration_vs_champion(
+                cal,
+                _metric(champion, "calibration_error", "champion"),
+                settings.gate_calibration_tolerance,
+            ),
+        ]
+    results.append(_fairness(fairness))
+    failed = [r for r in results if not r.passed]
+    return GateDecision(
+        results=results, passed=not failed, failed=failed, has_champion=champion is not None
+    )
+
+
+def _metric(metrics: Mapping[str, float], key: str, whose: str) -> float:
+    if key not in metrics:
+        raise ValueError(
+            f"{whose} metrics lack {key!r} (have: {', '.join(sorted(metrics)) or 'none'})"
+        )
+    value = metrics[key]
+    return math.nan if value is None else float(value)
+
+
+def _at_least(value: float, bound: float) -> bool:
+    return value >= bound or math.isclose(value, bound, rel_tol=0.0, abs_tol=_TIE)
+
+
+def _at_most(value: float, bound: float) -> bool:
+    return value <= bound or math.isclose(value, bound, rel_tol=0.0, abs_tol=_TIE)
+
+
+def _floor_auc(auc: float, floor: float) -> GateResult:
+    if math.isnan(auc):
+        detail = (
+            f"holdout ROC-AUC is NaN (undefined, e.g. a single-class holdout), "
+            f"so it cannot clear floor {floor:.3f}"
+        )
+        return GateResult("min_auc", False, auc, floor, detail)
+    if _at_least(auc, floor):
+        return GateResult(
+            "min_auc", True, auc, floor, f"holdout ROC-AUC {auc:.3f} ≥ floor {floor:.3f}"
+        )
+    detail = f"holdout ROC-AUC {auc:.3f} < floor {floor:.3f}, short by {floor - auc:.3f}"
+    return GateResult("min_auc", False, auc, floor, detail)
+
+
+def _ceiling_calibration(cal: float, ceiling: float) -> GateResult:
+    name = "max_calibration_error"
+    if math.isnan(cal):
+        detail = f"holdout calibration error is NaN, so it cannot stay under ceiling {ceiling:.3f}"
+        return GateResult(name, False, cal, ceiling, detail)
+    if _at_most(cal, ceiling):
+        detail = f"holdout calibration error {cal:.3f} ≤ ceiling {ceiling:.3f}"
+        return GateResult(name, True, cal, ceiling, detail)
+    detail = (
+        f"holdout calibration error {cal:.3f} > ceiling {ceiling:.3f}, over by {cal - ceiling:.3f}"
+    )
+    return GateResult(name, False, cal, ceiling, detail)
+
+
+def _beats_champion(auc: float, champion_auc: float, margin: float) -> GateResult:
+    name = "beats_champion_auc"
+    if math.isnan(champion_auc):
+        detail = (
+            "champion ROC-AUC is NaN on this holdout: no comparison possible, champion kept "
+            "(challenger ROC-AUC " + ("NaN" if math.isnan(auc) else f"{auc:.3f}") + ")"
+        )
+        return GateResult(name, False, auc, None, detail)
+    bar = champion_auc + margin
+    bar_text = f"champion {champion_auc:.3f} + margin {margin:.3f}"
+    if math.isnan(auc):
+        return GateResult(
+            name, False, auc, bar, f"challenger ROC-AUC is NaN: cannot beat {bar_text}"
+        )
+    if _at_least(auc, bar):
+        return GateResult(name, True, auc, bar, f"challenger ROC-AUC {auc:.3f} ≥ {bar_text}")
+    detail = f"challenger ROC-AUC {auc:.3f} < {bar_text}, short by {bar - auc:.3f}"
+    return GateResult(name, False, auc, bar, detail)
+
+
+def _calibration_vs_champion(cal: float, champion_cal: float, tolerance: float) -> GateResult:
+    name = "calibration_vs_champion"
+    if math.isnan(champion_cal):
+        detail = (
+            "champion calibration error is NaN on this holdout: no comparison possible, "
+            "champion kept (challenger " + ("NaN" if math.isnan(cal) else f"{cal:.3f}") + ")"
+        )
+        return GateResult(name, False, cal, None, detail)
+    bar = champion_cal + tolerance
+    bar_text = f"champion {champion_cal:.3f} + tolerance {tolerance:.3f}"
+    if math.isnan(cal):
+        detail = f"challenger calibration error is NaN: cannot be compared with {bar_text}"
+        return GateResult(name, False, cal, bar, detail)
+    if _at_most(cal, bar):
+        return GateResult(
+            name, True, cal, bar, f"challenger calibration error {cal:.3f} ≤ {bar_text}"
+        )
+    detail = f"challenger calibration error {cal:.3f} > {bar_text}, over by {cal - bar:.3f}"
+    return GateResult(name, False, cal, bar, detail)
+
+
+def _fairness(report: FairnessReport) -> GateResult:
+    # Unjudged groups are named even when the gate passes: a small group is never passed silently.
+    notes = f"; {'; '.join(report.notes)}" if report.notes else ""
+    if report.passed:
+        names = ", ".join(a.attribute for a in report.attributes)
+        detail = f"fair at threshold {report.threshold:.3f} for {names}{notes}"
+        return GateResult("fairness", True, None, None, detail)
+    return GateResult("fairness", False, None, None, "; ".join(report.reasons) + notes)
+
+
+def _json_number(value: float | None) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return float(value)
