@@ -42,15 +42,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from tasks.core.settings import Settings
-from tasks.serving.online import (
-    OnlineError,
-    OnlineMetrics,
-    OnlineService,
-    OnlineStoreUnavailable,
-    SubscriberRequest,
-    UnknownSubscriber,
-    features_request_model,
-)
+from tasks.serving.metrics import OnlineMetrics
+from tasks.serving.model import SubscriberRequest, features_request_model
+from tasks.serving.online import OnlineService
+from tasks.serving.reader import OnlineError, OnlineStoreUnavailable, UnknownSubscriber
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The model and feature views are the generated ones of the nightly scoring tests
 (``tests/unit/scoring/test_shards.py``); the online store is a small in-memory reader with the same
-interface as ``tasks.serving.online.OnlineFeatureReader``.
+interface as ``tasks.serving.reader.OnlineFeatureReader``.
 """
 
 from __future__ import annotations
@@ -45,15 +45,10 @@ from tasks.features.frames import features_from
 from tasks.features.tables import as_of_timestamp
 from tasks.scoring.reasons import top_reasons
 from tasks.scoring.shards import encode_features, risk_tiers
-from tasks.serving import online
-from tasks.serving.online import (
-    ChampionModel,
-    OnlineFeatures,
-    OnlineService,
-    UnknownSubscriber,
-    freshness,
-    risk_tier,
-)
+from tasks.serving import log_buffer, online
+from tasks.serving.model import ChampionModel, risk_tier
+from tasks.serving.online import OnlineService
+from tasks.serving.reader import OnlineFeatures, UnknownSubscriber, freshness
 from tasks.training.train import model_inputs, predict_proba
 from tests.unit.scoring.test_shards import (
     FEATURES,
@@ -501,7 +496,7 @@ def test_the_audit_views_include_the_online_partition(churn_home, service) -> No
 
 
 def test_a_failed_flush_keeps_its_rows_for_the_next_one(churn_home, service, monkeypatch) -> None:
-    real = online.publish_online_batch
+    real = log_buffer.publish_online_batch
     calls = {"n": 0}
 
     def disk_full_once(*args, **kwargs):
@@ -510,7 +505,7 @@ def test_a_failed_flush_keeps_its_rows_for_the_next_one(churn_home, service, mon
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(online, "publish_online_batch", disk_full_once)
+    monkeypatch.setattr(log_buffer, "publish_online_batch", disk_full_once)
     service.predict_subscriber(5)
     service.predict_subscriber(6)
 
@@ -539,7 +534,7 @@ def test_a_full_buffer_is_flushed_by_the_background_thread(churn_home, service) 
 
 def test_a_failed_flush_makes_health_not_ready_until_one_succeeds(service, monkeypatch) -> None:
     monkeypatch.setattr(
-        online, "publish_online_batch", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+        log_buffer, "publish_online_batch", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
     )
     service.predict_subscriber(5)
     assert service.log.try_flush() is False
