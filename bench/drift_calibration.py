@@ -69,7 +69,8 @@ def main() -> None:
     from tasks.features.frames import build_training_frame, features_from, view_reads
     from tasks.features.tables import as_of_timestamp
     from tasks.monitoring.drift import build_reference, day_severity, feature_drift
-    from tasks.training.train import predict_proba, split_by_time, train_model
+    from tasks.training.time_split import split_by_time
+    from tasks.training.train import predict_proba, train_model
 
     console = Console()
     train_day = START + timedelta(days=HISTORY_DAYS)

@@ -8,9 +8,9 @@ day of ``--rows`` subscribers with the 31 inputs of ``churn_model_v2`` (the 20 o
 usage-relative-to-baseline ratios; Feast types: Int32 counts, Float32 amounts, String categories,
 values inside every feature contract). Steps, timed in the same process one after the other:
 
-* **scoring floor** — ``tasks.training.train.model_inputs`` over the whole day, then ``booster.predict``
+* **scoring floor** — ``tasks.training.model_spec.model_inputs`` over the whole day, then ``booster.predict``
   with 2 threads on a LightGBM model of exactly ``--trees`` rounds (trained once per child on
-  200,000 synthetic rows with ``tasks.training.train.model_params``). This is the floor of nightly
+  200,000 synthetic rows with ``tasks.training.model_spec.model_params``). This is the floor of nightly
   scoring (the whole nightly path is held to at most 2x it), so the ratio below is conservative:
   against the full nightly time it would be about half.
 * **reference** — ``tasks.monitoring.drift.build_reference`` on a separate ``--reference-rows`` training
@@ -136,7 +136,8 @@ def measure(rows: int, trees: int, profile_rows: int, reference_rows: int, full:
     from tasks.core.settings import Settings
     from tasks.monitoring.drift import build_reference, day_severity, feature_drift
     from tasks.monitoring.profiles import profile_frame
-    from tasks.training.train import model_inputs, model_params, model_spec, to_pandas
+    from tasks.training.model_spec import model_inputs, model_params, model_spec
+    from tasks.training.time_split import to_pandas
 
     settings = Settings(model_threads=THREADS)
     rng = np.random.default_rng(1)

@@ -23,13 +23,13 @@ written directly, for one score day D = 2026-06-30 and exactly what scoring read
 * ``feast apply`` of ``feature_repo/`` (``tasks.features.store.apply_feature_repo``).
 * A champion: LightGBM with ``model_params`` and exactly ``--trees`` rounds on 200k synthetic rows
   whose label follows a logistic risk of contract, support calls, late payments, tenure, data
-  trend and price, logged with ``tasks.training.registry.log_candidate`` (its one gate passed), registered
+  trend and price, logged with ``tasks.training.candidates.log_candidate`` (its one gate passed), registered
   and promoted (SQLite MLflow store under the world).
 
 Measured per size, each in a fresh child process so its peak RSS (VmHWM) is its own:
 
 * floor — the day-D partitions of the service's views read in lockstep, ``--shard-rows`` at a time,
-  turned into model inputs (``tasks.training.train.model_inputs``) and ``booster.predict`` with 2 threads:
+  turned into model inputs (``tasks.training.model_spec.model_inputs``) and ``booster.predict`` with 2 threads:
   predict-only seconds (the floor) and read + predict seconds. Outside those clocks, for
   comparison: compiling the champion with lleaves (``tasks.scoring.compiled``), and the compiled trees'
   predict over the same rows with their largest difference from LightGBM's probabilities;
@@ -398,8 +398,9 @@ def register_champion(settings, reads: list, trees: int) -> dict:
     import lightgbm as lgb
     from sklearn.metrics import roc_auc_score
 
-    from tasks.training.registry import log_candidate, promote, register_version
-    from tasks.training.train import model_inputs, model_params, model_spec
+    from tasks.training.candidates import log_candidate
+    from tasks.training.model_spec import model_inputs, model_params, model_spec
+    from tasks.training.registry import promote, register_version
 
     rng = np.random.default_rng(11)
     n = TRAIN_ROWS + 50_000
@@ -457,8 +458,8 @@ def floor(world: Path, shard_rows: int) -> dict:
     from tasks.features.feast_offline import partition_files
     from tasks.features.frames import view_reads
     from tasks.scoring.compiled import compile_forest, model_matrix
+    from tasks.training.model_spec import ModelSpec, model_inputs
     from tasks.training.registry import load_model
-    from tasks.training.train import ModelSpec, model_inputs
 
     settings = _settings(world, shard_rows)
     reads = view_reads(settings)

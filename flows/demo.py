@@ -18,7 +18,8 @@ from rich.table import Table
 
 from tasks.core.settings import Settings
 from tasks.data.simulate import WorldSpec, simulate_world
-from tasks.training.registry import CHAMPION, current_alias, list_versions
+from tasks.training.mlflow_store import CHAMPION
+from tasks.training.registry import current_alias, list_versions
 
 FEATURE_HISTORY_DAYS = 210
 """Days before the first training day the window needs: 90-day features + 30-day labels + 90-day window."""

@@ -35,7 +35,7 @@ from tasks.audit.log_schema import PREDICTION_LOG_BASE_SCHEMA
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings
 from tasks.core.sql import connect, load_sql
-from tasks.training.registry import history_path
+from tasks.training.promotions import history_path
 
 logger = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from tasks.monitoring.drift import (
 )
 from tasks.monitoring.profiles import profile_frame, profile_path, profile_summary, write_profile
 from tasks.monitoring.report import DriftReport, write_report
-from tasks.training.registry import CHAMPION as CHAMPION_ALIAS
+from tasks.training.mlflow_store import CHAMPION as CHAMPION_ALIAS
 from tasks.training.registry import current_alias
 
 logger = logging.getLogger(__name__)

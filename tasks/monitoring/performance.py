@@ -58,7 +58,7 @@ from tasks.core.settings import Settings
 from tasks.core.sql import connect, load_sql
 from tasks.data.sources import create_spine, register_sources, source_date_range
 from tasks.training.evaluate import EvaluationError, holdout_metrics
-from tasks.training.registry import CHAMPION as CHAMPION_ALIAS
+from tasks.training.mlflow_store import CHAMPION as CHAMPION_ALIAS
 from tasks.training.registry import current_alias
 
 logger = logging.getLogger(__name__)

@@ -102,7 +102,7 @@ def _commands(
     settings: Settings, prefect_port: int, mlflow_port: int
 ) -> list[tuple[str, list[str], str, str]]:
     """(name, command, url, health url) of each part, in start order."""
-    from tasks.training.registry import artifact_root, tracking_uri
+    from tasks.training.mlflow_store import artifact_root, tracking_uri
 
     python = sys.executable
     prefect_url = f"http://{HOST}:{prefect_port}"
@@ -274,7 +274,7 @@ def start_stack(
             if name in running:
                 continue
             if name == "mlflow-ui":
-                from tasks.training.registry import init_store
+                from tasks.training.mlflow_store import init_store
 
                 init_store(settings)  # migrations once, before a second process opens the file
             log = logs / f"{name}.log"

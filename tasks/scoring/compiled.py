@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from tasks.core.errors import ChurnError
 from tasks.core.files import atomic_path, file_lock
-from tasks.training.train import FeatureListError, ModelSpec
+from tasks.training.model_spec import FeatureListError, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _for_this_host(model_file: Path) -> CompiledForest:
 def model_matrix(frame: pa.Table, spec: ModelSpec) -> np.ndarray:
     """The model's inputs as one C-ordered float64 matrix, the spec's features in the spec's order.
 
-    The same values LightGBM derives from :func:`tasks.training.train.model_inputs`: numeric features as
+    The same values LightGBM derives from :func:`tasks.training.model_spec.model_inputs`: numeric features as
     float32 (then widened), nulls as NaN, a categorical feature as the position of its value in
     the training categories (a value unseen in training, or null, as NaN: LightGBM's missing).
 

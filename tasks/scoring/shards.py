@@ -41,9 +41,10 @@ from tasks.scoring.compiled import (
     model_matrix,
 )
 from tasks.scoring.reasons import top_reasons
-from tasks.training.registry import CHALLENGER, ModelNotFound, current_alias, load_model
-from tasks.training.registry import CHAMPION as CHAMPION_ALIAS
-from tasks.training.train import ModelSpec, model_inputs
+from tasks.training.mlflow_store import CHALLENGER, ModelNotFound
+from tasks.training.mlflow_store import CHAMPION as CHAMPION_ALIAS
+from tasks.training.model_spec import ModelSpec, model_inputs
+from tasks.training.registry import current_alias, load_model
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The champion as the endpoint scores with it: one row in, probability, tier, threshold, reasons.
 
 :class:`ChampionModel` turns one subscriber's values into the float64 row LightGBM builds from
-``tasks.training.train.model_inputs`` (so a probability is bit for bit the batch path's), and
+``tasks.training.model_spec.model_inputs`` (so a probability is bit for bit the batch path's), and
 :func:`load_champion` loads the alias with its operating threshold (the holdout metric
 ``operating_threshold``, else ``risk_high_threshold``, said in ``threshold_source``). The request
 and response models of the HTTP layer are built from the feature service here.
@@ -25,8 +25,9 @@ from tasks.features.frames import ViewRead
 from tasks.scoring.reasons import reason_text
 from tasks.scoring.shards import NoChampion, check_signature
 from tasks.serving.reader import Freshness, iso_or_none, utc_now
-from tasks.training.registry import CHAMPION, ModelVersionInfo, current_alias, load_model
-from tasks.training.train import ModelSpec
+from tasks.training.mlflow_store import CHAMPION
+from tasks.training.model_spec import ModelSpec
+from tasks.training.registry import ModelVersionInfo, current_alias, load_model
 
 logger = logging.getLogger(__name__)
 

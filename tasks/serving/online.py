@@ -7,7 +7,7 @@ Plain logic, no web framework (``flows/serve.py`` puts FastAPI in front of :clas
   view's event timestamp, in one SQL statement per request (see there for why and the numbers).
   The views are resolved once, when the service starts.
 * :class:`ChampionModel`: the champion's booster with its input spec, turned into a one-row
-  float64 matrix directly: the values LightGBM builds from ``tasks.training.train.model_inputs`` (numeric
+  float64 matrix directly: the values LightGBM builds from ``tasks.training.model_spec.model_inputs`` (numeric
   features as float32, categories as their code in the booster's ``pandas_categorical``), so a
   probability is bit for bit the batch path's, in 30 µs instead of milliseconds of pandas.
   Reasons are ``tasks.scoring.reasons.top_reasons`` on the same row (SHAP contributions, plain words).
@@ -54,7 +54,8 @@ from tasks.serving.reader import (
     iso_or_none,
     utc_now,
 )
-from tasks.training.registry import CHAMPION, current_alias
+from tasks.training.mlflow_store import CHAMPION
+from tasks.training.registry import current_alias
 
 logger = logging.getLogger(__name__)
 

@@ -14,15 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from tasks.core.settings import Settings
-from tasks.training.registry import (
-    CHALLENGER,
-    Promotion,
-    RegistryError,
-    current_alias,
-    promote,
-    reject_challenger,
-    tag_version,
-)
+from tasks.training.mlflow_store import CHALLENGER, RegistryError
+from tasks.training.promotions import Promotion
+from tasks.training.registry import current_alias, promote, reject_challenger, tag_version
 
 logger = logging.getLogger(__name__)
 

@@ -27,29 +27,16 @@ from tasks.monitoring.drift import Reference, build_reference, save_reference
 from tasks.monitoring.profiles import ProfileHandle, profile_frame
 from tasks.scoring.shards import compile_for_scoring
 from tasks.training.approval import ApprovalOutcome
+from tasks.training.candidates import log_candidate
 from tasks.training.evaluate import best_achievable_auc, holdout_metrics, observable_oracle_auc
 from tasks.training.fairness import FairnessReport, fairness_report
 from tasks.training.gates import GateDecision, decide
 from tasks.training.lineage import lineage_tags
-from tasks.training.registry import (
-    CHAMPION,
-    current_alias,
-    init_store,
-    load_model,
-    log_candidate,
-    promote,
-    register_version,
-)
-from tasks.training.train import (
-    ModelSpec,
-    TimeSplit,
-    TrainedModel,
-    feature_importance,
-    model_inputs,
-    predict_proba,
-    split_by_time,
-    train_model,
-)
+from tasks.training.mlflow_store import CHAMPION, init_store
+from tasks.training.model_spec import ModelSpec, TrainedModel, model_inputs
+from tasks.training.registry import current_alias, load_model, promote, register_version
+from tasks.training.time_split import TimeSplit, split_by_time
+from tasks.training.train import feature_importance, predict_proba, train_model
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Train the churn model with LightGBM's Dask interface: the same recipe, fitted on a Dask cluster.
 
 :func:`train_model_dask` is the ``trainer = "dask"`` twin of :func:`tasks.training.train.train_model`: the
-same :class:`~tasks.training.train.ModelSpec` (inputs and categories fixed on the train slice), the same
-parameters (:func:`~tasks.training.train.model_params`), the same patience on the validation log loss, and
-the same result, a :class:`~tasks.training.train.TrainedModel` whose booster holds exactly the trees that
+same :class:`~tasks.training.model_spec.ModelSpec` (inputs and categories fixed on the train slice), the same
+parameters (:func:`~tasks.training.model_spec.model_params`), the same patience on the validation log loss, and
+the same result, a :class:`~tasks.training.model_spec.TrainedModel` whose booster holds exactly the trees that
 predict, so the registry, scoring and :func:`~tasks.training.train.predict_proba` cannot tell them apart.
 Only the fitting differs: ``lightgbm.dask`` runs LightGBM's data-parallel learner, one LightGBM
 process per Dask worker, each on its share of the train rows, histograms summed over the network.
@@ -37,14 +37,8 @@ import pandas as pd
 
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings
-from tasks.training.train import (
-    LABEL,
-    TimeSplit,
-    TrainedModel,
-    model_inputs,
-    model_params,
-    model_spec,
-)
+from tasks.training.model_spec import TrainedModel, model_inputs, model_params, model_spec
+from tasks.training.time_split import LABEL, TimeSplit
 
 if TYPE_CHECKING:
     from dask.distributed import Client
@@ -246,7 +240,7 @@ def validation_log_loss(
 ) -> np.ndarray:
     """LightGBM's binary log loss of ``booster`` on all of ``inputs``, after each iteration.
 
-    ``inputs`` as :func:`~tasks.training.train.model_inputs` gives them, with the categories of training.
+    ``inputs`` as :func:`~tasks.training.model_spec.model_inputs` gives them, with the categories of training.
     """
     # What LightGBM makes of a pandas frame, made once rather than on each of the predict calls
     # below: category codes (-1, missing, as NaN) and numbers, as float64.

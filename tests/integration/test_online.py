@@ -35,9 +35,10 @@ from tasks.features.store import feature_service, open_store
 from tasks.features.tables import as_of_timestamp, materialize_online
 from tasks.scoring.nightly import run_scoring
 from tasks.serving.online import OnlineService
+from tasks.training.model_spec import ModelSpec
 from tasks.training.registry import load_model, promote
 from tasks.training.retrain import retrain
-from tasks.training.train import ModelSpec, predict_proba
+from tasks.training.train import predict_proba
 
 from .conftest import RETRAIN_WORLD_DAYS, WORLD_START, champion_environment
 

@@ -15,8 +15,8 @@ import pytest
 
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings, get_settings, reset_settings
-from tasks.training import registry
-from tasks.training.registry import (
+from tasks.training import candidates, mlflow_store, promotions, registry
+from tasks.training.mlflow_store import (
     CHALLENGER,
     CHAMPION,
     ModelLoadError,
@@ -48,7 +48,7 @@ def store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CHURN_HOME", str(home))
         reset_settings()
-        registry.init_store(get_settings())
+        mlflow_store.init_store(get_settings())
     reset_settings()
     return home
 
@@ -85,7 +85,7 @@ def model() -> tuple[lgb.Booster, pd.DataFrame]:
 
 def log(settings: Settings, model, *, gates=PASSED_GATES, name: str = "candidate", **kw) -> str:
     booster, frame = model
-    return registry.log_candidate(
+    return candidates.log_candidate(
         settings,
         booster=booster,
         model_spec=SPEC,
@@ -114,7 +114,7 @@ def moves(settings: Settings) -> list[tuple[str, int | None, int | None, str]]:
     """This test's model's history as (alias, from, to, action)."""
     return [
         (m.alias, m.from_version, m.to_version, m.action)
-        for m in registry.promotion_history(settings)
+        for m in promotions.promotion_history(settings)
         if m.model == settings.model_name
     ]
 
@@ -125,15 +125,15 @@ def test_init_store_once_even_when_raced(churn_home: Settings) -> None:
 
     def init() -> str:
         barrier.wait()
-        return registry.init_store(churn_home)
+        return mlflow_store.init_store(churn_home)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = [future.result() for future in [pool.submit(init) for _ in range(2)]]
     uri = f"sqlite:///{churn_home.home / 'mlflow' / 'mlflow.db'}"
     assert results == [uri, uri]
-    assert registry.init_store(churn_home) == uri  # and again: idempotent
+    assert mlflow_store.init_store(churn_home) == uri  # and again: idempotent
     assert (churn_home.mlflow_dir / "mlflow.db").is_file()
-    experiment = registry._connect(churn_home).get_experiment_by_name(registry.EXPERIMENT)
+    experiment = mlflow_store.connect(churn_home).get_experiment_by_name(mlflow_store.EXPERIMENT)
     assert experiment.artifact_location == (churn_home.mlflow_dir / "artifacts").as_uri()
 
 
@@ -146,7 +146,7 @@ def test_unusable_store_is_a_clear_error(
     reset_settings()
     settings = get_settings()
     with pytest.raises(RegistryError, match="unreachable or unusable.*not a database"):
-        registry.init_store(settings)
+        mlflow_store.init_store(settings)
     with pytest.raises(RegistryError):
         registry.current_alias(settings, CHAMPION)
     assert isinstance(RegistryError("x"), ChurnError)
@@ -162,10 +162,10 @@ def test_candidate_run_holds_metrics_gates_model_and_artifacts(
     (plots / "roc.svg").write_text("<svg/>")
     run_id = log(settings, model, artifacts={"model_card.md": card, "plots": plots})
 
-    client = registry._connect(settings)
+    client = mlflow_store.connect(settings)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert client.get_experiment(run.info.experiment_id).name == registry.EXPERIMENT
+    assert client.get_experiment(run.info.experiment_id).name == mlflow_store.EXPERIMENT
     assert run.data.params == {"learning_rate": "0.05", "num_leaves": "31"}
     assert run.data.metrics == {"roc_auc": 0.81, "pr_auc": 0.42, "calibration_error": 0.02}
     tags = run.data.tags
@@ -177,7 +177,7 @@ def test_candidate_run_holds_metrics_gates_model_and_artifacts(
     listed = {a.path for a in client.list_artifacts(run_id)}
     assert {"model_spec.json", "model_card.md", "plots"} <= listed
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/roc.svg"]
-    logged = client.get_logged_model(tags[registry.MODEL_ID_TAG])
+    logged = client.get_logged_model(tags[mlflow_store.MODEL_ID_TAG])
     assert logged.source_run_id == run_id and logged.name == "model"
     model_dir = Path(logged.artifact_location.removeprefix("file://"))
     assert model_dir.is_relative_to(settings.mlflow_dir / "artifacts")
@@ -193,7 +193,7 @@ def test_candidate_run_holds_metrics_gates_model_and_artifacts(
 def test_refused_candidate_stays_a_run_never_a_version(settings: Settings, model) -> None:
     gates = {**PASSED_GATES, "beats_champion_auc": {"passed": False, "value": 0.7}}
     run_id = log(settings, model, gates=gates, name="degraded")
-    tags = registry._connect(settings).get_run(run_id).data.tags
+    tags = mlflow_store.connect(settings).get_run(run_id).data.tags
     assert tags["decision"] == "failed" and tags["decision.failed_gates"] == "beats_champion_auc"
     assert tags["gate.beats_champion_auc"] == "failed"
     with pytest.raises(RegistryError, match="decision 'failed'.*beats_champion_auc"):
@@ -242,10 +242,10 @@ def test_register_promote_rollback_story(settings: Settings, model) -> None:
         (CHALLENGER, 2, None, "promote"),
         (CHAMPION, 2, 1, "rollback"),
     ]
-    history = registry.promotion_history(settings)
+    history = promotions.promotion_history(settings)
     assert all(m.at.utcoffset() is not None for m in history)
     assert [m.at for m in history] == sorted(m.at for m in history)
-    lines = registry.history_path(settings).read_text().splitlines()
+    lines = promotions.history_path(settings).read_text().splitlines()
     assert all(json.loads(line)["model"] for line in lines)  # one JSON object per line
 
 
@@ -255,10 +255,10 @@ def test_failed_alias_moves_leave_alias_and_history_unchanged(
     register(settings, model)
     registry.promote(settings, 1, by="alice", reason="first")
     register(settings, model)
-    before = (aliases(settings), registry.history_path(settings).read_bytes())
+    before = (aliases(settings), promotions.history_path(settings).read_bytes())
 
     def unchanged() -> bool:
-        return (aliases(settings), registry.history_path(settings).read_bytes()) == before
+        return (aliases(settings), promotions.history_path(settings).read_bytes()) == before
 
     with pytest.raises(ModelNotFound, match="no version 99"):
         registry.promote(settings, 99, by="alice", reason="typo")
@@ -277,7 +277,7 @@ def test_failed_alias_moves_leave_alias_and_history_unchanged(
     def disk_full(*args, **kwargs) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(registry, "_append_history", disk_full)
+    monkeypatch.setattr(registry, "append_history", disk_full)
     with pytest.raises(RegistryError, match="nothing changed.*No space left"):
         registry.promote(settings, 2, by="alice", reason="promote challenger")
     assert unchanged()
@@ -293,7 +293,7 @@ def test_failed_registration_leaves_nothing_at_an_alias(
     def broken_disk(*args, **kwargs) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(registry, "_append_history", broken_disk)
+    monkeypatch.setattr(registry, "append_history", broken_disk)
     with pytest.raises(RegistryError, match="nothing changed"):
         registry.register_version(settings, run_id, LINEAGE)
     assert aliases(settings) == {CHAMPION: None, CHALLENGER: 1}
@@ -317,9 +317,9 @@ def test_load_model_round_trips_predictions(settings: Settings, model) -> None:
 
 def test_model_that_fails_to_load_is_a_clear_error(settings: Settings, model) -> None:
     version = register(settings, model)
-    client = registry._connect(settings)
+    client = mlflow_store.connect(settings)
     run_id = client.get_model_version(settings.model_name, str(version)).run_id
-    logged = client.get_logged_model(client.get_run(run_id).data.tags[registry.MODEL_ID_TAG])
+    logged = client.get_logged_model(client.get_run(run_id).data.tags[mlflow_store.MODEL_ID_TAG])
     model_file = Path(logged.artifact_location.removeprefix("file://"))
     (model_file / "model.lgb").write_text("tree\nthis is not a LightGBM model\n")
     with pytest.raises(ModelLoadError, match=f"version {version} .* failed to load"):
@@ -327,8 +327,8 @@ def test_model_that_fails_to_load_is_a_clear_error(settings: Settings, model) ->
 
 
 def test_bad_candidate_input_fails_before_any_run(settings: Settings, model) -> None:
-    client = registry._connect(settings)
-    experiment = client.get_experiment_by_name(registry.EXPERIMENT).experiment_id
+    client = mlflow_store.connect(settings)
+    experiment = client.get_experiment_by_name(mlflow_store.EXPERIMENT).experiment_id
     runs_before = len(client.search_runs([experiment]))
     booster, frame = model
     with pytest.raises(ValueError, match="no gate results"):
@@ -338,7 +338,7 @@ def test_bad_candidate_input_fails_before_any_run(settings: Settings, model) -> 
     with pytest.raises(ValueError, match="does not exist"):
         log(settings, model, artifacts={"card.md": Path("/nonexistent/card.md")})
     with pytest.raises(ValueError, match="JSON"):
-        registry.log_candidate(
+        candidates.log_candidate(
             settings,
             booster=booster,
             model_spec={"as_of": object()},
@@ -351,7 +351,7 @@ def test_bad_candidate_input_fails_before_any_run(settings: Settings, model) -> 
             run_name="bad spec",
         )
     with pytest.raises(ValueError, match="set by log_candidate"):
-        registry.log_candidate(
+        candidates.log_candidate(
             settings,
             booster=booster,
             model_spec=SPEC,

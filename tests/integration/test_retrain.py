@@ -11,7 +11,9 @@ import pytest
 
 from tasks.core.settings import get_settings, reset_settings
 from tasks.data.simulate import WorldSpec
-from tasks.training.registry import CHAMPION, current_alias, list_versions, promotion_history
+from tasks.training.mlflow_store import CHAMPION
+from tasks.training.promotions import promotion_history
+from tasks.training.registry import current_alias, list_versions
 from tasks.training.retrain import retrain
 
 from .conftest import RETRAIN_WORLD_DAYS, SMALL_WORLD_GATES, WORLD_START, make_world
@@ -284,7 +286,7 @@ def test_approval_rejected_or_never_given_leaves_the_champion_alone(
 ) -> None:
     from flows.retrain import ApprovalTimeout, retrain_flow
     from tasks.training.approval import apply_approval
-    from tasks.training.registry import RegistryError
+    from tasks.training.mlflow_store import RegistryError
 
     settings = settings_for(**SMALL_WORLD_GATES)
     first = retrain(settings, AS_OF, "test: first champion")

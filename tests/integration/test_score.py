@@ -21,9 +21,10 @@ from tasks.data.sources import active_subscribers
 from tasks.features.frames import build_scoring_frame
 from tasks.scoring.nightly import run_scoring
 from tasks.scoring.shards import NoChampion
+from tasks.training.model_spec import ModelSpec
 from tasks.training.registry import load_model
 from tasks.training.retrain import retrain
-from tasks.training.train import ModelSpec, predict_proba
+from tasks.training.train import predict_proba
 
 from .conftest import RETRAIN_WORLD_DAYS, WORLD_START, champion_environment
 

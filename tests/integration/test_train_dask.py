@@ -13,17 +13,9 @@ from dask.distributed import Client, LocalCluster
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings
 from tasks.training.evaluate import holdout_metrics
-from tasks.training.train import (
-    LABEL,
-    TimeSplit,
-    TrainedModel,
-    model_inputs,
-    model_params,
-    model_spec,
-    predict_proba,
-    split_by_time,
-    train_model,
-)
+from tasks.training.model_spec import TrainedModel, model_inputs, model_params, model_spec
+from tasks.training.time_split import LABEL, TimeSplit, split_by_time
+from tasks.training.train import predict_proba, train_model
 from tasks.training.train_dask import (
     DaskClusterError,
     best_iteration,

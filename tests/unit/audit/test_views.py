@@ -18,7 +18,7 @@ from tasks.audit.views import (
     subscriber_report,
 )
 from tasks.core.settings import Settings
-from tasks.training.registry import Promotion, history_path
+from tasks.training.promotions import Promotion, history_path
 from tests.unit.audit.test_prediction_log import (
     FEATURES_TYPE,
     MODEL,
@@ -47,7 +47,7 @@ def promotion(
 
 
 def write_history(settings: Settings, moves: list[Promotion]) -> None:
-    """The promotion history as tasks.training.registry._append_history writes it: one JSON line a move."""
+    """The promotion history as tasks.training.promotions.append_history writes it: one JSON line a move."""
     path = history_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(move.to_json() + "\n" for move in moves), encoding="utf-8")

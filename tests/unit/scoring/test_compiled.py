@@ -18,7 +18,7 @@ from tasks.scoring.compiled import (
     model_matrix,
 )
 from tasks.scoring.shards import ScoringModel, _with_compiled
-from tasks.training.train import FeatureListError, ModelSpec, model_inputs
+from tasks.training.model_spec import FeatureListError, ModelSpec, model_inputs
 
 PLANS = ["basic", "premium", "standard", "unlimited"]
 SPEC = ModelSpec(

@@ -11,7 +11,7 @@ import pytest
 
 from tasks.scoring import reasons
 from tasks.scoring.reasons import contributions, reason_text, top_reasons
-from tasks.training.train import ModelSpec, model_inputs
+from tasks.training.model_spec import ModelSpec, model_inputs
 
 PLANS = ["basic", "standard", "premium"]
 SPEC = ModelSpec(

@@ -37,7 +37,7 @@ from tasks.scoring.shards import (
     risk_tiers,
     score_shard,
 )
-from tasks.training.train import ModelSpec, model_inputs
+from tasks.training.model_spec import ModelSpec, model_inputs
 
 # ----------------------------------------------------------------------------- shards
 

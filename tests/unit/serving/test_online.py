@@ -49,7 +49,8 @@ from tasks.serving import log_buffer, online
 from tasks.serving.model import ChampionModel, risk_tier
 from tasks.serving.online import OnlineService
 from tasks.serving.reader import OnlineFeatures, UnknownSubscriber, freshness
-from tasks.training.train import model_inputs, predict_proba
+from tasks.training.model_spec import model_inputs
+from tasks.training.train import predict_proba
 from tests.unit.scoring.test_shards import (
     FEATURES,
     PLANS,

@@ -12,16 +12,9 @@ import pytest
 
 from tasks.core.settings import Settings
 from tasks.training.evaluate import best_achievable_auc, holdout_metrics
-from tasks.training.train import (
-    FeatureListError,
-    ModelSpec,
-    TrainingDataError,
-    feature_importance,
-    model_inputs,
-    predict_proba,
-    split_by_time,
-    train_model,
-)
+from tasks.training.model_spec import FeatureListError, ModelSpec, model_inputs
+from tasks.training.time_split import TrainingDataError, split_by_time
+from tasks.training.train import feature_importance, predict_proba, train_model
 
 FIRST_DAY = date(2026, 1, 5)
 FEATURES = ["signal", "noise", "plan", "payment_method"]

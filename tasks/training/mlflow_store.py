@@ -1,0 +1,197 @@
+"""The MLflow store of churn-ops: where it is, its names, and one way in for every registry call.
+
+The store is a SQLite database under ``$CHURN_HOME/mlflow`` unless ``CHURN_MLFLOW_TRACKING_URI``
+names another; artifacts of the ``telecom_churn`` experiment live under
+``$CHURN_HOME/mlflow/artifacts``. :func:`init_store` creates the experiment once (a marker file
+says so); :func:`connect` points MLflow's process-wide tracking and registry URI at this store
+(``log_model`` and ``models:/<model_id>`` only use the global one) and returns a client.
+:func:`store_errors` turns MLflow's exceptions into :class:`RegistryError`. mlflow is imported
+inside the functions (after telemetry is switched off), so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tasks.core.errors import ChurnError
+from tasks.core.files import file_lock
+from tasks.core.settings import Settings
+from tasks.core.telemetry import disable_telemetry
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "telecom_churn"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_ARTIFACT = "model"
+MODEL_SPEC_ARTIFACT = "model_spec.json"
+DECISION_TAG = "decision"
+FAILED_GATES_TAG = "decision.failed_gates"
+MODEL_ID_TAG = "mlflow_model_id"
+GATE_PREFIX = "gate."
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+MAX_TAG_VALUE = 8000  # MLflow run tag limit
+MAX_PARAM_VALUE = 6000  # MLflow param limit
+
+
+class RegistryError(ChurnError):
+    """The MLflow store is unreachable or unusable, or an alias move was refused."""
+
+
+class ModelNotFound(RegistryError):
+    """No registered version for that alias or number."""
+
+
+class ModelLoadError(RegistryError):
+    """A registered version exists but its model or model spec cannot be loaded."""
+
+
+# --- store ---------------------------------------------------------------------------------
+
+
+def tracking_uri(settings: Settings) -> str:
+    """``settings.mlflow_tracking_uri``, or the SQLite store ``$CHURN_HOME/mlflow/mlflow.db``."""
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
+    return f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
+
+
+def artifact_root(settings: Settings) -> Path:
+    """Where the ``telecom_churn`` experiment keeps artifacts when the store is local."""
+    return settings.mlflow_dir / "artifacts"
+
+
+def init_store(settings: Settings) -> str:
+    """Create the store, run MLflow's migrations and create the experiment, once; return the URI.
+
+    Parallel first-time migrations of one SQLite file collide, so the first caller does them
+    under an exclusive lock (``$CHURN_HOME/mlflow/.init.lock``) and leaves a marker; later calls,
+    from any thread or process, see the marker and return at once. Idempotent.
+
+    Raises:
+        RegistryError: the store cannot be reached, created or migrated.
+    """
+    uri = tracking_uri(settings)
+    try:
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RegistryError(
+            f"cannot create the MLflow directory {settings.mlflow_dir}: {exc}"
+        ) from exc
+    if _initialised(settings, uri):
+        return uri
+    with file_lock(settings.mlflow_dir / ".init.lock"):
+        if _initialised(settings, uri):
+            return uri
+        try:
+            # The first touch of each store builds the tables and runs every migration.
+            client = _client(uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+            experiment_id = _ensure_experiment(client, settings, uri)
+        except store_errors() as exc:
+            raise RegistryError(f"MLflow store {uri} is unreachable or unusable: {exc}") from exc
+        marker = {"uri": uri, "experiment_id": experiment_id, "at": utc_now().isoformat()}
+        _write_atomic(marker_path(settings), json.dumps(marker))
+        logger.info("initialised MLflow store %s (experiment %s)", uri, experiment_id)
+    return uri
+
+
+def _initialised(settings: Settings, uri: str) -> bool:
+    try:
+        marker = json.loads(marker_path(settings).read_text())
+    except (OSError, ValueError):
+        return False
+    if marker.get("uri") != uri:
+        return False
+    # A deleted database with its marker left behind must be initialised again.
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
+
+
+def marker_path(settings: Settings) -> Path:
+    return settings.mlflow_dir / ".initialized.json"
+
+
+def _ensure_experiment(client: MlflowClient, settings: Settings, uri: str) -> str:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        # A tracking server keeps its own artifact root; with a database store they stay under
+        # CHURN_HOME (MLflow's default would be ./mlruns in whatever directory we run from).
+        location = None if _is_server(uri) else artifact_root(settings).as_uri()
+        return client.create_experiment(EXPERIMENT, artifact_location=location)
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """A client on the initialised store; MLflow's process-wide URIs point at it too.
+
+    Raises:
+        RegistryError: the store is unreachable or unusable.
+    """
+    uri = init_store(settings)
+    try:
+        return _client(uri)
+    except store_errors() as exc:
+        raise RegistryError(f"MLflow store {uri} is unreachable or unusable: {exc}") from exc
+
+
+def _client(uri: str) -> MlflowClient:
+    disable_telemetry()
+    # Progress bars of artifact downloads are noise in flow logs; an operator may turn them on.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    with warnings.catch_warnings():
+        # MLflow's SQL store trips a SQLAlchemy deprecation when it is first imported; not ours to fix.
+        warnings.filterwarnings("ignore", message=r".*``noload`` loader strategy is deprecated")
+        import mlflow.store.tracking.sqlalchemy_store
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a broken, missing or unreachable store raises through MLflow."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError)
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return getattr(exc, "error_code", None) in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def clip(value: str, limit: int) -> str:
+    marker = "… [truncated]"
+    return value if len(value) <= limit else value[: limit - len(marker)] + marker
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    from tasks.core.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
