@@ -33,7 +33,8 @@ HISTORY_DAYS = 210  # 90-day features + 30-day labels + 90-day window before T
 
 def build_world(home: Path, subscribers: int, days: int, scenario: str, shift: date) -> None:
     from tasks.core.settings import Settings
-    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.data.sim_population import WorldSpec
+    from tasks.data.simulate import simulate_world
     from tasks.features.store import apply_feature_repo
     from tasks.features.tables import build_feature_tables
 

@@ -51,7 +51,8 @@ def prepare_world(
     home: Path, subscribers: int, days: int, as_of: date, console: Console, full_history: bool
 ) -> dict:
     """Simulate the world and build the feature days the training frame reads (skipped if done)."""
-    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.data.sim_population import WorldSpec
+    from tasks.data.simulate import simulate_world
     from tasks.features.frames import training_snapshot_days
     from tasks.features.store import apply_feature_repo
     from tasks.features.tables import build_feature_tables, built_days

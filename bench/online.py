@@ -105,7 +105,8 @@ def build(home: Path, subscribers: int, days: int) -> None:
 
     from tasks.core.settings import get_settings
     from tasks.core.telemetry import disable_telemetry
-    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.data.sim_population import WorldSpec
+    from tasks.data.simulate import simulate_world
     from tasks.features.store import apply_feature_repo
     from tasks.features.tables import build_feature_tables, materialize_online
     from tasks.training.retrain import retrain

@@ -58,7 +58,8 @@ def main() -> None:
     from rich.table import Table
 
     from tasks.core.settings import get_settings, reset_settings
-    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.data.sim_population import WorldSpec
+    from tasks.data.simulate import simulate_world
     from tasks.features.store import apply_feature_repo
     from tasks.features.tables import build_feature_tables
     from tasks.monitoring.performance import (

@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.core.schema import USAGE_DAILY
-from tasks.data.simulate import WorldSpec, WorldSummary, simulate_world
+from tasks.data.sim_population import WorldSpec
+from tasks.data.simulate import WorldSummary, simulate_world
 
 
 @dataclass(frozen=True)

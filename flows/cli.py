@@ -140,7 +140,8 @@ def simulate(
     ] = None,
 ) -> None:
     """Simulate a subscriber world and write its source tables under $CHURN_HOME/source."""
-    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.data.sim_population import WorldSpec
+    from tasks.data.simulate import simulate_world
 
     settings = _settings()
     try:

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.core.settings import Settings
-from tasks.data.simulate import WorldSpec, simulate_world
+from tasks.data.sim_population import WorldSpec
+from tasks.data.simulate import simulate_world
 from tasks.training.mlflow_store import CHAMPION
 from tasks.training.registry import current_alias, list_versions
 

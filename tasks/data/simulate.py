@@ -80,11 +80,9 @@ import json
 import logging
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import date, timedelta
-from enum import IntEnum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -93,17 +91,11 @@ import pyarrow.parquet as pq
 from tasks.core.files import PARQUET_OPTIONS, atomic_dir
 from tasks.core.layout import MANIFEST_NAME, table_path
 from tasks.core.schema import (
-    AGE_BANDS,
     BILLING,
     CANCEL_REASONS,
     CANCELLATIONS,
-    CONTRACT_TYPES,
-    GENDERS,
-    PAYMENT_METHODS,
     PLAN_CHANGE_REASONS,
     PLAN_CHANGES,
-    PLANS,
-    REGIONS,
     SOURCE_TABLES,
     SUBSCRIBERS,
     SUPPORT_TICKETS,
@@ -112,150 +104,43 @@ from tasks.core.schema import (
     USAGE_DAILY,
     TableSpec,
 )
+from tasks.data.sim_behaviour import (
+    apply_price_shock,
+    bill_day,
+    cancel_reasons,
+    change_plans,
+    daily_hazard,
+    labels,
+    open_tickets,
+    overcharge_day,
+    prob_30d,
+    region_quality,
+    step_engagement,
+    subscriber_rows,
+    usage_day,
+)
+from tasks.data.sim_params import (
+    DUE_AFTER_DAYS,
+    EPOCH,
+    H_TICKETS,
+    PLAN_NAMES,
+    SHIFT_DATA,
+    SHIFT_VOICE,
+    SUPPORT_DECLINE_FACTOR,
+)
+from tasks.data.sim_population import (
+    Stream,
+    TableRows,
+    WorldSpec,
+    draw_arrivals,
+    draw_initial_population,
+    list_charge,
+    stream_rng,
+)
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "2"
-"""Bump whenever the same spec would produce different rows or tables of another schema
-(2: ``true_churn_probability`` gained ``observable_churn_prob_30d``)."""
-
-SCENARIOS = ("baseline", "price_shock", "usage_shift", "support_decline")
-
-_EPOCH = date(1970, 1, 1)
-_PLAN_NAMES = tuple(PLANS)
-_LIST_PRICE = np.array([PLANS[p] for p in _PLAN_NAMES])
-
-# --- Attributes at signup -----------------------------------------------------------------
-_PLAN_P = (0.30, 0.35, 0.20, 0.15)
-_CONTRACT_P = (0.50, 0.25, 0.25)
-_PAYMENT_P = (0.45, 0.35, 0.20)
-_REGION_P = (0.22, 0.20, 0.20, 0.18, 0.20)
-_AGE_P = (0.12, 0.22, 0.20, 0.18, 0.15, 0.13)
-_GENDER_P = (0.48, 0.48, 0.04)
-_PRICE_FACTOR_SIGMA = 0.12  # promotions below list price, surcharges above; clipped to 0.8..1.3
-_PRICE_FACTOR_RANGE = (0.8, 1.3)
-_TENURE_MEAN_DAYS = 700.0  # initial population: truncated exponential, more short tenure
-_TENURE_MAX_DAYS = 6 * 365
-_ARRIVALS_PER_SUBSCRIBER_DAY = 0.0008
-
-# --- Latent state -------------------------------------------------------------------------
-_DATA_MEDIAN_GB = np.array([0.4, 1.0, 2.0, 3.5])  # per plan, per day
-_DATA_SIGMA, _DATA_NOISE = 0.6, 0.5
-_VOICE_MEDIAN_MIN, _VOICE_SIGMA, _VOICE_NOISE = 25.0, 0.6, 0.5
-_MINUTES_PER_CALL = 3.0
-_REGION_DROP_RATE = np.array([0.010, 0.018, 0.014, 0.026, 0.012])  # dropped calls per call
-_RECEPTION_SIGMA = 0.6
-_REGION_DAY_SIGMA, _OUTAGE_P, _OUTAGE_FACTOR = 0.15, 0.01, 5.0
-_ENGAGEMENT_PHI, _ENGAGEMENT_SIGMA = 0.97, 0.03
-_ENGAGEMENT_RANGE = (0.02, 2.0)
-_DRIFT_ONSET_P, _DRIFT_RECOVER_P = 0.0008, 0.004
-_DRIFT_DEPTH = (0.15, 0.6)
-_INITIAL_DRIFTING_SHARE = 0.03
-_LATE_P_BY_PAYMENT = np.array([0.01, 0.05, 0.12])  # autopay rarely late
-_LATE_P_SIGMA, _LATE_P_MAX = 0.7, 0.8
-_DAYS_LATE_P = 0.2  # days_late ~ geometric, mean 5
-_FRAILTY_SIGMA = 0.5
-
-# --- Events ---------------------------------------------------------------------------------
-_BILL_EVERY_DAYS, _DUE_AFTER_DAYS = 30, 14
-_PLAN_CHANGE_P, _UPGRADE_P = 0.0006, 0.55
-_TICKET_LOGIT = {"base": -5.9, "drops": 0.35, "over": 2.0, "low": 1.5, "late": 0.4}
-
-# --- Churn hazard (see module docstring) ---------------------------------------------------
-_H_BASE = -7.6
-_H_CONTRACT = np.array([0.0, -1.2, -2.0])
-_H_NEW, _H_NEW_DAYS = 1.0, 120.0
-_H_PRICE, _H_TICKETS, _H_LATE, _H_ENGAGEMENT, _H_DROPS = 2.5, 0.35, 0.30, 2.5, 0.25
-_H_YOUNG_BAND, _H_YOUNG = "18-24", 0.25
-_H_AGE_EFFECT = np.where(np.array(AGE_BANDS) == _H_YOUNG_BAND, _H_YOUNG, 0.0)
-_MOVED_P = 0.12  # life events: churn whatever the drivers
-_REASON_MIN_DRIVER = 0.25  # below this no driver dominates and the reason is "other"
-_TYPICAL_DROPS_30D = 6  # everyone drops a few calls; only the excess over this names "service"
-_HORIZON_DAYS = 30
-
-# --- Scenarios ------------------------------------------------------------------------------
-_SHOCK_SHARE, _SHOCK_FACTOR = 0.30, 1.25
-_SHIFT_DATA, _SHIFT_VOICE = 1.6, 0.8
-_SUPPORT_DECLINE_FACTOR = 2.5
-
-
-class _Stream(IntEnum):
-    """Independent random streams of one day; new ones go at the end so old worlds stay the same."""
-
-    INITIAL = 0
-    ARRIVALS = 1
-    SCENARIO = 2
-    PLAN = 3
-    ENGAGEMENT = 4
-    NETWORK = 5
-    USAGE = 6
-    TICKETS = 7
-    BILLING = 8
-    CHURN = 9
-
-
-@dataclass(frozen=True)
-class WorldSpec:
-    """What world to simulate: population, time span, seed and scenario."""
-
-    subscribers: int
-    """Initial active population on ``start``."""
-    days: int
-    """Number of days simulated: ``start .. start + days - 1``."""
-    start: date
-    seed: int = 7
-    scenario: str = "baseline"
-    scenario_start: date | None = None
-    """First day the scenario applies; required unless ``scenario == "baseline"``. It may lie
-    after the last day (the world is then the baseline), never before ``start``."""
-
-    def __post_init__(self) -> None:
-        if self.subscribers < 1:
-            raise ValueError(f"subscribers must be at least 1, got {self.subscribers}")
-        if self.days < 1:
-            raise ValueError(f"days must be at least 1, got {self.days}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
-        if self.scenario not in SCENARIOS:
-            raise ValueError(
-                f"unknown scenario {self.scenario!r}; expected one of {', '.join(SCENARIOS)}"
-            )
-        if self.scenario == "baseline":
-            if self.scenario_start is not None:
-                raise ValueError(
-                    "scenario_start is only meaningful with a scenario other than 'baseline'"
-                )
-        elif self.scenario_start is None:
-            raise ValueError(
-                f"scenario {self.scenario!r} needs scenario_start (the first day it applies)"
-            )
-        elif self.scenario_start < self.start:
-            raise ValueError(
-                f"scenario_start {self.scenario_start.isoformat()} is before the world's start "
-                f"{self.start.isoformat()}"
-            )
-
-    @property
-    def end(self) -> date:
-        """The last simulated day."""
-        return self.start + timedelta(days=self.days - 1)
-
-    def scenario_active(self, name: str, day: int) -> bool:
-        """Whether scenario ``name`` applies on day index ``day``."""
-        return (
-            self.scenario == name and self.scenario_start is not None and day >= self._scenario_day
-        )
-
-    def scenario_starts(self, name: str, day: int) -> bool:
-        """Whether scenario ``name`` starts on day index ``day``."""
-        return (
-            self.scenario == name and self.scenario_start is not None and day == self._scenario_day
-        )
-
-    @property
-    def _scenario_day(self) -> int:
-        assert self.scenario_start is not None
-        return (self.scenario_start - self.start).days
 
 
 @dataclass(frozen=True)
@@ -275,376 +160,19 @@ class WorldSummary:
     truth_dir: Path
 
 
-# --------------------------------------------------------------------------------------------
-# State
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Window:
-    """Per-subscriber sum over the last ``width`` days: a ring of daily values and its total."""
-
-    ring: np.ndarray  # (n, width); slot day % width holds that day's value
-    total: np.ndarray  # (n,)
-
-    @classmethod
-    def zeros(cls, n: int, width: int, dtype: type, total_dtype: type) -> _Window:
-        return cls(np.zeros((n, width), dtype=dtype), np.zeros(n, dtype=total_dtype))
-
-    def push(self, day: int, values: np.ndarray) -> None:
-        """Add today's values and drop those of ``width`` days ago from the total."""
-        slot = day % self.ring.shape[1]
-        self.total += values.astype(self.total.dtype) - self.ring[:, slot].astype(self.total.dtype)
-        self.ring[:, slot] = values
-
-    def select(self, keep: np.ndarray) -> _Window:
-        return _Window(self.ring[keep], self.total[keep])
-
-    def extend(self, other: _Window) -> _Window:
-        return _Window(
-            np.concatenate([self.ring, other.ring]), np.concatenate([self.total, other.total])
-        )
-
-
-@dataclass
-class _State:
-    """Every active subscriber's attributes and latent state, one entry each, sorted by id."""
-
-    sid: np.ndarray  # int64
-    signup_day: np.ndarray  # int32 day index relative to start (negative before it)
-    plan: np.ndarray  # int8 codes into the schema's vocabularies
-    contract: np.ndarray
-    payment: np.ndarray
-    region: np.ndarray
-    age: np.ndarray
-    gender: np.ndarray
-    price_factor: np.ndarray  # monthly charge / list price, kept across plan changes
-    charge: np.ndarray  # current monthly charge, rounded to cents
-    base_data: np.ndarray  # GB a day at engagement 1
-    base_voice: np.ndarray  # minutes a day at engagement 1
-    reception: np.ndarray  # the subscriber's own dropped-call multiplier
-    late_p: np.ndarray  # probability that a bill is paid late
-    frailty: np.ndarray
-    engagement: np.ndarray
-    engagement_target: np.ndarray  # 1 normally, lower while drifting towards churn
-    late_known_day: np.ndarray  # int32: day a pending late payment becomes known, -1 if none
-    drops: _Window  # dropped calls, 30 days
-    tickets: _Window  # tickets opened, 30 days
-    lates: _Window  # late payments known, 90 days
-
-    def __len__(self) -> int:
-        return len(self.sid)
-
-    def select(self, keep: np.ndarray) -> _State:
-        return _State(
-            **{
-                f.name: getattr(self, f.name)[keep]
-                if f.name not in _WINDOWS
-                else getattr(self, f.name).select(keep)
-                for f in fields(self)
-            }
-        )
-
-    def extend(self, other: _State) -> _State:
-        return _State(
-            **{
-                f.name: np.concatenate([getattr(self, f.name), getattr(other, f.name)])
-                if f.name not in _WINDOWS
-                else getattr(self, f.name).extend(getattr(other, f.name))
-                for f in fields(self)
-            }
-        )
-
-
-_WINDOWS = frozenset({"drops", "tickets", "lates"})
-
-_Rows = dict[str, Any]
-"""One table's rows as column name → numpy array (or Arrow array for strings)."""
-
-
-def _rng(seed: int, day: int, stream: _Stream) -> np.random.Generator:
-    return np.random.default_rng([seed, day, int(stream)])
-
-
-def _choice(rng: np.random.Generator, p: tuple[float, ...], n: int) -> np.ndarray:
-    """``n`` category codes (int8) drawn with probabilities ``p``."""
-    cum = np.cumsum(p)
-    return np.searchsorted(cum, rng.random(n) * cum[-1], side="right").astype(np.int8)
-
-
-def _charge(plan: np.ndarray, price_factor: np.ndarray) -> np.ndarray:
-    return np.round(_LIST_PRICE[plan] * price_factor, 2)
-
-
-def _draw_subscribers(rng: np.random.Generator, first_id: int, signup_day: np.ndarray) -> _State:
-    """New subscribers' attributes and initial latent state, one per entry of ``signup_day``."""
-    n = len(signup_day)
-    plan = _choice(rng, _PLAN_P, n)
-    contract = _choice(rng, _CONTRACT_P, n)
-    payment = _choice(rng, _PAYMENT_P, n)
-    region = _choice(rng, _REGION_P, n)
-    age = _choice(rng, _AGE_P, n)
-    gender = _choice(rng, _GENDER_P, n)
-    price_factor = np.clip(np.exp(rng.normal(0.0, _PRICE_FACTOR_SIGMA, n)), *_PRICE_FACTOR_RANGE)
-    base_data = _DATA_MEDIAN_GB[plan] * np.exp(rng.normal(0.0, _DATA_SIGMA, n))
-    base_voice = _VOICE_MEDIAN_MIN * np.exp(rng.normal(0.0, _VOICE_SIGMA, n))
-    reception = np.exp(rng.normal(0.0, _RECEPTION_SIGMA, n))
-    late_p = np.minimum(
-        _LATE_P_BY_PAYMENT[payment] * np.exp(rng.normal(0.0, _LATE_P_SIGMA, n)), _LATE_P_MAX
-    )
-    frailty = rng.normal(0.0, _FRAILTY_SIGMA, n)
-    stationary_sd = _ENGAGEMENT_SIGMA / np.sqrt(1 - _ENGAGEMENT_PHI**2)
-    engagement = np.clip(1.0 + rng.normal(0.0, stationary_sd, n), *_ENGAGEMENT_RANGE)
-    drifting = rng.random(n) < _INITIAL_DRIFTING_SHARE
-    target = np.where(drifting, rng.uniform(*_DRIFT_DEPTH, n), 1.0)
-    return _State(
-        sid=np.arange(first_id, first_id + n, dtype=np.int64),
-        signup_day=signup_day.astype(np.int32),
-        plan=plan,
-        contract=contract,
-        payment=payment,
-        region=region,
-        age=age,
-        gender=gender,
-        price_factor=price_factor,
-        charge=_charge(plan, price_factor),
-        base_data=base_data,
-        base_voice=base_voice,
-        reception=reception,
-        late_p=late_p,
-        frailty=frailty,
-        engagement=engagement,
-        engagement_target=target,
-        late_known_day=np.full(n, -1, dtype=np.int32),
-        drops=_Window.zeros(n, 30, np.int16, np.int32),
-        tickets=_Window.zeros(n, 30, np.int8, np.int16),
-        lates=_Window.zeros(n, 90, np.int8, np.int16),
-    )
-
-
-def _initial_population(spec: WorldSpec) -> _State:
-    """The ``spec.subscribers`` active on ``start``, ids in signup order (tenure 1 day..6 years)."""
-    rng = _rng(spec.seed, 0, _Stream.INITIAL)
-    # Truncated exponential by inverse CDF: most tenures short, none beyond six years.
-    u = rng.random(spec.subscribers)
-    tail = 1.0 - np.exp(-_TENURE_MAX_DAYS / _TENURE_MEAN_DAYS)
-    tenure = np.ceil(-_TENURE_MEAN_DAYS * np.log1p(-u * tail)).clip(1, _TENURE_MAX_DAYS)
-    signup_day = np.sort(-tenure.astype(np.int32), kind="stable")
-    return _draw_subscribers(rng, 1, signup_day)
-
-
-def _arrivals(spec: WorldSpec, day: int, first_id: int) -> _State:
-    """Subscribers signing up on day ``day`` (Poisson), drawn from that day's own stream."""
-    rng = _rng(spec.seed, day, _Stream.ARRIVALS)
-    n = int(rng.poisson(spec.subscribers * _ARRIVALS_PER_SUBSCRIBER_DAY))
-    return _draw_subscribers(rng, first_id, np.full(n, day, dtype=np.int32))
-
-
-# --------------------------------------------------------------------------------------------
-# One day
-# --------------------------------------------------------------------------------------------
-
-
-def _labels(names: tuple[str, ...], codes: np.ndarray) -> pa.Array:
-    """Category codes as an Arrow string array."""
-    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(names)).cast(
-        pa.string()
-    )
-
-
-def _subscriber_rows(s: _State, epoch_day0: int) -> _Rows:
-    return {
-        "subscriber_id": s.sid,
-        "signup_date": s.signup_day + epoch_day0,
-        "plan": _labels(_PLAN_NAMES, s.plan),
-        "contract_type": _labels(CONTRACT_TYPES, s.contract),
-        "payment_method": _labels(PAYMENT_METHODS, s.payment),
-        "monthly_charge": s.charge,
-        "region": _labels(REGIONS, s.region),
-        "age_band": _labels(AGE_BANDS, s.age),
-        "gender": _labels(GENDERS, s.gender),
-    }
-
-
-def _price_shock(s: _State, rng: np.random.Generator) -> np.ndarray:
-    """Raise the charge of a random share of subscribers; returns who was hit."""
-    hit = rng.random(len(s)) < _SHOCK_SHARE
-    s.price_factor = np.where(hit, s.price_factor * _SHOCK_FACTOR, s.price_factor)
-    return hit
-
-
-def _plan_changes(s: _State, day: int, rng: np.random.Generator, frozen: np.ndarray) -> np.ndarray:
-    """Rare upgrades and downgrades (not on signup day, not for ``frozen``); returns who changed."""
-    n = len(s)
-    change = (rng.random(n) < _PLAN_CHANGE_P) & ~frozen & (s.signup_day < day)
-    up = rng.random(n) < _UPGRADE_P
-    top = len(_PLAN_NAMES) - 1
-    up = np.where(s.plan == 0, True, np.where(s.plan == top, False, up))
-    s.plan = np.where(change, s.plan + np.where(up, 1, -1), s.plan).astype(np.int8)
-    return change
-
-
-def _step_engagement(s: _State, rng: np.random.Generator) -> None:
-    """One AR(1) step towards each subscriber's target; some start drifting down, some recover."""
-    n = len(s)
-    onset = rng.random(n) < _DRIFT_ONSET_P
-    recover = rng.random(n) < _DRIFT_RECOVER_P
-    depth = rng.uniform(*_DRIFT_DEPTH, n)
-    noise = rng.standard_normal(n)
-    steady = s.engagement_target >= 1.0
-    s.engagement_target = np.where(
-        steady, np.where(onset, depth, 1.0), np.where(recover, 1.0, s.engagement_target)
-    )
-    t = s.engagement_target
-    s.engagement = np.clip(
-        t + _ENGAGEMENT_PHI * (s.engagement - t) + _ENGAGEMENT_SIGMA * noise, *_ENGAGEMENT_RANGE
-    )
-
-
-def _region_quality(rng: np.random.Generator) -> np.ndarray:
-    """Each region's dropped-call multiplier today: day-to-day noise and the odd outage."""
-    k = len(REGIONS)
-    factor = np.exp(rng.normal(0.0, _REGION_DAY_SIGMA, k))
-    return np.where(rng.random(k) < _OUTAGE_P, factor * _OUTAGE_FACTOR, factor)
-
-
-def _usage(
-    s: _State, rng: np.random.Generator, quality: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Today's data (GB), voice minutes and dropped calls, before any observation shift."""
-    n = len(s)
-    # Log-normal noise with mean 1 so engagement sets the expected usage.
-    data = s.base_data * s.engagement * np.exp(rng.normal(-(_DATA_NOISE**2) / 2, _DATA_NOISE, n))
-    voice = (
-        s.base_voice * s.engagement * np.exp(rng.normal(-(_VOICE_NOISE**2) / 2, _VOICE_NOISE, n))
-    )
-    rate = voice / _MINUTES_PER_CALL * _REGION_DROP_RATE[s.region] * quality[s.region] * s.reception
-    drops = np.minimum(rng.poisson(rate), 500).astype(np.int32)
-    return data, voice, drops
-
-
-def _overcharge(s: _State) -> np.ndarray:
-    """Monthly charge over the current plan's list price (1 = list price)."""
-    return s.charge / _LIST_PRICE[s.plan]
-
-
-def _open_tickets(
-    s: _State, rng: np.random.Generator, ratio: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Who opens a ticket today (at most one each) and its category, driven by recent trouble."""
-    n = len(s)
-    over = np.maximum(ratio - 1.0, 0.0)
-    low = np.maximum(1.0 - s.engagement, 0.0)
-    c = _TICKET_LOGIT
-    logit = (
-        c["base"]
-        + c["drops"] * np.log1p(s.drops.total)
-        + c["over"] * over
-        + c["low"] * low
-        + c["late"] * s.lates.total
-    )
-    opened = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
-    idx = np.flatnonzero(opened)
-    # Weights per category (network, billing, device, other) follow what went wrong.
-    weights = np.column_stack(
-        [
-            0.15 + 0.3 * np.log1p(s.drops.total[idx]),
-            0.15 + 3.0 * over[idx] + 0.4 * s.lates.total[idx],
-            np.full(len(idx), 0.25),
-            0.15 + 0.5 * low[idx],
-        ]
-    )
-    cum = np.cumsum(weights, axis=1)
-    u = rng.random(len(idx)) * cum[:, -1]
-    category = (u[:, None] >= cum).sum(axis=1).astype(np.int8)
-    return opened, category
-
-
-def _bills(s: _State, day: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Who is billed today and each bill's days late (0 = on time); schedules when it is known."""
-    since = day - s.signup_day
-    billed = (since > 0) & (since % _BILL_EVERY_DAYS == 0)
-    idx = np.flatnonzero(billed)
-    late = rng.random(len(idx)) < s.late_p[idx]
-    days_late = (
-        np.where(late, rng.geometric(_DAYS_LATE_P, len(idx)), 0).clip(0, 365).astype(np.int32)
-    )
-    s.late_known_day[idx[late]] = day + _DUE_AFTER_DAYS + 1
-    return billed, days_late
-
-
-@dataclass
-class _Hazard:
-    """Today's churn hazard and the parts of its logit that name a cancellation reason."""
-
-    h: np.ndarray
-    h_observable: np.ndarray
-    """The hazard without frailty and without the protected age term."""
-    price: np.ndarray
-    service: np.ndarray
-    competitor: np.ndarray
-
-
-def _hazard(s: _State, day: int, ratio: np.ndarray, ticket_coef: float) -> _Hazard:
-    """The daily churn hazard of every active subscriber (formula in the module docstring)."""
-    tenure = (day - s.signup_day).astype(np.float64)
-    price = _H_PRICE * (ratio - 1.0)
-    late = _H_LATE * s.lates.total
-    tickets = ticket_coef * s.tickets.total
-    drops = _H_DROPS * np.log1p(s.drops.total)
-    engagement = _H_ENGAGEMENT * np.maximum(1.0 - s.engagement, 0.0)
-    observable = (
-        _H_BASE
-        + _H_CONTRACT[s.contract]
-        + _H_NEW * np.exp(-tenure / _H_NEW_DAYS)
-        + price
-        + late
-        + tickets
-        + drops
-        + engagement
-    )
-    logit = observable + s.frailty + _H_AGE_EFFECT[s.age]
-    return _Hazard(
-        h=1.0 / (1.0 + np.exp(-logit)),
-        h_observable=1.0 / (1.0 + np.exp(-observable)),
-        price=np.maximum(price, 0.0) + late,
-        service=tickets + np.maximum(drops - _H_DROPS * np.log1p(_TYPICAL_DROPS_30D), 0.0),
-        competitor=engagement,
-    )
-
-
-def _prob_30d(h: np.ndarray) -> np.ndarray:
-    """``1 - (1 - h)^30`` as float32, without losing precision for tiny ``h``."""
-    return (-np.expm1(_HORIZON_DAYS * np.log1p(-h))).astype(np.float32)
-
-
-_DRIVER_REASONS = np.array([CANCEL_REASONS.index(r) for r in ("price", "service", "competitor")])
-
-
-def _cancel_reasons(hz: _Hazard, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Reason codes for the churners ``idx``: the dominant driver, a move, or "other"."""
-    drivers = np.column_stack([hz.price[idx], hz.service[idx], hz.competitor[idx]])
-    reason = _DRIVER_REASONS[np.argmax(drivers, axis=1)]
-    reason = np.where(
-        drivers.max(axis=1, initial=0.0) < _REASON_MIN_DRIVER, CANCEL_REASONS.index("other"), reason
-    )
-    moved = rng.random(len(idx)) < _MOVED_P
-    return np.where(moved, CANCEL_REASONS.index("moved"), reason).astype(np.int8)
-
-
 class _Simulator:
     """Steps the world one day at a time and returns each day's rows per table."""
 
     def __init__(self, spec: WorldSpec):
         self.spec = spec
-        self.epoch_day0 = (spec.start - _EPOCH).days
-        self.state = _initial_population(spec)
+        self.epoch_day0 = (spec.start - EPOCH).days
+        self.state = draw_initial_population(spec)
         self.next_id = len(self.state) + 1
         self.next_ticket = 1
         self.ever = len(self.state)
         self.churned = 0
 
-    def step(self, day: int) -> dict[str, _Rows]:
+    def step(self, day: int) -> dict[str, TableRows]:
         """Simulate day index ``day``; the rows it produced, keyed by table name."""
         spec, seed = self.spec, self.spec.seed
         today = self.epoch_day0 + day
@@ -653,12 +181,12 @@ class _Simulator:
             PLAN_CHANGES.name: self._change_plans(day, today),
         }
         s = self.state
-        _step_engagement(s, _rng(seed, day, _Stream.ENGAGEMENT))
-        quality = _region_quality(_rng(seed, day, _Stream.NETWORK))
-        data, voice, drops = _usage(s, _rng(seed, day, _Stream.USAGE), quality)
-        ratio = _overcharge(s)
-        opened, category = _open_tickets(s, _rng(seed, day, _Stream.TICKETS), ratio)
-        billed, days_late = _bills(s, day, _rng(seed, day, _Stream.BILLING))
+        step_engagement(s, stream_rng(seed, day, Stream.ENGAGEMENT))
+        quality = region_quality(stream_rng(seed, day, Stream.NETWORK))
+        data, voice, drops = usage_day(s, stream_rng(seed, day, Stream.USAGE), quality)
+        ratio = overcharge_day(s)
+        opened, category = open_tickets(s, stream_rng(seed, day, Stream.TICKETS), ratio)
+        billed, days_late = bill_day(s, day, stream_rng(seed, day, Stream.BILLING))
         known_late = s.late_known_day == day
         s.late_known_day[known_late] = -1
         s.drops.push(day, drops)
@@ -666,15 +194,15 @@ class _Simulator:
         s.lates.push(day, known_late)
 
         declined = spec.scenario_active("support_decline", day)
-        hz = _hazard(s, day, ratio, _H_TICKETS * (_SUPPORT_DECLINE_FACTOR if declined else 1.0))
-        churn_rng = _rng(seed, day, _Stream.CHURN)
+        hz = daily_hazard(s, day, ratio, H_TICKETS * (SUPPORT_DECLINE_FACTOR if declined else 1.0))
+        churn_rng = stream_rng(seed, day, Stream.CHURN)
         churn = churn_rng.random(len(s)) < hz.h
         churners = np.flatnonzero(churn)
-        reasons = _cancel_reasons(hz, churners, churn_rng)
+        reasons = cancel_reasons(hz, churners, churn_rng)
 
         if spec.scenario_active("usage_shift", day):
             # Only the observation moves: latent usage, drops and the hazard stay as in baseline.
-            data, voice = data * _SHIFT_DATA, voice * _SHIFT_VOICE
+            data, voice = data * SHIFT_DATA, voice * SHIFT_VOICE
         dates = np.full(len(s), today, dtype=np.int32)
         out[USAGE_DAILY.name] = {
             "subscriber_id": s.sid,
@@ -686,14 +214,14 @@ class _Simulator:
         out[TRUE_CHURN_PROBABILITY.name] = {
             "subscriber_id": s.sid,
             "date": dates,
-            "true_churn_prob_30d": _prob_30d(hz.h),
-            "observable_churn_prob_30d": _prob_30d(hz.h_observable),
+            "true_churn_prob_30d": prob_30d(hz.h),
+            "observable_churn_prob_30d": prob_30d(hz.h_observable),
         }
         out[SUPPORT_TICKETS.name] = self._ticket_rows(s.sid[opened], today, category)
         out[BILLING.name] = {
             "subscriber_id": s.sid[billed],
             "bill_date": dates[billed],
-            "due_date": dates[billed] + _DUE_AFTER_DAYS,
+            "due_date": dates[billed] + DUE_AFTER_DAYS,
             "amount": s.charge[billed],
             "days_late": days_late,
         }
@@ -702,23 +230,23 @@ class _Simulator:
             out[CANCELLATIONS.name] = {
                 "subscriber_id": s.sid[churners],
                 "cancel_date": np.full(len(churners), today + 1, dtype=np.int32),
-                "reason": _labels(CANCEL_REASONS, reasons),
+                "reason": labels(CANCEL_REASONS, reasons),
             }
             self.churned += len(churners)
         self.state = s.select(~churn)
         return out
 
-    def _admit(self, day: int) -> _Rows:
+    def _admit(self, day: int) -> TableRows:
         """Subscribers rows of the day: the initial population on day 0, else the day's arrivals."""
         if day == 0:
-            return _subscriber_rows(self.state, self.epoch_day0)
-        new = _arrivals(self.spec, day, self.next_id)
+            return subscriber_rows(self.state, self.epoch_day0)
+        new = draw_arrivals(self.spec, day, self.next_id)
         self.next_id += len(new)
         self.ever += len(new)
         self.state = self.state.extend(new)
-        return _subscriber_rows(new, self.epoch_day0)
+        return subscriber_rows(new, self.epoch_day0)
 
-    def _ticket_rows(self, sid: np.ndarray, today: int, category: np.ndarray) -> _Rows:
+    def _ticket_rows(self, sid: np.ndarray, today: int, category: np.ndarray) -> TableRows:
         """The day's tickets, ids continuing the world's sequence in subscriber order."""
         ids = np.arange(self.next_ticket, self.next_ticket + len(sid), dtype=np.int64)
         self.next_ticket += len(sid)
@@ -726,19 +254,19 @@ class _Simulator:
             "ticket_id": ids,
             "subscriber_id": sid,
             "opened_date": np.full(len(sid), today, dtype=np.int32),
-            "category": _labels(TICKET_CATEGORIES, category),
+            "category": labels(TICKET_CATEGORIES, category),
         }
 
-    def _change_plans(self, day: int, today: int) -> _Rows:
+    def _change_plans(self, day: int, today: int) -> TableRows:
         """Scenario price changes and ordinary plan changes of the day, sorted by subscriber."""
         s = self.state
         old_plan, old_charge = s.plan.copy(), s.charge.copy()
         if self.spec.scenario_starts("price_shock", day):
-            shocked = _price_shock(s, _rng(self.spec.seed, day, _Stream.SCENARIO))
+            shocked = apply_price_shock(s, stream_rng(self.spec.seed, day, Stream.SCENARIO))
         else:
             shocked = np.zeros(len(s), dtype=bool)
-        changed = _plan_changes(s, day, _rng(self.spec.seed, day, _Stream.PLAN), frozen=shocked)
-        s.charge = _charge(s.plan, s.price_factor)
+        changed = change_plans(s, day, stream_rng(self.spec.seed, day, Stream.PLAN), frozen=shocked)
+        s.charge = list_charge(s.plan, s.price_factor)
         rows = shocked | changed  # disjoint, so (subscriber_id, change_date) stays unique
         reason = np.where(
             s.plan > old_plan,
@@ -752,11 +280,11 @@ class _Simulator:
         return {
             "subscriber_id": s.sid[rows],
             "change_date": np.full(int(rows.sum()), today, dtype=np.int32),
-            "old_plan": _labels(_PLAN_NAMES, old_plan[rows]),
-            "new_plan": _labels(_PLAN_NAMES, s.plan[rows]),
+            "old_plan": labels(PLAN_NAMES, old_plan[rows]),
+            "new_plan": labels(PLAN_NAMES, s.plan[rows]),
             "old_monthly_charge": old_charge[rows],
             "new_monthly_charge": s.charge[rows],
-            "reason": _labels(PLAN_CHANGE_REASONS, reason[rows].astype(np.int8)),
+            "reason": labels(PLAN_CHANGE_REASONS, reason[rows].astype(np.int8)),
         }
 
 
@@ -765,7 +293,7 @@ class _Simulator:
 # --------------------------------------------------------------------------------------------
 
 
-def _batch(spec: TableSpec, rows: _Rows) -> pa.RecordBatch:
+def _batch(spec: TableSpec, rows: TableRows) -> pa.RecordBatch:
     """One table's rows as a record batch of exactly its declared schema."""
     schema = spec.arrow_schema
     arrays = [
@@ -791,7 +319,7 @@ class _EventSink:
             pq.ParquetWriter(path, spec.arrow_schema, **PARQUET_OPTIONS)
         )
 
-    def add(self, rows: _Rows) -> None:
+    def add(self, rows: TableRows) -> None:
         batch = _batch(self.spec, rows)
         if batch.num_rows:
             self._batches.append(batch)
@@ -815,7 +343,7 @@ class _DailySink:
         self._dir.mkdir(parents=True)
         self._batches: list[pa.RecordBatch] = []
 
-    def add(self, rows: _Rows) -> None:
+    def add(self, rows: TableRows) -> None:
         batch = _batch(self.spec, rows)
         self._batches.append(batch)
         self.rows += batch.num_rows

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tasks.core.settings import Settings, get_settings, reset_settings
-from tasks.data.simulate import WorldSpec, simulate_world
+from tasks.data.sim_population import WorldSpec
+from tasks.data.simulate import simulate_world
 from tasks.features.store import apply_feature_repo
 from tasks.features.tables import build_feature_tables
 

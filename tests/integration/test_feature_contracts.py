@@ -14,7 +14,7 @@ import yaml
 
 from tasks.core.errors import DataContractError
 from tasks.core.settings import PROJECT_ROOT
-from tasks.data.simulate import WorldSpec
+from tasks.data.sim_population import WorldSpec
 from tasks.features.feast_offline import partition_files
 from tasks.features.tables import (
     FEATURE_TABLES,

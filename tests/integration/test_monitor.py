@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from tasks.core.settings import get_settings, reset_settings
-from tasks.data.simulate import WorldSpec
+from tasks.data.sim_population import WorldSpec
 
 from .conftest import SMALL_WORLD_GATES, WORLD_START, make_world
 from .test_slack import Receiver

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from tasks.core.settings import get_settings, reset_settings
-from tasks.data.simulate import WorldSpec
+from tasks.data.sim_population import WorldSpec
 from tasks.training.mlflow_store import CHAMPION
 from tasks.training.promotions import promotion_history
 from tasks.training.registry import current_alias, list_versions

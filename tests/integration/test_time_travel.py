@@ -7,7 +7,7 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from tasks.data.simulate import WorldSpec
+from tasks.data.sim_population import WorldSpec
 from tasks.features.frames import build_training_frame, write_frame
 from tasks.features.tables import FEATURE_TABLES, read_feature_day
 

@@ -15,7 +15,8 @@ from tasks.core.errors import DataContractError, ImportFileError, ImportMappingE
 from tasks.core.layout import MANIFEST_NAME, table_path
 from tasks.core.schema import CANCELLATIONS, SUBSCRIBERS, USAGE_DAILY
 from tasks.data.contracts import check_source_dir
-from tasks.data.importer import import_file, load_mapping
+from tasks.data.import_mapping import load_mapping
+from tasks.data.importer import import_file
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "import"
 SUBSCRIBERS_CSV = FIXTURES / "subscribers.csv"
@@ -49,7 +50,7 @@ def test_good_csv_round_trips_with_the_spec_schema(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # the Telco-style fixture: tenure in months, value maps, trimmed cells, ignored extra columns
-    with caplog.at_level(logging.WARNING, logger="tasks.data.importer"):
+    with caplog.at_level(logging.WARNING, logger="tasks.data.import_read"):
         summary = import_file(SUBSCRIBERS_CSV, SUBSCRIBERS_MAPPING, tmp_path)
     target = table_path(tmp_path, SUBSCRIBERS)
     assert (summary.table, summary.rows) == ("subscribers", 5)

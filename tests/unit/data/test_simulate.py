@@ -26,7 +26,8 @@ from tasks.core.schema import (
     TableSpec,
 )
 from tasks.data import simulate
-from tasks.data.simulate import WorldSpec, WorldSummary, simulate_world
+from tasks.data.sim_population import WorldSpec
+from tasks.data.simulate import WorldSummary, simulate_world
 
 START = date(2024, 1, 1)
 SHIFT_DAY = START + timedelta(days=40)

@@ -351,7 +351,8 @@ def test_quality_on_a_simulated_world_is_near_the_best_achievable(churn_home: Se
     At this size the holdout has ~150 churners, so the AUC carries ±0.03 of noise; measured:
     0.66 against a best achievable 0.79 (the true probabilities include an unobservable frailty).
     """
-    from tasks.data.simulate import WorldSpec, simulate_world
+    from tasks.data.sim_population import WorldSpec
+    from tasks.data.simulate import simulate_world
     from tasks.features.frames import LABEL, build_training_frame
     from tasks.features.store import apply_feature_repo
     from tasks.features.tables import build_feature_tables
