@@ -21,7 +21,7 @@ from tasks.core.errors import (
     ImportMappingError,
 )
 from tasks.core.schema import SOURCE_TABLES, Column, TableSpec
-from tasks.data.contracts import type_family
+from tasks.data.contract_values import type_family
 
 MAPPING_KEYS = (
     "table",

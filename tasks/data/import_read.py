@@ -26,7 +26,7 @@ from tasks.core.errors import (
     ImportMappingError,
 )
 from tasks.core.schema import Column
-from tasks.data.contracts import type_family
+from tasks.data.contract_values import type_family
 from tasks.data.import_mapping import MAX_EXAMPLES, ImportMapping, as_text, cast_column
 
 logger = logging.getLogger(__name__)

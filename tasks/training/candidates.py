@@ -21,9 +21,6 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from tasks.core.settings import Settings
-
-if TYPE_CHECKING:
-    import lightgbm as lgb
 from tasks.training.mlflow_store import (
     DECISION_TAG,
     EXPERIMENT,
@@ -43,6 +40,9 @@ from tasks.training.mlflow_store import (
     marker_path,
     store_errors,
 )
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 logger = logging.getLogger(__name__)
 REQUIREMENT_PACKAGES = ("lightgbm", "pandas", "numpy", "scikit-learn")

@@ -33,11 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.core.settings import Settings
-
-if TYPE_CHECKING:
-    import lightgbm as lgb
-    from mlflow import MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
 from tasks.training.mlflow_store import (
     CHALLENGER,
     CHAMPION,
@@ -58,6 +53,11 @@ from tasks.training.mlflow_store import (
     utc_now,
 )
 from tasks.training.promotions import Promotion, append_history, history_lock, promotion_history
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 logger = logging.getLogger(__name__)
 

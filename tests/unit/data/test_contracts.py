@@ -18,7 +18,8 @@ from tasks.core.errors import ContractViolation, DataContractError, SourceDataMi
 from tasks.core.files import write_parquet_atomic
 from tasks.core.layout import table_path
 from tasks.core.schema import SOURCE_TABLES, SUBSCRIBERS, USAGE_DAILY, Column, TableSpec
-from tasks.data.contracts import ContractReport, check_source_dir, check_table, enforce, type_family
+from tasks.data.contract_values import type_family
+from tasks.data.contracts import ContractReport, check_source_dir, check_table, enforce
 
 DAY = date(2026, 1, 31)
 
