@@ -69,7 +69,8 @@ def main() -> None:
     from tasks.data.sources import active_subscribers
     from tasks.features.frames import build_training_frame, features_from, view_reads
     from tasks.features.tables import as_of_timestamp
-    from tasks.monitoring.drift import build_reference, day_severity, feature_drift
+    from tasks.monitoring.drift import day_severity, feature_drift
+    from tasks.monitoring.reference import build_reference
     from tasks.training.time_split import split_by_time
     from tasks.training.train import predict_proba, train_model
 

@@ -13,7 +13,7 @@ values inside every feature contract). Steps, timed in the same process one afte
   200,000 synthetic rows with ``tasks.training.model_spec.model_params``). This is the floor of nightly
   scoring (the whole nightly path is held to at most 2x it), so the ratio below is conservative:
   against the full nightly time it would be about half.
-* **reference** — ``tasks.monitoring.drift.build_reference`` on a separate ``--reference-rows`` training
+* **reference** — ``tasks.monitoring.reference.build_reference`` on a separate ``--reference-rows`` training
   window (shown for information: it runs when a model is trained, not nightly).
 * **monitor** — what the nightly monitor adds: ``tasks.monitoring.profiles.profile_frame`` of the day's
   inputs and probabilities (a ``--profile-rows`` sample, see the module's error bound),
@@ -134,8 +134,9 @@ def measure(rows: int, trees: int, profile_rows: int, reference_rows: int, full:
     import lightgbm as lgb
 
     from tasks.core.settings import Settings
-    from tasks.monitoring.drift import build_reference, day_severity, feature_drift
+    from tasks.monitoring.drift import day_severity, feature_drift
     from tasks.monitoring.profiles import profile_frame
+    from tasks.monitoring.reference import build_reference
     from tasks.training.model_spec import model_inputs, model_params, model_spec
     from tasks.training.time_split import to_pandas
 

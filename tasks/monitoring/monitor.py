@@ -39,15 +39,10 @@ from tasks.data.sources import active_subscribers
 from tasks.features.frames import features_from, view_reads
 from tasks.features.store import open_store
 from tasks.features.tables import as_of_timestamp, check_feature_tables
-from tasks.monitoring.drift import (
-    Severity,
-    append_history,
-    day_severity,
-    feature_drift,
-    load_reference,
-    read_history,
-)
+from tasks.monitoring.drift import Severity, day_severity, feature_drift
+from tasks.monitoring.drift_history import append_history, read_history
 from tasks.monitoring.profiles import profile_frame, profile_path, profile_summary, write_profile
+from tasks.monitoring.reference import load_reference
 from tasks.monitoring.report import DriftReport, write_report
 from tasks.training.mlflow_store import CHAMPION as CHAMPION_ALIAS
 from tasks.training.registry import current_alias

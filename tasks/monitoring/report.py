@@ -31,13 +31,9 @@ from matplotlib.figure import Figure
 
 from tasks.core.files import atomic_dir
 from tasks.core.settings import Settings
-from tasks.monitoring.drift import (
-    CATEGORICAL,
-    PREDICTION,
-    Reference,
-    Severity,
-    history_by_day,
-)
+from tasks.monitoring.drift import Severity
+from tasks.monitoring.drift_history import history_by_day
+from tasks.monitoring.reference import CATEGORICAL, PREDICTION, Reference
 
 REPORT_NAME = "report.html"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -79,7 +75,7 @@ def write_report(
 
     Args:
         drift_table: :func:`tasks.monitoring.drift.feature_drift`'s table.
-        history: :func:`tasks.monitoring.drift.read_history`'s table (the days so far) for the history
+        history: :func:`tasks.monitoring.drift_history.read_history`'s table (the days so far) for the history
             table and chart.
         profile_summary: :func:`tasks.monitoring.profiles.profile_summary` of the day, shown as a table.
         reference, current_frame, current_probabilities: when given, numeric charts get a

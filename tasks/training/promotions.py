@@ -1,7 +1,7 @@
 """The promotion history: every alias move, appended to ``$CHURN_HOME/mlflow/promotions.jsonl``.
 
 MLflow keeps no alias history (mlflow#2169). One JSON line per move (:class:`Promotion`: alias,
-from and to version, who, why, when), one file per MLflow store and model. Writers hold
+from and to version, who, why, when), one file per MLflow store. Writers hold
 :func:`history_lock` (a file lock beside the history) across the alias move and the append.
 """
 

@@ -23,8 +23,8 @@ from tasks.core.schema import PROTECTED_ATTRIBUTES
 from tasks.core.settings import Settings
 from tasks.features.frames import LABEL, build_training_frame
 from tasks.features.store import feature_service, open_store, service_columns
-from tasks.monitoring.drift import Reference, build_reference, save_reference
 from tasks.monitoring.profiles import ProfileHandle, profile_frame
+from tasks.monitoring.reference import Reference, build_reference, save_reference
 from tasks.scoring.shards import compile_for_scoring
 from tasks.training.approval import ApprovalOutcome
 from tasks.training.candidates import log_candidate

@@ -15,26 +15,26 @@ from scipy import stats
 from tasks.core.settings import Settings
 from tasks.monitoring.drift import (
     DRIFT_SCHEMA,
-    NULL_BIN,
     PSI_EPSILON,
+    Severity,
+    chi_square,
+    day_severity,
+    feature_drift,
+    ks,
+    psi,
+)
+from tasks.monitoring.drift_history import append_history, history_by_day, read_history
+from tasks.monitoring.reference import (
+    NULL_BIN,
     UNSEEN_BIN,
     DriftError,
     Reference,
     ReferenceNotFound,
-    Severity,
-    append_history,
     bin_counts,
     bin_labels,
     build_reference,
-    chi_square,
-    day_severity,
-    feature_drift,
-    history_by_day,
-    ks,
     load_reference,
-    psi,
     quantile_edges,
-    read_history,
     reference_dir,
     save_reference,
 )
