@@ -62,12 +62,8 @@ def main() -> None:
     from tasks.data.simulate import simulate_world
     from tasks.features.store import apply_feature_repo
     from tasks.features.tables import build_feature_tables
-    from tasks.monitoring.performance import (
-        champion_reference,
-        performance_findings,
-        read_history,
-        update_history,
-    )
+    from tasks.monitoring.performance import read_history, update_history
+    from tasks.monitoring.performance_findings import champion_reference, performance_findings
     from tasks.scoring.nightly import run_scoring
     from tasks.training.retrain import retrain
 

@@ -12,13 +12,11 @@ from flows.common import dated_run_name, run_day
 from tasks.alerting.alerts import Alert, flow_run_url
 from tasks.alerting.delivery import flush_outbox
 from tasks.core.settings import get_settings
-from tasks.monitoring.performance import (
+from tasks.monitoring.performance import history_dir, read_history, update_history
+from tasks.monitoring.performance_findings import (
     champion_reference,
-    history_dir,
     performance_findings,
-    read_history,
     trend_chart,
-    update_history,
 )
 
 

@@ -18,25 +18,27 @@ from tasks.core.schema import SOURCE_TABLES
 from tasks.core.settings import Settings, get_settings, reset_settings
 from tasks.features.frames import training_entities
 from tasks.monitoring.performance import (
-    CHAMPION_BELOW_HOLDOUT,
-    CHAMPION_MISCALIBRATED,
-    DAY,
     HISTORY_SCHEMA,
-    RATE_RATIO_LIMIT,
-    SHADOW_BETTER,
-    WINDOW,
-    WINDOW_DAYS,
     LabelsNotMature,
     PerformanceError,
     evaluate_day,
     history_dir,
     history_path,
     matured_score_dates,
-    performance_findings,
     read_history,
     realized_labels,
-    trend_chart,
     update_history,
+)
+from tasks.monitoring.performance_findings import (
+    CHAMPION_BELOW_HOLDOUT,
+    CHAMPION_MISCALIBRATED,
+    DAY,
+    RATE_RATIO_LIMIT,
+    SHADOW_BETTER,
+    WINDOW,
+    WINDOW_DAYS,
+    performance_findings,
+    trend_chart,
 )
 from tasks.training.evaluate import holdout_metrics
 
