@@ -564,6 +564,7 @@ def profile(world: Path, shard_rows: int) -> dict:
     from tasks.features.frames import features_from, view_reads
     from tasks.features.tables import as_of_timestamp
     from tasks.scoring.compiled import model_matrix
+    from tasks.scoring.models import resolve_models
     from tasks.scoring.shards import (
         ScoringContext,
         _candidates,
@@ -573,7 +574,6 @@ def profile(world: Path, shard_rows: int) -> dict:
         explain_candidates,
         plan_shards,
         rank_by_revenue,
-        resolve_models,
         risk_tiers,
     )
 

@@ -32,6 +32,7 @@ from tasks.features.frames import view_reads
 from tasks.features.store import open_store
 from tasks.features.tables import FEAST_TO_ARROW, as_of_timestamp
 from tasks.scoring.high_risk import select_high_risk, write_high_risk_file
+from tasks.scoring.models import resolve_models
 from tasks.scoring.shards import (
     TIERS,
     ScoringContext,
@@ -40,7 +41,6 @@ from tasks.scoring.shards import (
     candidate_schema,
     explain_candidates,
     plan_shards,
-    resolve_models,
 )
 
 logger = logging.getLogger(__name__)

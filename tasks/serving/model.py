@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tasks.core.settings import Settings
 from tasks.features.frames import ViewRead
+from tasks.scoring.models import NoChampion, check_signature
 from tasks.scoring.reasons import reason_text
-from tasks.scoring.shards import NoChampion, check_signature
 from tasks.serving.reader import Freshness, iso_or_none, utc_now
 from tasks.training.mlflow_store import CHAMPION
 from tasks.training.model_spec import ModelSpec

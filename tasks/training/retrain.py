@@ -25,7 +25,7 @@ from tasks.features.frames import LABEL, build_training_frame
 from tasks.features.store import feature_service, open_store, service_columns
 from tasks.monitoring.profiles import ProfileHandle, profile_frame
 from tasks.monitoring.reference import Reference, build_reference, save_reference
-from tasks.scoring.shards import compile_for_scoring
+from tasks.scoring.models import compile_for_scoring
 from tasks.training.approval import ApprovalOutcome
 from tasks.training.candidates import log_candidate
 from tasks.training.evaluate import best_achievable_auc, holdout_metrics, observable_oracle_auc

@@ -19,8 +19,8 @@ from tasks.audit.ledger import read_ledger, verify_log
 from tasks.core.settings import get_settings, reset_settings
 from tasks.data.sources import active_subscribers
 from tasks.features.frames import build_scoring_frame
+from tasks.scoring.models import NoChampion
 from tasks.scoring.nightly import run_scoring
-from tasks.scoring.shards import NoChampion
 from tasks.training.model_spec import ModelSpec
 from tasks.training.registry import load_model
 from tasks.training.retrain import retrain

@@ -17,7 +17,7 @@ from tasks.scoring.compiled import (
     disagreement,
     model_matrix,
 )
-from tasks.scoring.shards import ScoringModel, _with_compiled
+from tasks.scoring.models import ScoringModel, _with_compiled
 from tasks.training.model_spec import FeatureListError, ModelSpec, model_inputs
 
 PLANS = ["basic", "premium", "standard", "unlimited"]

@@ -22,15 +22,13 @@ from tasks.features.feast_offline import PARTITION_KEY
 from tasks.features.frames import ViewRead, present_column
 from tasks.features.tables import as_of_timestamp
 from tasks.scoring.high_risk import select_high_risk
+from tasks.scoring.models import ModelSignatureError, ScoringModel, check_signature
 from tasks.scoring.reasons import top_reasons
 from tasks.scoring.shards import (
-    ModelSignatureError,
     ScoringContext,
-    ScoringModel,
     Shard,
     candidate_schema,
     check_scoring_features,
-    check_signature,
     explain_candidates,
     plan_shards,
     rank_by_revenue,
