@@ -41,7 +41,7 @@ cancellations that stop earlier make the newest labels look like "stayed".
   days (tenure 0 signed up on the snapshot day). A tenure that is not a number, negative or
   over 100 years is a violation of ``signup_date`` (``type``, ``min``, ``max``).
 
-Rules of the mapping (any breach raises :class:`ImportMappingError` naming the culprit):
+Rules of the mapping (any breach raises :class:`~tasks.core.errors.ImportMappingError` naming the culprit):
 
 * ``table`` must be a source table; every target column must belong to it; a target is filled
   once (from ``columns``, ``constants``, ``snapshot_date`` or ``tenure``), and every

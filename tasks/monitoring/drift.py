@@ -5,7 +5,7 @@ in settings, and p-values are reported beside them. With a million rows a p-valu
 difference at all, and whylogs' sketch-based KS p-values are not stable (whylogs#684), so no
 whylogs sketch is read here.
 
-**Reference** (:func:`build_reference`, saved per model version by :func:`save_reference`)::
+**Reference** (:func:`~tasks.monitoring.reference.build_reference`, saved per model version by :func:`~tasks.monitoring.reference.save_reference`)::
 
     $CHURN_HOME/monitoring/reference/v{version}/
       bins.json            per feature: kind, bin edges / categories, reference rows per bin
@@ -21,7 +21,7 @@ bin of its own, ``= v``, by adding the float just below it as an edge, so a poin
 shares a bin with its neighbours. Nulls (and NaN) are a bin of their own, last. A categorical
 feature has one bin per reference category (sorted), then ``__unseen__`` (categories the
 reference never had, reference share 0) and ``__null__``. The reference shares are counted over
-the whole frame given to :func:`build_reference`; the edges come from its sample.
+the whole frame given to :func:`~tasks.monitoring.reference.build_reference`; the edges come from its sample.
 
 **PSI** ``= sum((c - r) * ln(c / r))`` over bins of current (c) and reference (r) shares; a share
 below :data:`PSI_EPSILON` (1e-4) counts as 1e-4, on both sides. Without the floor one empty bin

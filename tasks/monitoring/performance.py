@@ -18,9 +18,9 @@ date replaces its file and nothing else. Each file records, in its Parquet metad
 checksums (from the prediction log's ledger) of the log files it was computed from: a date whose
 log was scored again since is evaluated again on the next run.
 
-Findings (:func:`performance_findings`) compare the champion's realized AUC with its holdout AUC
+Findings (:func:`~tasks.monitoring.performance_findings.performance_findings`) compare the champion's realized AUC with its holdout AUC
 and with the shadow's on the same days, per day and over a window of the last
-:data:`WINDOW_DAYS` matured score dates. The window's AUC is the *mean of the daily AUCs*: daily
+:data:`~tasks.monitoring.performance_findings.WINDOW_DAYS` matured score dates. The window's AUC is the *mean of the daily AUCs*: daily
 files keep no subscriber rows, so a pooled AUC cannot be formed, and consecutive days share most
 of their churners anyway (a churn event is a positive on every day of the 30 before it), so
 pooling would add little. A single day at a small base is noisy (day-to-day standard deviation

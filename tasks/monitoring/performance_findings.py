@@ -108,7 +108,7 @@ def performance_findings(
 
     Window findings are only given when the window holds a date of ``new_dates``, so a run
     with nothing new says nothing again. ``new_dates`` defaults to the history's newest date
-    (pass the dates :func:`update_history` just wrote when it wrote several). Rows of other
+    (pass the dates :func:`~tasks.monitoring.performance.update_history` just wrote when it wrote several). Rows of other
     models than ``settings.model_name`` and days whose AUC is undefined are ignored.
     """
     tolerance = settings.performance_auc_tolerance

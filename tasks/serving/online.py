@@ -23,7 +23,7 @@ Plain logic, no web framework (``flows/serve.py`` puts FastAPI in front of :clas
 
 Freshness: each view's event timestamp against the clock and the view's TTL. Features older
 than the TTL are still scored, with ``stale: true`` and the stale views named, never silently.
-A subscriber the store does not hold is :class:`UnknownSubscriber`.
+A subscriber the store does not hold is :class:`~tasks.serving.reader.UnknownSubscriber`.
 """
 
 from __future__ import annotations

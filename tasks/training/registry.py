@@ -4,7 +4,7 @@ Plain functions over ``MlflowClient`` (DESIGN §5, §6). The store is a SQLite d
 ``$CHURN_HOME/mlflow`` unless ``CHURN_MLFLOW_TRACKING_URI`` names another; artifacts of the
 ``telecom_churn`` experiment live under ``$CHURN_HOME/mlflow/artifacts``.
 
-* Every candidate is one run (:func:`log_candidate`) with its params, metrics, gate results
+* Every candidate is one run (:func:`~tasks.training.candidates.log_candidate`) with its params, metrics, gate results
   (``gate.<name>`` tags), ``decision`` tag, the LightGBM model and ``model_spec.json``.
 * Only a run whose ``decision`` is ``passed`` becomes a version (:func:`register_version`), with
   the lineage tags and alias ``challenger``. :func:`promote` moves ``champion``;

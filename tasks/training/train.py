@@ -1,6 +1,6 @@
 """Train the churn model: split the training frame by time, fit LightGBM, apply the model again.
 
-Plain typed functions (no Prefect, no MLflow): :func:`split_by_time` cuts the frame into train /
+Plain typed functions (no Prefect, no MLflow): :func:`~tasks.training.time_split.split_by_time` cuts the frame into train /
 validation / holdout by snapshot day, with a label-horizon gap before validation so no churn event
 is labelled on both sides (see there), :func:`train_model` fits a deterministic LightGBM booster
 with early stopping on the validation slice, :func:`model_inputs` and :func:`predict_proba` turn

@@ -21,7 +21,7 @@ from tasks.scoring.high_risk import (
 )
 
 DAY = date(2026, 3, 10)
-# The shards' candidates as tasks.scoring.shards.CANDIDATE_SCHEMA makes them (test_score feeds real ones
+# The shards' candidates as tasks.scoring.shards.candidate_schema makes them (test_score feeds real ones
 # through select_high_risk); spelled out here so this file does not import Feast and MLflow.
 CANDIDATE_SCHEMA = pa.schema(
     [
