@@ -282,7 +282,7 @@ def _format_metric(value: float | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Rendering: Block Kit and the plain-text fallback, from the same alert
+# Text that fits Slack's limits (rendering, reasons, failure messages)
 
 
 def truncate(text: str, limit: int) -> str:

@@ -336,7 +336,7 @@ class PredictionLogWriter:
         return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
 
-# --- online partition ----------------------------------------------------------------------
+# --- temp files and publishing ---------------------------------------------------------------
 
 ONLINE_TEMP_GRACE_SECONDS = 300.0
 
