@@ -23,36 +23,30 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+from common import START, build_world, new_table, world_spec
+
 from tasks.core.telemetry import disable_telemetry
 
 disable_telemetry()
 
-START = date(2026, 1, 1)
 HISTORY_DAYS = 210  # 90-day features + 30-day labels + 90-day window before T
 
 
-def build_world(home: Path, subscribers: int, days: int, scenario: str, shift: date) -> None:
+def build_scenario_world(
+    home: Path, subscribers: int, days: int, scenario: str, shift: date
+) -> None:
     from tasks.core.settings import Settings
-    from tasks.data.sim_population import WorldSpec
-    from tasks.data.simulate import simulate_world
-    from tasks.features.store import apply_feature_repo
-    from tasks.features.tables import build_feature_tables
 
     if (home / "features").exists():
         return
     shutil.rmtree(home, ignore_errors=True)
-    settings = Settings(home=home)
-    spec = WorldSpec(
-        subscribers=subscribers,
-        days=days,
-        start=START,
-        seed=7,
+    spec = world_spec(
+        subscribers,
+        days,
         scenario=scenario,
         scenario_start=None if scenario == "baseline" else shift,
     )
-    simulate_world(spec, settings.source_dir, settings.truth_dir, chunk_days=31)
-    apply_feature_repo(settings)
-    build_feature_tables(settings)
+    build_world(Settings(home=home), spec)
 
 
 def main() -> None:
@@ -63,7 +57,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from rich.console import Console
-    from rich.table import Table
 
     from tasks.core.settings import Settings
     from tasks.data.sources import active_subscribers
@@ -80,7 +73,7 @@ def main() -> None:
     days = HISTORY_DAYS + args.stable_days + 2
     began = time.perf_counter()
     for scenario in ("baseline", "price_shock", "usage_shift"):
-        build_world(args.home / scenario, args.subscribers, days, scenario, shift)
+        build_scenario_world(args.home / scenario, args.subscribers, days, scenario, shift)
     console.print(f"worlds ready in {time.perf_counter() - began:.0f} s")
 
     base = Settings(home=args.home / "baseline")
@@ -108,11 +101,11 @@ def main() -> None:
         table = feature_drift(reference, current, predict_proba(model, current), base)
         return table, day_severity(table, base)
 
-    shifts = Table(
-        title=f"shift on {shift} ({args.subscribers:,} subscribers)", title_justify="left"
+    shifts = new_table(
+        f"shift on {shift} ({args.subscribers:,} subscribers)",
+        ("world", "day", "days after shift", "severity", "features"),
+        justify="left",
     )
-    for column in ("world", "day", "days after shift", "severity", "features"):
-        shifts.add_column(column)
     for world in ("price_shock", "usage_shift"):
         for offset in range(-2, 3):
             day = shift + timedelta(days=offset)
@@ -138,9 +131,11 @@ def main() -> None:
                 and row["statistic"] > worst_ks[0]
             ):
                 worst_ks = (row["statistic"], row["feature"], day)
-    stable = Table(title=f"baseline: {args.stable_days} days after training", title_justify="left")
-    for column in ("days per severity", "worst PSI", "worst KS", "thresholds (warn / alert)"):
-        stable.add_column(column)
+    stable = new_table(
+        f"baseline: {args.stable_days} days after training",
+        ("days per severity", "worst PSI", "worst KS", "thresholds (warn / alert)"),
+        justify="left",
+    )
     stable.add_row(
         ", ".join(f"{level} {n}" for level, n in sorted(levels.items())),
         f"{worst_psi[0]:.3f} ({worst_psi[1]}, {worst_psi[2]})",

@@ -19,75 +19,28 @@ each path's time to the raw ASOF JOIN. Target: project ≤ 1.5× raw, ≤ 4 GB p
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import subprocess
-import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from common import (
+    ROOT,
+    START,
+    gib,
+    new_table,
+    peak_rss_bytes,
+    per_second,
+    prepare_world,
+    report_to_parent,
+    run_child,
+    settings_for,
+)
 from rich.console import Console
-from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-START = date(2026, 1, 1)
 PATHS = ("project", "raw asof", "feast stock")
 """Ways to build the training frame; each runs in its own child process."""
-
-
-def _settings(home: Path):
-    os.environ["CHURN_HOME"] = str(home)
-    from tasks.core.settings import get_settings, reset_settings
-
-    reset_settings()
-    return get_settings()
-
-
-def prepare_world(
-    home: Path, subscribers: int, days: int, as_of: date, console: Console, full_history: bool
-) -> dict:
-    """Simulate the world and build the feature days the training frame reads (skipped if done)."""
-    from tasks.data.sim_population import WorldSpec
-    from tasks.data.simulate import simulate_world
-    from tasks.features.frames import training_snapshot_days
-    from tasks.features.store import apply_feature_repo
-    from tasks.features.tables import build_feature_tables, built_days
-
-    settings = _settings(home)
-    timings: dict[str, float] = {}
-    if not (settings.source_dir / "_manifest.json").exists():
-        began = time.perf_counter()
-        with console.status(f"simulating {subscribers:,} × {days} days"):
-            simulate_world(
-                WorldSpec(subscribers=subscribers, days=days, start=START, seed=7),
-                settings.source_dir,
-                settings.truth_dir,
-            )
-        timings["simulate_s"] = time.perf_counter() - began
-    apply_feature_repo(settings)
-    if full_history:
-        wanted = [START + timedelta(days=i) for i in range(days)]
-    else:
-        # Only the days the frame reads (and the day before each, so the TTL fallback exists).
-        snapshots = training_snapshot_days(settings, as_of)
-        wanted = sorted({d - timedelta(days=k) for d in snapshots for k in (0, 1)} | {as_of})
-    done = set(built_days(settings, "subscriber_billing_90d"))
-    missing = [d for d in wanted if d not in done]
-    began = time.perf_counter()
-    with console.status(f"building {len(missing)} feature days at {subscribers:,} subscribers"):
-        if full_history and missing:
-            build_feature_tables(settings, missing[0], missing[-1])
-        else:
-            for day in missing:
-                build_feature_tables(settings, day, day)
-    if missing:
-        timings["feature days built"] = len(missing)
-        timings["build_s_per_day"] = (time.perf_counter() - began) / len(missing)
-    return timings
 
 
 def raw_asof_frame(settings, as_of: date) -> pa.Table:
@@ -126,27 +79,12 @@ def raw_asof_frame(settings, as_of: date) -> pa.Table:
     return con.sql(query).to_arrow_table()
 
 
-def peak_rss_bytes() -> int:
-    """This process's own peak resident memory.
-
-    ``ru_maxrss`` is no good here: a child started with vfork/exec inherits the parent's
-    high-water mark, so every child would report at least what the parent once held.
-    ``VmHWM`` belongs to the process's own address space.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def child(path: str, home: Path, as_of: date, out: Path) -> None:
     """Build one frame in this fresh process and report seconds and peak RSS as JSON."""
     from tasks.core.telemetry import disable_telemetry
 
     disable_telemetry()
-    settings = _settings(home)
+    settings = settings_for(home)
     from tasks.features.frames import build_training_frame
     from tasks.features.store import open_store
 
@@ -157,7 +95,7 @@ def child(path: str, home: Path, as_of: date, out: Path) -> None:
         rows = materialize_online(settings, as_of)["subscriber_profile"]
         peak = peak_rss_bytes()
         seconds = time.perf_counter() - began
-        print(json.dumps({"seconds": seconds, "peak_rss": peak, "rows": rows}))
+        report_to_parent({"seconds": seconds, "peak_rss": peak, "rows": rows})
         return
     if path == "project":
         frame = build_training_frame(settings, as_of)
@@ -170,7 +108,7 @@ def child(path: str, home: Path, as_of: date, out: Path) -> None:
     seconds = time.perf_counter() - began
     pq.write_table(frame.replace_schema_metadata(None), out)
     peak = peak_rss_bytes()
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, "rows": frame.num_rows}))
+    report_to_parent({"seconds": seconds, "peak_rss": peak, "rows": frame.num_rows})
 
 
 def _same_rows(a: Path, b: Path) -> bool:
@@ -216,25 +154,15 @@ def main() -> None:
 
     console = Console(width=150)
     as_of = START + timedelta(days=args.days - 1)
-    table = Table(
-        title=f"Training frame at {as_of} (rolling window, weekly snapshots)", title_justify="left"
+    table = new_table(
+        f"Training frame at {as_of} (rolling window, weekly snapshots)",
+        ("subscribers", "path", "rows", "seconds", "rows/s", "peak RSS", "× raw asof", "same rows"),
+        left={"path"},
     )
-    for column in (
-        "subscribers",
-        "path",
-        "rows",
-        "seconds",
-        "rows/s",
-        "peak RSS",
-        "× raw asof",
-        "same rows",
-    ):
-        table.add_column(column, justify="left" if column == "path" else "right")
-    online_table = Table(
-        title=f"Online store: materialize {as_of} (batched writes)", title_justify="left"
+    online_table = new_table(
+        f"Online store: materialize {as_of} (batched writes)",
+        ("subscribers", "rows", "seconds", "rows/s", "peak RSS"),
     )
-    for column in ("subscribers", "rows", "seconds", "rows/s", "peak RSS"):
-        online_table.add_column(column, justify="right")
     for size in args.sizes:
         home = args.workdir / f"world_{size}_{args.days}d"
         prep = prepare_world(
@@ -264,8 +192,8 @@ def main() -> None:
                 path,
                 f"{r['rows']:,}",
                 f"{r['seconds']:.2f}",
-                f"{r['rows'] / r['seconds']:,.0f}",
-                f"{r['peak_rss'] / 2**30:.2f} GB",
+                per_second(r["rows"], r["seconds"]),
+                f"{gib(r['peak_rss'])} GB",
                 f"{r['seconds'] / base:.2f}",
                 same,
             )
@@ -275,32 +203,19 @@ def main() -> None:
             f"{size:,}",
             f"{online['rows']:,}",
             f"{online['seconds']:.1f}",
-            f"{online['rows'] / online['seconds']:,.0f}",
-            f"{online['peak_rss'] / 2**30:.2f} GB",
+            per_second(online["rows"], online["seconds"]),
+            f"{gib(online['peak_rss'])} GB",
         )
     console.print(table)
     console.print(online_table)
 
 
 def _run_child(path: str, home: Path, as_of: date, out: Path) -> dict:
-    done = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            path,
-            "--home",
-            str(home),
-            "--as-of",
-            as_of.isoformat(),
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
+    return run_child(
+        __file__,
+        *("--child", path, "--home", home, "--as-of", as_of.isoformat(), "--out", out),
+        failure=f"{path} failed at {home}",
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

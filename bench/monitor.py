@@ -28,70 +28,39 @@ Target (issue 5): monitor <= 25% of the scoring time measured in the same run, a
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from common import (
+    ROOT,
+    gib,
+    new_table,
+    peak_rss_bytes,
+    report_to_parent,
+    run_child,
+    train_booster,
+    v1_features,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.25
 TRAIN_ROWS = 200_000
 THREADS = 2
-
-PLANS = {"basic": 35.0, "standard": 55.0, "premium": 75.0, "unlimited": 95.0}
-CONTRACTS = ("month_to_month", "one_year", "two_year")
-PAYMENTS = ("autopay", "card", "invoice")
 CATEGORICAL = ["plan", "contract_type", "payment_method"]
-
-
-def _strings(codes: np.ndarray, values: tuple[str, ...]) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(values)).cast(pa.string())
 
 
 def synthetic_day(rng: np.random.Generator, n: int) -> pa.Table:
     """``n`` subscribers' inputs of churn_model_v2, typed as the feature tables type them."""
     f32 = np.float32
-    plan = rng.choice(4, size=n, p=[0.3, 0.35, 0.25, 0.1]).astype(np.int8)
-    ratio = rng.uniform(0.7, 1.3, n).astype(f32)
-    changed = rng.random(n) < 0.05
-    data_30 = np.where(rng.random(n) < 0.005, 0.0, rng.gamma(2.0, 23.0, n)).astype(f32)
-    trend = rng.lognormal(0.0, 0.3, n).astype(f32)
-    voice_30 = rng.gamma(2.0, 400.0, n).astype(f32)
-    support_7 = rng.poisson(0.05, n)
-    support_30 = support_7 + rng.poisson(0.15, n)
-    bills = rng.choice([1, 2, 3], size=n, p=[0.03, 0.07, 0.9])
+    columns = v1_features(rng, n)
+    data_30 = columns["data_gb_30d"].to_numpy()
+    voice_30 = columns["voice_minutes_30d"].to_numpy()
+    # Null where there was no usage: those rows are masked again below.
+    trend = columns["data_trend_7d_30d"].to_numpy(zero_copy_only=False)
     no_usage = data_30 == 0
-    columns: dict[str, pa.Array] = {
-        "tenure_days": pa.array(rng.integers(30, 2500, n).astype(np.int32)),
-        "plan": _strings(plan, tuple(PLANS)),
-        "contract_type": _strings(rng.choice(3, n, p=[0.5, 0.3, 0.2]).astype(np.int8), CONTRACTS),
-        "payment_method": _strings(rng.choice(3, n, p=[0.5, 0.3, 0.2]).astype(np.int8), PAYMENTS),
-        "monthly_charge": pa.array((np.array(list(PLANS.values()))[plan] * ratio).astype(f32)),
-        "charge_to_list_ratio": pa.array(ratio),
-        "charge_change_90d": pa.array(
-            np.where(changed, np.clip(rng.normal(0, 10, n), -100, 100), 0).astype(f32)
-        ),
-        "plan_changes_90d": pa.array((changed * rng.integers(1, 3, n)).astype(np.int32)),
-        "data_gb_7d": pa.array(data_30 * f32(7 / 30) * trend),
-        "data_gb_30d": pa.array(data_30),
-        "data_trend_7d_30d": pa.array(trend, mask=no_usage),
-        "voice_minutes_7d": pa.array(voice_30 * f32(7 / 30) * rng.lognormal(0, 0.2, n).astype(f32)),
-        "voice_minutes_30d": pa.array(voice_30),
-        "dropped_calls_30d": pa.array(rng.poisson(5.0, n).astype(np.int32)),
-        "active_days_30d": pa.array((30 - np.minimum(30, rng.poisson(0.4, n))).astype(np.int32)),
-        "support_calls_7d": pa.array(support_7.astype(np.int32)),
-        "support_calls_30d": pa.array(support_30.astype(np.int32)),
-        "network_tickets_30d": pa.array(rng.binomial(support_30, 0.4).astype(np.int32)),
-        "late_payments_90d": pa.array(np.minimum(rng.poisson(0.15, n), bills).astype(np.int32)),
-        "bills_90d": pa.array(bills.astype(np.int32)),
-        "data_gb_per_day_90d": pa.array(data_30 / f32(30), mask=no_usage),
-        "voice_minutes_per_day_90d": pa.array(voice_30 / f32(30)),
-    }
+    columns["data_gb_per_day_90d"] = pa.array(data_30 / f32(30), mask=no_usage)
+    columns["voice_minutes_per_day_90d"] = pa.array(voice_30 / f32(30))
     for window in ("30d", "14d", "7d"):
         data = (trend * rng.lognormal(0, 0.1, n)).astype(f32)
         voice = rng.lognormal(0, 0.2, n).astype(f32)
@@ -120,19 +89,9 @@ def churn_labels(rng: np.random.Generator, day: pa.Table) -> np.ndarray:
     return (rng.random(day.num_rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
 
 
-def peak_rss() -> int:
-    """This process's peak resident memory (VmHWM), bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def measure(rows: int, trees: int, profile_rows: int, reference_rows: int, full: bool) -> dict:
     """One size, in this (child) process: scoring floor, reference, monitor."""
     os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
-    import lightgbm as lgb
-
     from tasks.core.settings import Settings
     from tasks.monitoring.drift import day_severity, feature_drift
     from tasks.monitoring.profiles import profile_frame
@@ -146,19 +105,11 @@ def measure(rows: int, trees: int, profile_rows: int, reference_rows: int, full:
     features = train.column_names
     spec = model_spec(to_pandas(train), features)
     params = model_params(settings) | {"num_threads": THREADS}
-    booster = lgb.train(
-        params,
-        lgb.Dataset(
-            model_inputs(train, spec),
-            label=churn_labels(rng, train),
-            categorical_feature=spec.categorical,
-        ),
-        num_boost_round=trees,
-    )
+    booster = train_booster(params, train, churn_labels(rng, train), spec, trees)
     window = synthetic_day(np.random.default_rng(2), reference_rows)
     window_p = booster.predict(model_inputs(window, spec), num_threads=THREADS)
     day = synthetic_day(np.random.default_rng(3), rows)
-    generated_rss = peak_rss()
+    generated_rss = peak_rss_bytes()
     # Imports and first-call set-up (whylogs, scipy) are not part of a night's work: warm up.
     warm = synthetic_day(np.random.default_rng(4), 2_000)
     small = build_reference(warm, features, CATEGORICAL, window_p[:2_000], max_rows=1_000)
@@ -174,7 +125,7 @@ def measure(rows: int, trees: int, profile_rows: int, reference_rows: int, full:
     out["predict_s"] = time.perf_counter() - started
     out["scoring_s"] = out["inputs_s"] + out["predict_s"]
     del matrix
-    out["scoring_peak"] = peak_rss()
+    out["scoring_peak"] = peak_rss_bytes()
 
     started = time.perf_counter()
     reference = build_reference(
@@ -194,7 +145,7 @@ def measure(rows: int, trees: int, profile_rows: int, reference_rows: int, full:
     out["drift_s"] = time.perf_counter() - started
     out["monitor_s"] = out["profile_s"] + out["drift_s"]
     out["severity"] = severity.level
-    out["monitor_peak"] = peak_rss()
+    out["monitor_peak"] = peak_rss_bytes()
     out["generated_peak"] = generated_rss
     if full:
         started = time.perf_counter()
@@ -216,31 +167,30 @@ def main() -> None:
     if args.child:
         result = measure(sizes[0], args.trees, args.profile_rows, args.reference_rows,
                          args.full_profile)  # fmt: skip
-        print(json.dumps(result))
+        report_to_parent(result)
         return
 
     from rich.console import Console
-    from rich.table import Table
 
-    results = []
-    for rows in sizes:
-        command = [
-            sys.executable, __file__, "--child", "--rows", str(rows), "--trees", str(args.trees),
-            "--profile-rows", str(args.profile_rows), "--reference-rows", str(args.reference_rows),
-        ] + (["--full-profile"] if args.full_profile else [])  # fmt: skip
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{rows:,} rows failed:\n{done.stderr[-3000:]}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    results = [
+        run_child(
+            __file__, "--child", "--rows", rows, "--trees", args.trees,
+            "--profile-rows", args.profile_rows, "--reference-rows", args.reference_rows,
+            *(["--full-profile"] if args.full_profile else []),
+            failure=f"{rows:,} rows failed", cwd=ROOT,
+        )
+        for rows in sizes
+    ]  # fmt: skip
 
-    gib = 2**30
-    table = Table(title=f"Nightly monitoring vs scoring ({args.trees} trees, {THREADS} threads)")
-    for column in (
-        "rows", "inputs s", "predict s", "scoring s", "profile s (rows)", "drift s",
-        "monitor s", "monitor / scoring", "peak RSS scoring", "peak RSS monitor",
-        "reference s (rows)",
-    ) + (("profile every row s",) if args.full_profile else ()):  # fmt: skip
-        table.add_column(column, justify="right")
+    table = new_table(
+        f"Nightly monitoring vs scoring ({args.trees} trees, {THREADS} threads)",
+        (
+            "rows", "inputs s", "predict s", "scoring s", "profile s (rows)", "drift s",
+            "monitor s", "monitor / scoring", "peak RSS scoring", "peak RSS monitor",
+            "reference s (rows)",
+        ) + (("profile every row s",) if args.full_profile else ()),
+        title_justify="center",
+    )  # fmt: skip
     for r in results:
         ratio = r["monitor_s"] / r["scoring_s"]
         mark = "[green]" if ratio <= TARGET else "[red]"
@@ -248,7 +198,7 @@ def main() -> None:
             f"{r['rows']:,}", f"{r['inputs_s']:.1f}", f"{r['predict_s']:.1f}",
             f"{r['scoring_s']:.1f}", f"{r['profile_s']:.1f} ({r['profiled_rows']:,})",
             f"{r['drift_s']:.1f}", f"{r['monitor_s']:.1f}", f"{mark}{ratio:.1%}",
-            f"{r['scoring_peak'] / gib:.2f} GiB", f"{r['monitor_peak'] / gib:.2f} GiB",
+            f"{gib(r['scoring_peak'])} GiB", f"{gib(r['monitor_peak'])} GiB",
             f"{r['reference_s']:.1f} ({args.reference_rows:,})",
             *([f"{r['full_profile_s']:.1f}"] if args.full_profile else []),
         )  # fmt: skip

@@ -43,12 +43,18 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+from common import (
+    ROOT,
+    SEED,
+    START,
+    build_world,
+    new_table,
+    settings_for,
+    stamp_matches,
+    world_spec,
+)
 from rich.console import Console
-from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-START = date(2026, 1, 1)
-SEED = 7
 SETUP_VERSION = 1
 TARGET_RATE = 500
 TARGET_P99_MS = 10.0
@@ -74,7 +80,7 @@ def setup(home: Path, subscribers: int, days: int, console: Console) -> date:
     day = START + timedelta(days=days - 1)
     stamp = {"version": SETUP_VERSION, "subscribers": subscribers, "days": days, "seed": SEED}
     marker = home / "_bench_online.json"
-    if marker.exists() and json.loads(marker.read_text()) == stamp:
+    if stamp_matches(marker, stamp):
         return day
     if home.exists() and any(home.iterdir()) and not marker.exists():
         raise SystemExit(f"{home} is not a bench world of this script: refusing to replace it")
@@ -105,23 +111,14 @@ def build(home: Path, subscribers: int, days: int) -> None:
 
     from tasks.core.settings import get_settings
     from tasks.core.telemetry import disable_telemetry
-    from tasks.data.sim_population import WorldSpec
-    from tasks.data.simulate import simulate_world
-    from tasks.features.store import apply_feature_repo
-    from tasks.features.tables import build_feature_tables, materialize_online
+    from tasks.features.tables import materialize_online
     from tasks.training.retrain import retrain
 
     disable_telemetry()
     shutil.rmtree(home, ignore_errors=True)
     settings = get_settings()
     day = START + timedelta(days=days - 1)
-    simulate_world(
-        WorldSpec(subscribers=subscribers, days=days, start=START, seed=SEED),
-        settings.source_dir,
-        settings.truth_dir,
-    )
-    apply_feature_repo(settings)
-    build_feature_tables(settings)
+    build_world(settings, world_spec(subscribers, days))
     result = retrain(settings, day, "bench: a champion to serve")
     if not result.promoted:
         raise SystemExit(f"the bench champion was not promoted: {result.decision.summary()}")
@@ -129,12 +126,10 @@ def build(home: Path, subscribers: int, days: int) -> None:
 
 
 def subscribers_in_service(home: Path, day: date) -> list[int]:
-    os.environ.update(world_env(home))
-    from tasks.core.settings import get_settings, reset_settings
     from tasks.data.sources import active_subscribers
 
-    reset_settings()
-    return active_subscribers(get_settings(), day).column("subscriber_id").to_pylist()
+    settings = settings_for(home, **world_env(home))
+    return active_subscribers(settings, day).column("subscriber_id").to_pylist()
 
 
 # ----------------------------------------------------------------------------- the server
@@ -397,27 +392,23 @@ def main() -> None:
         wall = time.monotonic() - began
     finally:
         code = stop_server(server)
-    table = Table(
-        title=(
-            f"POST /predict on churn serve (1 worker), {len(ids):,} subscribers in service on {day}; "
-            f"server on CPU {cpus[0] if pin else 'any'}, client on CPU {cpus[1] if pin else 'any'}; "
-            f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    table = new_table(
+        f"POST /predict on churn serve (1 worker), {len(ids):,} subscribers in service on {day}; "
+        f"server on CPU {cpus[0] if pin else 'any'}, client on CPU {cpus[1] if pin else 'any'}; "
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        (
+            "load",
+            "requests",
+            "throughput /s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "p99 from send ms",
+            "errors",
+            "server CPU ms/req",
         ),
-        title_justify="left",
     )
-    for column in (
-        "load",
-        "requests",
-        "throughput /s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "max ms",
-        "p99 from send ms",
-        "errors",
-        "server CPU ms/req",
-    ):
-        table.add_column(column, justify="right")
     for run in runs:
         table.add_row(
             run.label,

@@ -22,11 +22,12 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+from common import START, build_world, new_table, world_spec
+
 from tasks.core.telemetry import disable_telemetry
 
 disable_telemetry()
 
-START = date(2026, 1, 1)
 CHANGE_DAY = 200
 TRAIN_DAY = 195
 DAYS = 330
@@ -55,13 +56,8 @@ def main() -> None:
         }
     )
     from rich.console import Console
-    from rich.table import Table
 
     from tasks.core.settings import get_settings, reset_settings
-    from tasks.data.sim_population import WorldSpec
-    from tasks.data.simulate import simulate_world
-    from tasks.features.store import apply_feature_repo
-    from tasks.features.tables import build_feature_tables
     from tasks.monitoring.performance import read_history, update_history
     from tasks.monitoring.performance_findings import champion_reference, performance_findings
     from tasks.scoring.nightly import run_scoring
@@ -73,17 +69,10 @@ def main() -> None:
     began = time.perf_counter()
     if not (home / "features").exists():
         shutil.rmtree(home, ignore_errors=True)
-        spec = WorldSpec(
-            subscribers=args.subscribers,
-            days=DAYS,
-            start=START,
-            seed=7,
-            scenario="support_decline",
-            scenario_start=day(CHANGE_DAY),
+        spec = world_spec(
+            args.subscribers, DAYS, scenario="support_decline", scenario_start=day(CHANGE_DAY)
         )
-        simulate_world(spec, settings.source_dir, settings.truth_dir, chunk_days=31)
-        apply_feature_repo(settings)
-        build_feature_tables(settings)
+        build_world(settings, spec)
     console.print(f"world ready in {time.perf_counter() - began:.0f} s")
     if champion_reference(settings) is None:
         result = retrain(settings, day(TRAIN_DAY), "bench: champion before the change")
@@ -116,11 +105,11 @@ def main() -> None:
 
     before = [r for r in history if r["score_date"] < day(CHANGE_DAY)]
     after = [r for r in history if r["score_date"] >= day(CHANGE_DAY)]
-    table = Table(
-        title=f"champion v{version} (holdout AUC {holdout_auc:.3f})", title_justify="left"
+    table = new_table(
+        f"champion v{version} (holdout AUC {holdout_auc:.3f})",
+        ("score days", "days", "realized AUC", "realized rate", "mean probability"),
+        justify="left",
     )
-    for column in ("score days", "days", "realized AUC", "realized rate", "mean probability"):
-        table.add_column(column)
     for label, rows in (("before the change", before), ("after the change", after)):
         table.add_row(
             label,
@@ -130,15 +119,12 @@ def main() -> None:
             f"{mean(rows, 'mean_probability'):.4f}",
         )
     console.print(table)
-    findings = Table(title="first finding of each kind", title_justify="left")
-    for column in (
-        "finding",
-        "evaluated on",
-        "newest score date",
-        "days after the change",
-        "message",
-    ):
-        findings.add_column(column, overflow="fold")
+    findings = new_table(
+        "first finding of each kind",
+        ("finding", "evaluated on", "newest score date", "days after the change", "message"),
+        justify="left",
+        overflow="fold",
+    )
     for key, (i, last, message) in sorted(first.items(), key=lambda kv: kv[1][0]):
         findings.add_row(key, str(day(i)), str(last), str(i - CHANGE_DAY), message)
     console.print(findings)

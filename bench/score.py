@@ -56,391 +56,32 @@ stage of the path does).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as dtime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from common import (
+    ROOT,
+    gib,
+    mib,
+    new_table,
+    peak_rss_bytes,
+    per_second,
+    report_to_parent,
+    run_child,
+    stamp_matches,
+)
 from rich.console import Console
 from rich.table import Table
+from score_profile import print_profile, profile
+from score_setup import DAY, PREDICT_THREADS, score_settings, setup_world, world_marker
 
-ROOT = Path(__file__).resolve().parents[1]
-DAY = date(2026, 6, 30)
-GENERATOR_VERSION = 1
-ROW_GROUP = 122_880
-"""DuckDB's Parquet row group (rows): the feature build writes these."""
-CHUNK = ROW_GROUP * 8
-TRAIN_ROWS = 200_000
 TARGET_RATIO = 2.0
 TARGET_PEAK = 3 * 2**30
-PREDICT_THREADS = 2
-CANCELLED_EVERY = 51
-"""Every 51st id left a month before the score day: subscribers who are not in service."""
-
-PLAN_PRICES = {"basic": 35.0, "standard": 55.0, "premium": 75.0, "unlimited": 95.0}
-CONTRACTS = ("month_to_month", "one_year", "two_year")
-PAYMENTS = ("autopay", "card", "invoice")
-REGIONS = ("north", "south", "east", "west", "central")
-AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
-GENDERS = ("female", "male", "unspecified")
-
-
-def _features_bench():
-    """bench/features.py as a module (its file name would clash with the Feast repo's)."""
-    spec = importlib.util.spec_from_file_location("bench_features", ROOT / "bench" / "features.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _settings(world: Path, shard_rows: int):
-    os.environ["CHURN_HOME"] = str(world)
-    os.environ["CHURN_MLFLOW_TRACKING_URI"] = f"sqlite:///{world}/mlflow/mlflow.db"
-    os.environ["CHURN_SCORE_SHARD_ROWS"] = str(shard_rows)
-    os.environ["CHURN_MODEL_THREADS"] = str(PREDICT_THREADS)
-    os.environ["CHURN_SCORE_TASK_RUNNER"] = "local"
-    from tasks.core.settings import get_settings, reset_settings
-    from tasks.core.telemetry import disable_telemetry
-
-    disable_telemetry()
-    reset_settings()
-    return get_settings()
-
-
-def _stamp(day: date) -> datetime:
-    return datetime.combine(day + timedelta(days=1), dtime.min, tzinfo=UTC)
-
-
-# ----------------------------------------------------------------------------- synthetic world
-
-
-def _codes(rng: np.random.Generator, values: tuple[str, ...], p: list[float], n: int) -> np.ndarray:
-    return rng.choice(len(values), size=n, p=p).astype(np.int8)
-
-
-def _text(codes: np.ndarray, values: tuple[str, ...]) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(values)).cast(pa.string())
-
-
-def _strings(rng: np.random.Generator, values: tuple[str, ...], p: list[float], n: int) -> pa.Array:
-    return _text(_codes(rng, values, p, n), values)
-
-
-def synthetic_features(rng: np.random.Generator, n: int, reads: list) -> dict[str, pa.Array]:
-    """Every input of the configured feature service for ``n`` subscribers, inside its contract.
-
-    The 20 inputs of ``churn_model_v1`` have shapes of their own; any other feature of the
-    service is drawn from its Feast type and contract (allowed values, range, nullability).
-    """
-    values = _v1_features(rng, n)
-    for read in reads:
-        by_name = {c.name: c for c in read.contract.columns}
-        for name, dtype in zip(read.columns, read.dtypes, strict=True):
-            if name not in values:
-                values[name] = _from_contract(rng, n, by_name[name], dtype)
-    return values
-
-
-def _from_contract(rng: np.random.Generator, n: int, column, dtype: str) -> pa.Array:
-    """A feature drawn from its contract: allowed values, a ratio-like or count-like number."""
-    if column.allowed is not None:
-        k = len(column.allowed)
-        return _strings(rng, tuple(column.allowed), [1 / k] * k, n)
-    low = column.min if column.min is not None else 0.0
-    high = column.max if column.max is not None else low + 1000.0
-    if dtype.startswith("Int"):
-        raw = np.clip(rng.poisson(1.0, n) + low, low, high)
-        array = raw.astype(np.int32 if dtype == "Int32" else np.int64)
-    else:
-        raw = np.clip(rng.lognormal(0.0, 0.4, n) * max(1.0, low), low, high)
-        array = raw.astype(np.float32 if dtype == "Float32" else np.float64)
-    mask = rng.random(n) < 0.01 if column.nullable else None
-    return pa.array(array, mask=mask)
-
-
-def _v1_features(rng: np.random.Generator, n: int) -> dict[str, pa.Array]:
-    plans = tuple(PLAN_PRICES)
-    plan = _codes(rng, plans, [0.3, 0.35, 0.25, 0.1], n)
-    price = np.array(list(PLAN_PRICES.values()))[plan]
-    ratio = rng.uniform(0.7, 1.3, n).astype(np.float32)
-    changed = rng.random(n) < 0.05
-    data_30 = np.where(rng.random(n) < 0.005, 0.0, rng.gamma(2.0, 23.0, n)).astype(np.float32)
-    trend = rng.lognormal(0.0, 0.3, n).astype(np.float32)
-    voice_30 = rng.gamma(2.0, 400.0, n).astype(np.float32)
-    support_7 = rng.poisson(0.05, n)
-    support_30 = support_7 + rng.poisson(0.15, n)
-    bills = rng.choice([1, 2, 3], size=n, p=[0.03, 0.07, 0.9])
-    return {
-        "tenure_days": pa.array(rng.integers(30, 2500, n).astype(np.int32)),
-        "plan": _text(plan, plans),
-        "contract_type": _strings(rng, CONTRACTS, [0.5, 0.3, 0.2], n),
-        "payment_method": _strings(rng, PAYMENTS, [0.5, 0.3, 0.2], n),
-        "monthly_charge": pa.array((price * ratio).astype(np.float32)),
-        "charge_to_list_ratio": pa.array(ratio),
-        "charge_change_90d": pa.array(
-            np.where(changed, np.clip(rng.normal(0, 10, n), -100, 100), 0).astype(np.float32)
-        ),
-        "plan_changes_90d": pa.array((changed * rng.integers(1, 3, n)).astype(np.int32)),
-        "data_gb_7d": pa.array(data_30 * np.float32(7 / 30) * trend),
-        "data_gb_30d": pa.array(data_30),
-        "data_trend_7d_30d": pa.array(trend, mask=data_30 == 0),
-        "voice_minutes_7d": pa.array(
-            voice_30 * np.float32(7 / 30) * rng.lognormal(0, 0.2, n).astype(np.float32)
-        ),
-        "voice_minutes_30d": pa.array(voice_30),
-        "dropped_calls_30d": pa.array(rng.poisson(5.0, n).astype(np.int32)),
-        "active_days_30d": pa.array((30 - np.minimum(30, rng.poisson(0.4, n))).astype(np.int32)),
-        "support_calls_7d": pa.array(support_7.astype(np.int32)),
-        "support_calls_30d": pa.array(support_30.astype(np.int32)),
-        "network_tickets_30d": pa.array(rng.binomial(support_30, 0.4).astype(np.int32)),
-        "late_payments_90d": pa.array(np.minimum(rng.poisson(0.15, n), bills).astype(np.int32)),
-        "bills_90d": pa.array(bills.astype(np.int32)),
-    }
-
-
-def churn_logit(f: dict[str, pa.Array]) -> np.ndarray:
-    """The synthetic world's true log-odds of churning in 30 days (about 4% churn)."""
-
-    def num(name: str) -> np.ndarray:
-        return f[name].to_numpy(zero_copy_only=False).astype(np.float64)
-
-    trend = np.nan_to_num(num("data_trend_7d_30d"), nan=0.0)
-    contract = np.asarray(f["contract_type"].to_numpy(zero_copy_only=False), dtype=str)
-    return (
-        -4.3
-        + 1.1 * (contract == "month_to_month")
-        + 0.7 * num("support_calls_30d")
-        + 0.5 * num("network_tickets_30d")
-        + 0.8 * num("late_payments_90d")
-        - 0.0006 * num("tenure_days")
-        + 1.3 * (trend < 0.7)
-        + 1.5 * np.maximum(num("charge_to_list_ratio") - 1.1, 0)
-        + 0.05 * num("dropped_calls_30d")
-    )
-
-
-def _world_marker(subscribers: int, trees: int) -> dict:
-    """What a world was made from; another feature service or repo means a new world."""
-    repo = hashlib.sha256()
-    for path in sorted((ROOT / "feature_repo").glob("*.py")):
-        repo.update(path.read_bytes())
-    return {
-        "subscribers": subscribers,
-        "trees": trees,
-        "score_date": DAY.isoformat(),
-        "generator_version": GENERATOR_VERSION,
-        "feature_service": os.environ.get("CHURN_FEATURE_SERVICE", "(default)"),
-        "feature_repo_sha256": repo.hexdigest(),
-    }
-
-
-def setup_world(world: Path, subscribers: int, trees: int, shard_rows: int) -> dict:
-    """Write the synthetic world of one score day and register its champion (see module doc)."""
-    import pyarrow.parquet as pq
-
-    from tasks.core.layout import MANIFEST_NAME, table_path
-    from tasks.core.schema import SOURCE_TABLES
-    from tasks.features.frames import view_reads
-    from tasks.features.store import apply_feature_repo
-    from tasks.features.tables import FEAST_TO_ARROW
-
-    settings = _settings(world, shard_rows)
-    timings: dict[str, float] = {}
-    began = time.perf_counter()
-    apply_feature_repo(settings)
-    reads = view_reads(settings)
-    schemas = {
-        r.name: pa.schema(
-            [("subscriber_id", pa.int64()), (r.timestamp_field, pa.timestamp("us", tz="UTC"))]
-            + [(c, FEAST_TO_ARROW[t]) for c, t in zip(r.columns, r.dtypes, strict=True)]
-        )
-        for r in reads
-    }
-    days = (DAY - timedelta(days=1), DAY)
-    writers = {}
-    for r in reads:
-        for day in days:
-            path = (
-                settings.features_dir
-                / r.name
-                / f"snapshot_date={day.isoformat()}"
-                / "part_0.parquet"
-            )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writers[r.name, day] = pq.ParquetWriter(
-                path, schemas[r.name], compression="zstd", write_statistics=True
-            )
-    source = settings.source_dir
-    source.mkdir(parents=True, exist_ok=True)
-    subscribers_spec = SOURCE_TABLES["subscribers"]
-    subscriber_writer = pq.ParquetWriter(
-        table_path(source, subscribers_spec), subscribers_spec.arrow_schema, compression="zstd"
-    )
-    # Ids 1..; every CANCELLED_EVERY-th id left before D-1, the others (the first N) are in service.
-    top = subscribers + subscribers // (CANCELLED_EVERY - 1) + 2
-    all_ids = np.arange(1, top + 1, dtype=np.int64)
-    active = all_ids[all_ids % CANCELLED_EVERY != 0][:subscribers]
-    cancelled = all_ids[(all_ids % CANCELLED_EVERY == 0) & (all_ids < active[-1])]
-    rng = np.random.default_rng(7)
-    for start in range(0, subscribers, CHUNK):
-        ids = active[start : start + CHUNK]
-        n = len(ids)
-        values = synthetic_features(rng, n, reads)
-        for r in reads:
-            for k, day in enumerate(days):
-                columns = {
-                    "subscriber_id": pa.array(ids),
-                    r.timestamp_field: pa.array(
-                        np.full(n, np.datetime64(_stamp(day).replace(tzinfo=None), "us"))
-                    ).cast(pa.timestamp("us", tz="UTC")),
-                }
-                for c in r.columns:
-                    v = values[c]
-                    # Yesterday's snapshot: a day less tenure (its values are superseded anyway).
-                    if c == "tenure_days" and k == 0:
-                        v = pa.array(v.to_numpy() - 1)
-                    columns[c] = v
-                writers[r.name, day].write_table(
-                    pa.table(columns, schema=schemas[r.name]), row_group_size=ROW_GROUP
-                )
-        tenure = values["tenure_days"].to_numpy().astype("timedelta64[D]")
-        subscriber_writer.write_table(
-            pa.table(
-                {
-                    "subscriber_id": ids,
-                    "signup_date": pa.array(np.datetime64(DAY, "D") - tenure),
-                    "plan": values["plan"],
-                    "contract_type": values["contract_type"],
-                    "payment_method": values["payment_method"],
-                    "monthly_charge": values["monthly_charge"].cast(pa.float64()),
-                    "region": _strings(rng, REGIONS, [0.2] * 5, n),
-                    "age_band": _strings(rng, AGE_BANDS, [1 / 6] * 6, n),
-                    "gender": _strings(rng, GENDERS, [0.49, 0.49, 0.02], n),
-                },
-                schema=subscribers_spec.arrow_schema,
-            )
-        )
-    for writer in writers.values():
-        writer.close()
-    m = len(cancelled)
-    subscriber_writer.write_table(
-        pa.table(
-            {
-                "subscriber_id": cancelled,
-                "signup_date": pa.array([DAY - timedelta(days=400)] * m, pa.date32()),
-                "plan": pa.array(["basic"] * m),
-                "contract_type": pa.array(["month_to_month"] * m),
-                "payment_method": pa.array(["card"] * m),
-                "monthly_charge": pa.array([35.0] * m),
-                "region": pa.array(["north"] * m),
-                "age_band": pa.array(["25-34"] * m),
-                "gender": pa.array(["female"] * m),
-            },
-            schema=subscribers_spec.arrow_schema,
-        )
-    )
-    subscriber_writer.close()
-    cancellations = SOURCE_TABLES["cancellations"]
-    pq.write_table(
-        pa.table(
-            {
-                "subscriber_id": cancelled,
-                "cancel_date": pa.array([DAY - timedelta(days=30)] * m, pa.date32()),
-                "reason": pa.array(["price"] * m),
-            },
-            schema=cancellations.arrow_schema,
-        ),
-        table_path(source, cancellations),
-    )
-    for name in ("usage_daily", "billing", "support_tickets", "plan_changes"):
-        spec = SOURCE_TABLES[name]
-        path = table_path(source, spec)
-        if spec.partitioned:
-            path.mkdir(parents=True, exist_ok=True)
-            path = path / "bench_empty.parquet"
-        pq.write_table(spec.arrow_schema.empty_table(), path)
-    (source / MANIFEST_NAME).write_text(
-        json.dumps(
-            {
-                "source": "bench/score.py (synthetic, one score day)",
-                "start": (DAY - timedelta(days=1)).isoformat(),
-                "end": DAY.isoformat(),
-                "subscribers": subscribers,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    timings["write world"] = time.perf_counter() - began
-    began = time.perf_counter()
-    model = register_champion(settings, reads, trees)
-    timings["train + register champion"] = time.perf_counter() - began
-    return {
-        "timings": timings,
-        "feature_service": settings.feature_service,
-        "features": sum(len(r.columns) for r in reads),
-        **model,
-    }
-
-
-def register_champion(settings, reads: list, trees: int) -> dict:
-    """Train ``trees`` rounds on synthetic rows with a real signal; log, register and promote it."""
-    import lightgbm as lgb
-    from sklearn.metrics import roc_auc_score
-
-    from tasks.training.candidates import log_candidate
-    from tasks.training.model_spec import model_inputs, model_params, model_spec
-    from tasks.training.registry import promote, register_version
-
-    rng = np.random.default_rng(11)
-    n = TRAIN_ROWS + 50_000
-    values = synthetic_features(rng, n, reads)
-    features = [c for r in reads for c in r.columns]
-    label = (rng.random(n) < 1 / (1 + np.exp(-churn_logit(values)))).astype(np.float32)
-    frame = pa.table({c: values[c] for c in features}).to_pandas()
-    train, holdout = frame.iloc[:TRAIN_ROWS], frame.iloc[TRAIN_ROWS:].reset_index(drop=True)
-    spec = model_spec(train, features)
-    params = model_params(settings)
-    booster = lgb.train(
-        params,
-        lgb.Dataset(
-            model_inputs(train, spec),
-            label=label[:TRAIN_ROWS],
-            categorical_feature=spec.categorical,
-        ),
-        num_boost_round=trees,
-    )
-    auc = float(roc_auc_score(label[TRAIN_ROWS:], booster.predict(model_inputs(holdout, spec))))
-    run_id = log_candidate(
-        settings,
-        booster=booster,
-        model_spec=spec.to_dict(),
-        input_example=model_inputs(holdout.head(5), spec),
-        params={**params, "num_boost_round": trees},
-        metrics={"roc_auc": auc},
-        gate_results={"bench_setup": {"passed": True, "detail": "synthetic bench champion"}},
-        tags={"bench": "bench/score.py"},
-        artifacts=None,
-        run_name="bench-score",
-    )
-    version = register_version(settings, run_id, {"reason": "bench/score.py champion"})
-    promote(settings, version, by="bench/score.py", reason="bench champion")
-    return {
-        "version": version,
-        "trees": booster.num_trees(),
-        "holdout_auc": auc,
-        "churn_rate": float(label.mean()),
-    }
 
 
 # ----------------------------------------------------------------------------- children
@@ -461,7 +102,7 @@ def floor(world: Path, shard_rows: int) -> dict:
     from tasks.training.model_spec import ModelSpec, model_inputs
     from tasks.training.registry import load_model
 
-    settings = _settings(world, shard_rows)
+    settings = score_settings(world, shard_rows)
     reads = view_reads(settings)
     booster, spec_dict, version = load_model(settings, "champion")
     spec = ModelSpec.from_dict(spec_dict)
@@ -517,7 +158,7 @@ def nightly(world: Path, shard_rows: int) -> dict:
     from tasks.scoring.nightly import run_scoring
     from tasks.scoring.shards import score_shard
 
-    settings = _settings(world, shard_rows)
+    settings = score_settings(world, shard_rows)
     shutil.rmtree(settings.predictions_dir, ignore_errors=True)
     shutil.rmtree(settings.retention_dir, ignore_errors=True)
     clocks = {"log write": 0.0, "shards done": 0.0}
@@ -553,163 +194,6 @@ def nightly(world: Path, shard_rows: int) -> dict:
     }
 
 
-def profile(world: Path, shard_rows: int) -> dict:
-    """The plan over the whole base, then one shard from its middle, step by step (and the log write)."""
-    import pyarrow.parquet as pq
-
-    from tasks.audit.log_schema import ROW_GROUP_ROWS
-    from tasks.audit.prediction_log import PredictionLogWriter, open_temp_writer
-    from tasks.core.files import PARQUET_OPTIONS
-    from tasks.data.sources import active_subscribers
-    from tasks.features.frames import features_from, view_reads
-    from tasks.features.tables import as_of_timestamp
-    from tasks.scoring.compiled import model_matrix
-    from tasks.scoring.models import resolve_models
-    from tasks.scoring.shards import (
-        ScoringContext,
-        _candidates,
-        _missing_views,
-        check_scoring_features,
-        encode_features,
-        explain_candidates,
-        plan_shards,
-        rank_by_revenue,
-        risk_tiers,
-    )
-
-    settings = _settings(world, shard_rows)
-    steps: dict[str, float] = {}
-    memory: dict[str, tuple[int, int]] = {}
-    clock = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        steps[step] = now - clock
-        memory[step] = _memory()
-        clock = now
-
-    reads = view_reads(settings)
-    features = [c for r in reads for c in r.columns]
-    lap("plan: Feast registry")
-    model = resolve_models(settings, features)[0]
-    lap("plan: champion from MLflow")
-    subscribers = active_subscribers(settings, DAY).column("subscriber_id")
-    lap("plan: active subscribers (whole base)")
-    shards = plan_shards(subscribers, shard_rows)
-    lap("plan: plan_shards (whole base)")
-    shard = shards[len(shards) // 2]
-    ctx = ScoringContext(
-        score_date=DAY,
-        at=as_of_timestamp(DAY),
-        reads=reads,
-        models=[model],
-        capacity=settings.retention_capacity,
-        medium_threshold=settings.risk_medium_threshold,
-        high_threshold=settings.risk_high_threshold,
-        reason_count=settings.reason_codes,
-        threads=PREDICT_THREADS,
-    )
-    clock = time.perf_counter()
-    frame = features_from(
-        reads,
-        ctx.at,
-        pa.table({"subscriber_id": shard.subscriber_ids}),
-        id_range=shard.id_range,
-        mark_present=True,
-    )
-    lap("feature read + point-in-time join")
-    check_scoring_features(frame, reads)
-    lap("contract check")
-    _, _, keep = _missing_views(frame, reads)
-    scored = frame.filter(keep) if keep is not None else frame
-    lap("missing views")
-    encoded = encode_features(scored, features)
-    lap("features struct for the log")
-    matrix = model_matrix(scored, model.spec)
-    lap("model matrix (Arrow → float64)")
-    p, predictor = model.predict(matrix, PREDICT_THREADS)
-    lap(f"predict ({predictor}, with its check)")
-    tier = risk_tiers(p, ctx.medium_threshold, ctx.high_threshold)
-    ids = scored.column("subscriber_id").combine_chunks()
-    charge = scored.column("monthly_charge").to_numpy(zero_copy_only=False).astype(np.float64)
-    lap("tiers")
-    top = rank_by_revenue(p * charge, p, ids.to_numpy(), ctx.capacity)
-    lap(f"top {ctx.capacity} by revenue at risk")
-    candidates = _candidates(
-        pa.table(
-            {
-                "subscriber_id": ids,
-                "probability": pa.array(p),
-                "risk_tier": tier,
-                "features": encoded,
-            }
-        ),
-        charge,
-        top,
-    )
-    explain_candidates(model, candidates, ctx.capacity, ctx.reason_count)
-    lap(f"reasons (SHAP, {ctx.capacity} rows: once a night)")
-    batch = pa.table(
-        {
-            "subscriber_id": ids,
-            "probability": pa.array(p),
-            "risk_tier": tier,
-            "reasons": pa.nulls(len(ids), pa.list_(pa.string())),
-            "features": encoded,
-        }
-    )
-    scratch = settings.model_copy(update={"home": Path("/tmp/benchscore/profile_home")})
-    shutil.rmtree(scratch.home, ignore_errors=True)
-    writer = PredictionLogWriter(
-        scratch,
-        score_date=DAY,
-        model_name=model.name,
-        model_version=model.version,
-        role="champion",
-        feature_service=settings.feature_service,
-        flow_run_id=None,
-        scored_at=datetime.now(UTC),
-    )
-    lap("(batch table)")
-    with writer:
-        # PredictionLogWriter.write, step by step.
-        state = writer._state
-        columns, _ = writer._checked(batch, state)
-        lap("log: batch checks")
-        table = writer._complete(columns, batch.num_rows)
-        lap("log: prediction_id + constant columns")
-        state.file = open_temp_writer(writer.path, table.schema)
-        state.file.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-        state.rows += table.num_rows
-        lap("log: Parquet write (zstd)")
-    lap("log: close + sha256 + fsync + publish")
-    # For comparison only: the same table written without compression and with zstd level 1.
-    for label, options in (("none", {"compression": "none"}), ("lz4", {"compression": "lz4"})):
-        began = time.perf_counter()
-        pq.write_table(table, "/tmp/benchscore/profile_cmp.parquet", **options)
-        steps[f"(compare: Parquet write {label})"] = time.perf_counter() - began
-    return {
-        "rows": len(ids),
-        "steps": steps,
-        "memory": memory,
-        "features_bytes_per_row": encoded.nbytes / len(ids),
-        "log_bytes_per_row": Path(writer.path).stat().st_size / len(ids),
-        "log_columns_bytes": {name: table.column(name).nbytes for name in table.column_names},
-        "parquet_options": str(PARQUET_OPTIONS),
-    }
-
-
-def _memory() -> tuple[int, int]:
-    """This process's resident memory now and its peak so far (VmRSS, VmHWM), in bytes."""
-    found = dict.fromkeys(("VmRSS:", "VmHWM:"), 0)
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key = line.split(" ", 1)[0].split("\t", 1)[0]
-        if key in found:
-            found[key] = int(line.split()[1]) * 1024
-    return found["VmRSS:"], found["VmHWM:"]
-
-
 def child(kind: str, world: Path, subscribers: int, trees: int, shard_rows: int) -> None:
     import logging
 
@@ -722,34 +206,17 @@ def child(kind: str, world: Path, subscribers: int, trees: int, shard_rows: int)
         result = nightly(world, shard_rows)
     else:
         result = profile(world, shard_rows)
-    result["peak_rss"] = _features_bench().peak_rss_bytes()
-    print(json.dumps(result))
+    result["peak_rss"] = peak_rss_bytes()
+    report_to_parent(result)
 
 
 def _run_child(kind: str, world: Path, subscribers: int, trees: int, shard_rows: int) -> dict:
-    done = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            kind,
-            "--home",
-            str(world),
-            "--subscribers",
-            str(subscribers),
-            "--trees",
-            str(trees),
-            "--shard-rows",
-            str(shard_rows),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    return run_child(
+        __file__,
+        *("--child", kind, "--home", world, "--subscribers", subscribers),
+        *("--trees", trees, "--shard-rows", shard_rows),
+        failure=f"{kind} child failed at {subscribers:,} subscribers",
     )
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"{kind} child failed at {subscribers:,} subscribers")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- main
@@ -758,8 +225,8 @@ def _run_child(kind: str, world: Path, subscribers: int, trees: int, shard_rows:
 def prepare(world: Path, subscribers: int, trees: int, shard_rows: int, console: Console) -> None:
     """Write the world and its champion unless a matching one is there (else start afresh)."""
     marker = world / "_bench_world.json"
-    wanted = _world_marker(subscribers, trees)
-    if marker.exists() and json.loads(marker.read_text()) == wanted:
+    wanted = world_marker(subscribers, trees)
+    if stamp_matches(marker, wanted):
         console.print(f"{subscribers:,} subscribers: world reused ({world})")
         return
     if world.exists():
@@ -774,7 +241,7 @@ def prepare(world: Path, subscribers: int, trees: int, shard_rows: int, console:
         + f"; {r['feature_service']} ({r['features']} features)"
         + f"; champion v{r['version']} ({r['trees']} trees, synthetic holdout AUC "
         f"{r['holdout_auc']:.3f}, churn rate {r['churn_rate']:.1%}); setup peak "
-        f"{r['peak_rss'] / 2**20:,.0f} MiB"
+        f"{mib(r['peak_rss'])} MiB"
     )
 
 
@@ -785,8 +252,8 @@ def _add_row(
         f"{size:,}",
         stage,
         f"{seconds:.1f}",
-        f"{rows / seconds:,.0f}" if seconds > 0 else "—",
-        f"{peak / 2**20:,.0f}" if peak is not None else "",
+        per_second(rows, seconds) if seconds > 0 else "—",
+        mib(peak) if peak is not None else "",
         f"{seconds / base:.2f}",
     )
 
@@ -837,15 +304,12 @@ def main() -> None:
         return
 
     console = Console(width=150)
-    table = Table(
-        title=(
-            f"Nightly scoring of {DAY} against a bare predict ({args.trees} trees, "
-            f"{PREDICT_THREADS} threads, shards of {args.shard_rows:,})"
-        ),
-        title_justify="left",
+    table = new_table(
+        f"Nightly scoring of {DAY} against a bare predict ({args.trees} trees, "
+        f"{PREDICT_THREADS} threads, shards of {args.shard_rows:,})",
+        ("subscribers", "stage", "seconds", "rows/s", "peak RSS MiB", "× floor"),
+        left={"stage"},
     )
-    for column in ("subscribers", "stage", "seconds", "rows/s", "peak RSS MiB", "× floor"):
-        table.add_column(column, justify="left" if column == "stage" else "right")
     verdicts = []
     for size in sizes:
         world = args.home / f"score_{size}"
@@ -881,7 +345,7 @@ def main() -> None:
         checks = [
             f"whole path {ratio:.2f}× the floor (target ≤ {TARGET_RATIO:g}×): "
             + ("met" if ratio <= TARGET_RATIO else "NOT met"),
-            f"peak {nt['peak_rss'] / 2**30:.2f} GiB (target ≤ {TARGET_PEAK / 2**30:g} GiB): "
+            f"peak {gib(nt['peak_rss'])} GiB (target ≤ {TARGET_PEAK / 2**30:g} GiB): "
             + ("met" if nt["peak_rss"] <= TARGET_PEAK else "NOT met"),
         ]
         # CPU seconds (all threads) hardly depend on what else the machine runs; wall seconds do.
@@ -898,7 +362,7 @@ def main() -> None:
         extra = (
             f"scored {nt['rows']:,} of {nt['subscribers']:,} in {nt['shards']} shards, "
             f"not scored {sum(nt['not_scored'].values()):,}, high-risk file {nt['high_risk_rows']:,} rows, "
-            f"log {nt['log_bytes'] / 2**20:,.0f} MiB"
+            f"log {mib(nt['log_bytes'])} MiB"
         )
         verdicts.append((size, checks, extra))
     console.print(table)
@@ -908,33 +372,7 @@ def main() -> None:
         world = args.home / f"score_{size}"
         with console.status(f"profiling one shard at {size:,}"):
             pr = _run_child("profile", world, size, args.trees, args.shard_rows)
-        ptable = Table(
-            title=(
-                f"Plan over {size:,} subscribers, then one shard of {pr['rows']:,} rows, "
-                "step by step (rows/s and share: per shard row)"
-            ),
-            title_justify="left",
-        )
-        for column in ("step", "seconds", "rows/s", "share", "RSS after MiB", "peak so far MiB"):
-            ptable.add_column(column, justify="left" if column == "step" else "right")
-        spent = sum(v for k, v in pr["steps"].items() if not k.startswith(("(compare", "plan:")))
-        for step, seconds in pr["steps"].items():
-            rss, hwm = pr["memory"].get(step, (0, 0))
-            ptable.add_row(
-                step,
-                f"{seconds:.2f}",
-                f"{pr['rows'] / seconds:,.0f}"
-                if seconds > 0 and not step.startswith("plan:")
-                else "",
-                "" if step.startswith(("(compare", "plan:")) else f"{seconds / spent:.0%}",
-                f"{rss / 2**20:,.0f}" if rss else "",
-                f"{hwm / 2**20:,.0f}" if hwm else "",
-            )
-        console.print(ptable)
-        console.print(
-            f"features struct {pr['features_bytes_per_row']:.0f} B/row in memory, log file "
-            f"{pr['log_bytes_per_row']:.0f} B/row; profile peak {pr['peak_rss'] / 2**20:,.0f} MiB"
-        )
+        print_profile(console, size, pr)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Self
 
 import psutil
+from common import mib, new_table, per_second
 from rich.console import Console
-from rich.table import Table
 
 from tasks.core.schema import USAGE_DAILY
 from tasks.data.sim_population import WorldSpec
@@ -85,10 +85,12 @@ def run_once(label: str, spec: WorldSpec, chunk_days: int) -> Run:
 
 
 def report(runs: list[Run], console: Console) -> None:
-    table = Table(title="simulate_world, end to end including Parquet writing")
-    columns = ("run", "subscribers", "days", "rows", "seconds", "sub-days/s", "peak RSS", "disk")
-    for column in columns:
-        table.add_column(column, justify="right", no_wrap=True)
+    table = new_table(
+        "simulate_world, end to end including Parquet writing",
+        ("run", "subscribers", "days", "rows", "seconds", "sub-days/s", "peak RSS", "disk"),
+        title_justify="center",
+        no_wrap=True,
+    )
     for r in runs:
         table.add_row(
             r.label,
@@ -96,9 +98,9 @@ def report(runs: list[Run], console: Console) -> None:
             f"{r.spec.days:,}",
             f"{sum(r.summary.rows.values()):,}",
             f"{r.seconds:.2f}",
-            f"{r.subscriber_days / r.seconds:,.0f}",
-            f"{r.peak_rss / 2**20:,.0f} MiB",
-            f"{r.disk_bytes / 2**20:,.0f} MiB",
+            per_second(r.subscriber_days, r.seconds),
+            f"{mib(r.peak_rss)} MiB",
+            f"{mib(r.disk_bytes)} MiB",
         )
     console.print(table)
     base, full = runs
@@ -130,7 +132,7 @@ def main() -> None:
         run_once("full", full, args.chunk_days),
     ]
     console = Console(width=max(Console().width, 110))
-    console.print(f"RSS before the runs (interpreter and libraries): {rss_before / 2**20:,.0f} MiB")
+    console.print(f"RSS before the runs (interpreter and libraries): {mib(rss_before)} MiB")
     report(runs, console)
 
 

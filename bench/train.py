@@ -12,58 +12,49 @@ Target at 1M subscribers: ≤ 10 min and ≤ 8 GB on the 2-core machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
+from common import (
+    ROOT,
+    START,
+    gib,
+    new_table,
+    peak_rss_bytes,
+    prepare_world,
+    report_to_parent,
+    run_child,
+    settings_for,
+)
 from rich.console import Console
-from rich.table import Table
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _features_bench():
-    """bench/features.py as a module (its file name would clash with the Feast repo's)."""
-    spec = importlib.util.spec_from_file_location("bench_features", ROOT / "bench" / "features.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def child(home: Path, as_of: str) -> None:
     from datetime import date
 
-    os.environ["CHURN_HOME"] = str(home)
-    os.environ["CHURN_MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/bench_mlflow/mlflow.db"
-    from tasks.core.settings import get_settings, reset_settings
+    settings = settings_for(
+        home, CHURN_MLFLOW_TRACKING_URI=f"sqlite:///{home}/bench_mlflow/mlflow.db"
+    )
     from tasks.core.telemetry import disable_telemetry
     from tasks.training.retrain import retrain
 
     disable_telemetry()
-    reset_settings()
     began = time.perf_counter()
-    result = retrain(get_settings(), date.fromisoformat(as_of), "bench")
+    result = retrain(settings, date.fromisoformat(as_of), "bench")
     total = time.perf_counter() - began
-    bench = _features_bench()
-    print(
-        json.dumps(
-            {
-                "timings": result.timings,
-                "total": total,
-                "peak_rss": bench.peak_rss_bytes(),
-                "roc_auc": result.challenger.metrics["roc_auc"],
-                "best_auc": result.best_auc,
-                "observable_auc": result.observable_auc,
-                "rows": int(result.challenger.metrics.get("rows", 0)),
-                "verdict": result.decision.verdict,
-            }
-        )
+    report_to_parent(
+        {
+            "timings": result.timings,
+            "total": total,
+            "peak_rss": peak_rss_bytes(),
+            "roc_auc": result.challenger.metrics["roc_auc"],
+            "best_auc": result.best_auc,
+            "observable_auc": result.observable_auc,
+            "rows": int(result.challenger.metrics.get("rows", 0)),
+            "verdict": result.decision.verdict,
+        }
     )
 
 
@@ -82,12 +73,7 @@ def main() -> None:
         child(args.child, args.as_of)
         return
     console = Console(width=150)
-    bench = _features_bench()
-    as_of = bench.START + timedelta(days=args.days - 1)
-    table = Table(
-        title=f"Retrain at {as_of} (stage seconds, one fresh process per size)",
-        title_justify="left",
-    )
+    as_of = START + timedelta(days=args.days - 1)
     stages = [
         "training frame",
         "split",
@@ -97,33 +83,33 @@ def main() -> None:
         "mlflow run",
         "register + promote",
     ]
-    for column in (
-        "subscribers",
-        *stages,
-        "total s",
-        "peak RSS",
-        "holdout AUC",
-        "best AUC",
-        "observable AUC",
-        "gap to observable",
-        "verdict",
-    ):
-        table.add_column(column, justify="right")
+    table = new_table(
+        f"Retrain at {as_of} (stage seconds, one fresh process per size)",
+        (
+            "subscribers",
+            *stages,
+            "total s",
+            "peak RSS",
+            "holdout AUC",
+            "best AUC",
+            "observable AUC",
+            "gap to observable",
+            "verdict",
+        ),
+    )
     for size in args.sizes:
         home = args.workdir / f"world_{size}_{args.days}d"
-        bench.prepare_world(
+        prepare_world(
             home, size, args.days, as_of, console, full_history=size <= args.full_history_max
         )
         shutil.rmtree(home / "bench_mlflow", ignore_errors=True)
         (home / "bench_mlflow").mkdir()
         with console.status(f"retrain at {size:,}"):
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", str(home), "--as-of", as_of.isoformat()],
-                check=True,
-                capture_output=True,
-                text=True,
+            r = run_child(
+                __file__,
+                *("--child", home, "--as-of", as_of.isoformat()),
+                failure=f"retrain failed at {size:,} subscribers",
             )
-        r = json.loads(done.stdout.strip().splitlines()[-1])
         best = f"{r['best_auc']:.3f}" if r["best_auc"] is not None else "—"
         observable = r.get("observable_auc")
         target = f"{observable:.3f}" if observable is not None else "—"
@@ -132,7 +118,7 @@ def main() -> None:
             f"{size:,}",
             *(f"{r['timings'].get(s, 0):.1f}" for s in stages),
             f"{r['total']:.1f}",
-            f"{r['peak_rss'] / 2**30:.2f} GB",
+            f"{gib(r['peak_rss'])} GB",
             f"{r['roc_auc']:.3f}",
             best,
             target,
