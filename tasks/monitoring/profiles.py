@@ -1,8 +1,9 @@
-"""whylogs profiles of a day's model inputs and predictions: the one module that imports whylogs.
+"""whylogs profiles of a day's model inputs and predictions: the one module that profiles with whylogs.
 
-whylogs is unmaintained upstream; everything else in the project sees only :class:`ProfileHandle`,
+whylogs is unmaintained upstream; monitoring sees only :class:`ProfileHandle`,
 :func:`profile_frame`, :func:`write_profile`, :func:`read_profile` and :func:`profile_summary`
-(a plain Arrow table), so a replacement only has to take over this file. Drift decisions never
+(a plain Arrow table), so a replacement only has to take over this file and the data contracts'
+value rules (``tasks/data/contract_values.py``, built on whylogs' constraints). Drift decisions never
 read a whylogs sketch: :mod:`tasks.monitoring.drift` computes PSI, KS and chi-square itself (whylogs'
 sketch-based KS p-values swing by orders of magnitude on the same data, whylogs#684).
 
