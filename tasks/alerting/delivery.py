@@ -18,6 +18,11 @@ logs the alert. State under ``$CHURN_HOME/alerts/``:
 
 The webhook URL and the bot token are read from their ``SecretStr`` only where a client is
 built; every reason, log line and file this module writes goes through a redactor first.
+
+The parts: :class:`~tasks.alerting.alerts.Alert` and its builders in :mod:`tasks.alerting.alerts`,
+Block Kit and the plain text in :mod:`tasks.alerting.render`, the webhook and bot transports
+(where the ``SecretStr`` is read) in :mod:`tasks.alerting.slack`, the redactor in
+:mod:`tasks.alerting.redact`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """An :class:`~tasks.alerting.alerts.Alert` as Slack Block Kit plus its plain-text fallback.
 
-Every text is cut to Slack's limits (header, section, field, context, button, URL, block count)
-so a message is never refused for its size; the plain text carries the same facts for
-notifications, screen readers and clients that do not render blocks.
+Every text is cut to Slack's limits (header, section, field, context, block and field counts) and
+a link button whose URL is over Slack's limit is left out, so a message is never refused for its
+size; the plain text carries the same facts for notifications, screen readers and clients that
+do not render blocks.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Slack transports through slack-sdk: an incoming webhook or a bot token, with bounded retries.
 
-:func:`open_transport` picks the configured one (none: log only); :func:`post_with_retries`
-retries what Slack says is transient (5xx, rate limits with ``Retry-After``, connection errors)
-and gives up on the rest. slack-sdk's own log lines pass through the redactor.
+:func:`open_transport` picks the configured one (None when Slack is not configured: delivery then
+logs the alert and keeps it in the outbox); :func:`post_with_retries` retries what Slack says is
+transient (5xx, rate limits with ``Retry-After``, connection errors) and gives up on the rest.
+slack-sdk's own log lines pass through the redactor.
 """
 
 from __future__ import annotations

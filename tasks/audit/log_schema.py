@@ -2,8 +2,10 @@
 
 :data:`PREDICTION_LOG_BASE_SCHEMA` is the shape of every file (DESIGN §5), with ``features`` a
 struct whose fields depend on the feature service; :func:`prediction_log_schema` gives a file's
-own schema. :func:`checked_columns` refuses a batch with a missing or mistyped column, an
-unknown role or tier, or a null where none may be, naming the column, the rule and the count.
+own schema. :func:`checked_columns` refuses a batch with a missing, extra, duplicate or mistyped
+column, and returns the rows that break a rule (nulls, probabilities, tiers) for its caller to
+refuse, naming the column, the rule and the count; :func:`check_identity` checks the date, model name,
+version and feature service a file is written for.
 """
 
 from __future__ import annotations

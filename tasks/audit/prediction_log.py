@@ -33,6 +33,10 @@ Layout (DESIGN §3, §5)::
   lacks reads as null).
 * The ledger's latest line per path is the expected state of that file. :func:`~tasks.audit.ledger.verify_log`
   recomputes SHA-256 and row counts and reports modified, missing and unexpected files.
+
+This module writes the files; their schema and batch checks are :mod:`tasks.audit.log_schema`,
+the ledger, its lock and :func:`~tasks.audit.ledger.verify_log` are :mod:`tasks.audit.ledger`,
+and the online partition's names and flushes are :mod:`tasks.audit.online_log`.
 """
 
 from __future__ import annotations

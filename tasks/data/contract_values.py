@@ -2,9 +2,10 @@
 
 Each column of a :class:`~tasks.core.schema.TableSpec` becomes a plan of whylogs metric
 constraints (:func:`whylogs_checks`): no missing values where a column is not nullable, allowed
-categories, minimum and maximum, no day after the table's newest, with counts and examples of the
-rows that break each. Dates are profiled as day numbers; types are compared by family
-(:func:`type_family`), not by exact Arrow type.
+categories, minimum and maximum, and for a dated table a newest day equal to the expected one
+(rows dated after it are counted), with counts and examples of the rows that break each. Dates
+are profiled as day numbers. :func:`type_family` is how :mod:`tasks.data.contracts` compares
+types (by family, not by exact Arrow type).
 """
 
 from __future__ import annotations

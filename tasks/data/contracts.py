@@ -33,6 +33,9 @@ What whylogs cannot count exactly is computed with pyarrow and appended to the s
   integer day number look alike, so the arrow schema is the only faithful witness;
 * uniqueness: whylogs only has HyperLogLog cardinality estimates (``column_is_probably_unique``);
 * volume: a profile has no per-day row counts (unless segmented, which would multiply the cost).
+
+The whylogs rules (nulls, bounds, allowed values, freshness) are built in
+:mod:`tasks.data.contract_values`; presence, types, uniqueness and volume are computed here.
 """
 
 from __future__ import annotations

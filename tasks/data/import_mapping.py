@@ -1,9 +1,10 @@
-"""The import mapping (``MAPPING.yaml``): which source table a file fills and how its columns become that table's.
+"""The import mapping (``MAPPING.yaml``): which source table a file fills, and how its columns become that table's.
 
-:func:`load_mapping` parses and checks a mapping against the file's columns and the target table
-(rules in :mod:`tasks.data.importer`); every breach raises :class:`ImportMappingError` naming the
-key, the column and the table. :func:`cast_column` casts a column of file text to the target type,
-counting (not raising on) the values that cannot be cast.
+:func:`load_mapping` parses a mapping and checks it against the target table (rules in
+:mod:`tasks.data.importer`); a breach raises :class:`~tasks.core.errors.ImportMappingError`
+saying what is wrong and where. Whether the file has the mapped columns is checked when it is
+read (:mod:`tasks.data.import_read`). :func:`cast_column` casts values (file columns, constants,
+tenures) to a target column's type, counting, not raising on, the values that cannot be cast.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Read a user's CSV or Parquet file and build the target source table from it, by its mapping.
 
-CSV cells are read as text, trimmed, empty cells are nulls; Parquet keeps its types. Columns are
-renamed, value-mapped and cast to the table's arrow types; ``signup_date`` may come from a tenure
-column and the snapshot date. Values that cannot be cast become counted ``type`` violations for the
-contract, never an exception. A file column that looks like a churn label is ignored with a warning.
+CSV cells are read as text; Parquet keeps its types; string values are trimmed and empty ones are
+nulls. Columns are renamed, value-mapped and cast to the table's Arrow types; ``signup_date`` may
+come from a tenure column and the snapshot date. Values that cannot be cast become counted
+``type`` violations for the contract, never an exception. An unmapped file column that looks like
+a churn label is left out with a warning (churn is imported as ``cancellations``).
 """
 
 from __future__ import annotations

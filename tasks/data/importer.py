@@ -73,6 +73,10 @@ Writing (each file atomically, rows sorted by the table's keys, exactly the spec
   ``tables.<table>`` (rows, date column, first and last date of the whole table after the
   import) and ``imports`` (one entry per input file and table, with its ``snapshot_date`` if
   the mapping gave one). Keys written by other code are kept.
+
+This module runs the import and writes the table; the mapping's rules are checked in
+:mod:`tasks.data.import_mapping`, and reading, trimming, casting, the tenure derivation and the
+churn-label warning are :mod:`tasks.data.import_read`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The simulator's days: usage, bills, support tickets, plan changes, and the churn hazard they drive.
 
-Each function advances the population by one day. The 30-day churn probability of a subscriber
-comes from a hazard of contract, tenure, price (and a price shock), dropped calls, late bills,
-open tickets, engagement and frailty, so a good model has something real to learn and the true
-probability is known. A churner's cancellation reason names the strongest driver.
+What one day of a subscriber brings (``_Simulator.step`` in :mod:`tasks.data.simulate` runs the
+day): usage and dropped calls, bills and late payments, tickets, plan changes, the price shock.
+The daily churn hazard (formula in :mod:`tasks.data.simulate`'s docstring) comes from contract,
+tenure, price, dropped calls, late bills, tickets of the last 30 days, engagement, age band and
+frailty, so a good model has something real to learn and the true 30-day probability is known.
+A churner's reason names the strongest driver, "moved" for life events, "other" when none leads.
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ class _Hazard:
 
 
 def daily_hazard(s: PopulationState, day: int, ratio: np.ndarray, ticket_coef: float) -> _Hazard:
-    """The daily churn hazard of every active subscriber (formula in the module docstring)."""
+    """The daily churn hazard of every active subscriber (formula in tasks.data.simulate's docstring)."""
     tenure = (day - s.signup_day).astype(np.float64)
     price = H_PRICE * (ratio - 1.0)
     late = H_LATE * s.lates.total

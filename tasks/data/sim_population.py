@@ -1,10 +1,10 @@
 """The simulator's subscribers: who joins, on which plan, contract and payment, and their hidden traits.
 
 A :class:`WorldSpec` names the world (size, days, start, seed, scenario); :func:`draw_initial_population`
-and :func:`draw_arrivals` draw subscribers with their plan, contract, payment method, region, age band,
-gender (fairness attributes only), price sensitivity, engagement and frailty. Every draw comes from
-its own seeded stream (:class:`Stream`), so a world is reproducible and scenarios that share a seed
-share every subscriber.
+and :func:`draw_arrivals` draw subscribers with their plan, contract, payment method, region, age
+band and gender, and their hidden traits: price factor (charge against list price), usage levels,
+reception, late-payment probability, frailty and engagement. Every draw comes from
+:func:`stream_rng` (seed, day, :class:`Stream`), so a world is reproducible day by day.
 """
 
 from __future__ import annotations

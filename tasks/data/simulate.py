@@ -72,6 +72,10 @@ the same seed, since scenario randomness has its own stream):
 Reproducibility: every random draw comes from ``default_rng([seed, day, stream])``, so the same
 spec gives byte-identical files, and the rows of days ``<= D`` do not depend on how many days
 are simulated after ``D``.
+
+This module runs the days and writes the tables; the parameters are :mod:`tasks.data.sim_params`,
+the subscribers and their random streams :mod:`tasks.data.sim_population`, and one day's events
+and the hazard below :mod:`tasks.data.sim_behaviour`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Drift of a scoring day against the champion's training window: PSI, KS, chi-square, severity, history.
+"""Drift of a scoring day against the champion's training window: PSI, KS, chi-square, severity.
 
 Plain typed functions; decisions use effect sizes only (PSI, KS statistic) against the thresholds
 in settings, and p-values are reported beside them. With a million rows a p-value flags any
@@ -61,6 +61,9 @@ first scoring day (one shifted day in the 7-day windows): ``data_ratio_7d_baseli
 0.137-0.147 and ``data_trend_7d_30d`` KS 0.130-0.136 (PSI ~0.1), twice that a day later. So a
 KS alert at 0.12 (not 0.20) alerts on the first scoring day of both shifts, and baseline stays
 alert-free for ~4 months after training (tenure reaches 0.12 around day 130-155).
+
+The reference and its bins are :mod:`tasks.monitoring.reference`; the history of days is
+:mod:`tasks.monitoring.drift_history`.
 """
 
 from __future__ import annotations

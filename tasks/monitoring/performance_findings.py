@@ -1,7 +1,7 @@
 """What realized performance says to people: findings for an alert, and the trend chart.
 
-:func:`performance_findings` reads the history of realized performance
-(:mod:`tasks.monitoring.performance`) and reports a champion whose realized AUC fell more than
+:func:`performance_findings` takes the history of realized performance
+(:func:`tasks.monitoring.performance.read_history`) and reports a champion whose realized AUC fell more than
 the tolerance below its holdout AUC (per day, and over its last ``WINDOW_DAYS`` dates), a
 realized churn rate off the mean predicted probability by more than ``RATE_RATIO_LIMIT`` either
 way, and a shadow that beat the champion by more than the promotion margin. :func:`trend_chart`

@@ -1,10 +1,11 @@
-"""The champion's drift reference: what its training window looked like, saved beside the model version.
+"""The champion's drift reference: what its training window looked like, saved per model version.
 
-:func:`build_reference` bins each numeric feature (and the prediction) at quantile edges of the
-training window and counts each category, from a bounded sample; :func:`save_reference` writes it
-under ``$CHURN_HOME/monitoring/reference/v<version>/`` at training time and
-:func:`load_reference` reads it back for monitoring (:class:`ReferenceNotFound` when a version has
-none).
+:func:`build_reference` bins each numeric feature (and the prediction) at quantile edges taken
+from a bounded sample of the training window, and counts the bins and each category over the
+whole window; :func:`save_reference` writes it under
+``$CHURN_HOME/monitoring/reference/v<version>/`` when a version is registered and
+:func:`load_reference` reads it back for monitoring (:class:`ReferenceNotFound` when a version
+has none).
 """
 
 from __future__ import annotations

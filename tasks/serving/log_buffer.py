@@ -1,8 +1,9 @@
 """The endpoint's buffer of online predictions for the prediction log, flushed as files of their own.
 
-:class:`OnlineLog` keeps every prediction in memory and publishes a flush per (score date, model
-version) through :func:`tasks.audit.online_log.publish_online_batch` when the buffer is full, on
-a timer and on shutdown. A flush that fails keeps its rows for the next one: nothing is lost.
+:class:`OnlineLog` keeps predictions in memory and publishes them, one file per (score date, model
+version) through :func:`tasks.audit.online_log.publish_online_batch`, when ``flush_rows`` are
+waiting, ``flush_seconds`` after the last flush, and on close. A flush that fails keeps its rows
+for the next one; only a failed last flush at close loses them, and says so (``OnlineError``).
 """
 
 from __future__ import annotations

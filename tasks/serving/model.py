@@ -3,8 +3,9 @@
 :class:`ChampionModel` turns one subscriber's values into the float64 row LightGBM builds from
 ``tasks.training.model_spec.model_inputs`` (so a probability is bit for bit the batch path's), and
 :func:`load_champion` loads the alias with its operating threshold (the holdout metric
-``operating_threshold``, else ``risk_high_threshold``, said in ``threshold_source``). The request
-and response models of the HTTP layer are built from the feature service here.
+``operating_threshold``, else ``risk_high_threshold``, said in ``threshold_source``). The HTTP
+layer's request models are here too (the feature values one, built from the feature service);
+its response models are in ``flows/serve.py``.
 """
 
 from __future__ import annotations

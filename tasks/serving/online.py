@@ -24,6 +24,10 @@ Plain logic, no web framework (``flows/serve.py`` puts FastAPI in front of :clas
 Freshness: each view's event timestamp against the clock and the view's TTL. Features older
 than the TTL are still scored, with ``stale: true`` and the stale views named, never silently.
 A subscriber the store does not hold is :class:`~tasks.serving.reader.UnknownSubscriber`.
+
+The parts live beside this module: :mod:`tasks.serving.reader` (the online store, freshness),
+:mod:`tasks.serving.model` (the champion, its threshold, the request models),
+:mod:`tasks.serving.log_buffer` (the prediction-log buffer) and :mod:`tasks.serving.metrics`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """A candidate of retraining as an MLflow run: params, metrics, gate results, decision, model, spec.
 
 Every candidate is one run of the ``telecom_churn`` experiment (:func:`log_candidate`), whether
-the gates passed or not: a refused candidate stays a run with its reasons. Gate results are
-``gate.<name>.<key>`` tags (:func:`flatten_gates`), the decision is the ``decision`` tag, and the
-LightGBM model is logged with the pinned requirements of this environment.
+the gates passed or not: a refused candidate stays a run with its reasons. Each gate is a
+``gate.<name>`` tag (passed, failed or skipped) with ``gate.<name>.<key>`` detail tags
+(:func:`flatten_gates`), the decision is the ``decision`` tag, and the LightGBM model is logged
+with the pinned requirements of this environment.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 The store is a SQLite database under ``$CHURN_HOME/mlflow`` unless ``CHURN_MLFLOW_TRACKING_URI``
 names another; artifacts of the ``telecom_churn`` experiment live under
-``$CHURN_HOME/mlflow/artifacts``. :func:`init_store` creates the experiment once (a marker file
-says so); :func:`connect` points MLflow's process-wide tracking and registry URI at this store
-(``log_model`` and ``models:/<model_id>`` only use the global one) and returns a client.
-:func:`store_errors` turns MLflow's exceptions into :class:`RegistryError`. mlflow is imported
+``$CHURN_HOME/mlflow/artifacts`` unless the store is a tracking server (which keeps its own).
+:func:`init_store` creates the experiment once (a marker file says so); :func:`connect` points
+MLflow's process-wide tracking and registry URI at this store (``log_model`` and
+``models:/<model_id>`` only use the global one) and returns a client. :func:`store_errors` is the
+tuple of MLflow's exceptions that callers turn into :class:`RegistryError`. mlflow is imported
 inside the functions (after telemetry is switched off), so importing this module stays cheap.
 """
 

@@ -19,6 +19,10 @@ Every function that talks to MLflow points MLflow's process-wide tracking and re
 this store first: ``log_model`` and the registry's ``models:/<model_id>`` lookup only use the
 global one. mlflow is imported inside the functions (after telemetry is switched off), so
 importing this module stays cheap.
+
+The store itself (location, names, the process-wide URI) is :mod:`tasks.training.mlflow_store`;
+candidate runs are :mod:`tasks.training.candidates`; the alias history and its lock are
+:mod:`tasks.training.promotions`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Cut the training frame by snapshot day into train, validation and holdout, with no leakage.
+"""Cut the training frame by snapshot day into train, validation and holdout, never at random.
 
-:func:`split_by_time` keeps the newest days for the holdout (out-of-time evaluation) and puts a
-label-horizon gap before validation and before the holdout, so no churn event is labelled in one
-slice while its features are seen in an earlier one. Each slice must hold both classes.
+:func:`split_by_time` keeps the newest days for the holdout (out-of-time evaluation), the days
+just before them for validation (early stopping), and the older days for training, less a
+label-horizon gap before validation, so no churn event is labelled both in training and after it.
+Each slice must hold both classes.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ so no leaf is fitted to a handful of churners), L2 regularisation, row and featu
 early stopping on the validation log loss; the model is judged on measures that respect the
 imbalance (PR-AUC, precision / recall / lift at the retention team's daily capacity) beside
 ROC-AUC, Brier score and calibration error (:mod:`tasks.training.evaluate`).
+
+The split is :mod:`tasks.training.time_split`; the model's inputs (:func:`~tasks.training.model_spec.model_inputs`)
+and LightGBM's parameters, shared with the Dask trainer, are :mod:`tasks.training.model_spec`.
 """
 
 from __future__ import annotations
