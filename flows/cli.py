@@ -52,7 +52,7 @@ def main(
     if not verbose:
         # Without Slack an alert is logged in full and kept in $CHURN_HOME/alerts/outbox; the
         # commands summarise it, so the terminal shows it with -v only.
-        logging.getLogger("tasks.alerting.delivery").setLevel(logging.ERROR)
+        logging.getLogger("tasks.alerting").setLevel(logging.ERROR)
 
 
 # Typer lists an app's own commands in registration order, then its sub-apps in theirs: the data
