@@ -1,8 +1,12 @@
 """The ``churn`` command line: one entry point for operators, each command a thin call into ``tasks``.
 
-This module only assembles the Typer app: the root callback that sets ``CHURN_HOME`` and the
-log levels before any command runs, the command groups (one ``flows/*_cli.py`` module each,
-registered in the order ``churn --help`` lists them), and :func:`run`, the console entry point.
+This module only assembles the Typer app: the root callback, the command groups (one
+``flows/*_cli.py`` module each, registered in the order ``churn --help`` lists them), and
+:func:`run`, the console entry point. The contract every group relies on: the callback has set
+``CHURN_HOME`` (and dropped cached settings) and the log levels before any command runs, so
+commands read settings inside themselves, never at import; a
+:class:`~tasks.core.errors.ChurnError` a command raises is printed by :func:`run` as one
+``error:`` line, exit code 1.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """``churn demo``: the whole loop on simulated data, from the first champion to a drift retraining.
 
 Its own module because it runs every stage (simulate, features, train, score, monitor, retrain)
-and belongs to none of their groups. Registered on the main app in ``flows/cli.py`` through
-:func:`register`; its callback has set ``CHURN_HOME`` (and dropped cached settings) by the time
-the command runs, so nothing here reads settings at import. A
-:class:`~tasks.core.errors.ChurnError` is left to ``flows.cli.run``, which prints one ``error:``
-line and exits 1.
+and belongs to none of their groups. Registered by :mod:`flows.cli`, under the contract stated there.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """``churn simulate``, ``churn import`` and ``churn features …``: data in, features out.
 
-Registered on the main app in ``flows/cli.py`` through :func:`register`; its callback has set
-``CHURN_HOME`` (and dropped cached settings) by the time a command here runs, so settings are
-read inside the commands, never at import. A :class:`~tasks.core.errors.ChurnError` (source data
-missing, a failed contract) is left to ``flows.cli.run``, which prints one ``error:`` line and
-exits 1.
+Registered by :mod:`flows.cli`, under the contract stated there.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """``churn train`` and ``churn model …``: train a challenger; list, promote, approve, roll back.
 
-Registered on the main app in ``flows/cli.py`` through :func:`register`; its callback has set
-``CHURN_HOME`` (and dropped cached settings) by the time a command here runs, so settings are
-read inside the commands, never at import. A :class:`~tasks.core.errors.ChurnError` (no such
-version, a refused promotion) is left to ``flows.cli.run``, which prints one ``error:`` line and
-exits 1.
+Registered by :mod:`flows.cli`, under the contract stated there.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """``churn monitor`` and ``churn performance``: drift on the night's inputs, realized performance
 once outcomes have matured.
 
-Registered on the main app in ``flows/cli.py`` through :func:`register`; its callback has set
-``CHURN_HOME`` (and dropped cached settings) by the time a command here runs, so nothing here
-reads settings at import. A :class:`~tasks.core.errors.ChurnError` (no scores for the day, no
-drift reference) is left to ``flows.cli.run``, which prints one ``error:`` line and exits 1.
+Registered by :mod:`flows.cli`, under the contract stated there.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """``churn score``: the nightly scoring flow run by hand, and the summary it prints.
 
-Registered on the main app in ``flows/cli.py`` through :func:`register`; its callback has set
-``CHURN_HOME`` (and dropped cached settings) by the time the command runs, so nothing here reads
-settings at import. A :class:`~tasks.core.errors.ChurnError` (no champion, features missing) is
-left to ``flows.cli.run``, which prints one ``error:`` line and exits 1.
+Registered by :mod:`flows.cli`, under the contract stated there.
 """
 
 from __future__ import annotations

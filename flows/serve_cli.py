@@ -1,11 +1,7 @@
 """``churn serve``: real-time churn scores over HTTP, in the foreground until Ctrl-C.
 
 Apart from ``churn score`` because it is the online path (``flows/serve.py``, ``tasks/serving``):
-a long-running server with no Prefect flow behind it. Registered on the main app in
-``flows/cli.py`` through :func:`register`; its callback has set ``CHURN_HOME`` (and dropped
-cached settings) and the log level by the time the command runs. A
-:class:`~tasks.core.errors.ChurnError` (no champion to serve) is left to ``flows.cli.run``,
-which prints one ``error:`` line and exits 1.
+a long-running server with no Prefect flow behind it. Registered by :mod:`flows.cli`, under the contract stated there.
 """
 
 from __future__ import annotations
