@@ -5,7 +5,9 @@
 Reuses (or prepares) the worlds of bench/features.py, then runs ``tasks.training.retrain.retrain`` in a
 fresh child process per size, against a fresh MLflow store, and prints the seconds of each stage,
 the peak RSS of that process (its own VmHWM), the holdout ROC-AUC, the best achievable AUC and
-the observable-oracle AUC (the target: truth without frailty and the protected age term).
+the observable-oracle AUC (the target: truth without frailty and the protected age term), and
+below the table the fairness gate's one-line decision per size (ratios and differences with
+their intervals at the operating threshold).
 Target at 1M subscribers: ≤ 10 min and ≤ 8 GB on the 2-core machine.
 """
 
@@ -54,6 +56,7 @@ def child(home: Path, as_of: str) -> None:
             "observable_auc": result.observable_auc,
             "rows": int(result.challenger.metrics.get("rows", 0)),
             "verdict": result.decision.verdict,
+            "fairness": result.decision.fairness.sentence(),
         }
     )
 
@@ -97,6 +100,7 @@ def main() -> None:
             "verdict",
         ),
     )
+    fairness_lines = []
     for size in args.sizes:
         home = args.workdir / f"world_{size}_{args.days}d"
         prepare_world(
@@ -125,7 +129,10 @@ def main() -> None:
             gap,
             r["verdict"],
         )
+        fairness_lines.append(f"fairness at {size:,}: {r['fairness']}")
     console.print(table)
+    for line in fairness_lines:
+        console.print(line, soft_wrap=True, markup=False)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,16 @@ from typing import Annotated
 
 import typer
 
-from flows import demo_cli, features_cli, model_cli, monitor_cli, score_cli, serve_cli, stack_cli
+from flows import (
+    backtest_cli,
+    demo_cli,
+    features_cli,
+    model_cli,
+    monitor_cli,
+    score_cli,
+    serve_cli,
+    stack_cli,
+)
 from flows.audit_cli import audit_app
 from flows.cli_common import err_console
 from tasks.core.errors import ChurnError
@@ -66,6 +75,7 @@ model_cli.register(app)
 score_cli.register(app)
 monitor_cli.register(app)
 demo_cli.register(app)
+backtest_cli.register(app)
 serve_cli.register(app)
 app.add_typer(audit_app, name="audit", help="Read-only audit of the prediction log.")
 stack_cli.register(app)

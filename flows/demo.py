@@ -2,8 +2,9 @@
 
 A world with a price rise part-way through its last weeks: the first champion is trained before
 the nights begin; every night is scored (high-risk file, prediction log) and monitored; the night
-of the shock, monitoring alerts and asks for a retraining, which runs with reason "drift" and is
-judged by the gates like any other candidate.
+of the shock, monitoring opens a drift incident and asks for a retraining, which runs with reason
+"drift" and is judged by the gates like any other candidate. The incident is one story in Slack
+(onset, at most one update, resolution): the summary lists its messages.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.table import Table
 from tasks.core.settings import Settings
 from tasks.data.sim_population import WorldSpec
 from tasks.data.simulate import simulate_world
+from tasks.monitoring.incident import read_incidents
 from tasks.training.mlflow_store import CHAMPION
 from tasks.training.registry import current_alias, list_versions
 
@@ -118,6 +120,7 @@ def run_demo(
     console.print(nightly)
     if first_alert is not None:
         _show_drift(console, first_alert)
+    _show_incidents(console, settings)
     if last_summary is not None:
         _show_high_risk(console, last_summary)
     _final_summary(console, settings, build, nights, timings)
@@ -172,6 +175,38 @@ def _show_drift(console: Console, result) -> None:
     console.print(table)
 
 
+def _show_incidents(console: Console, settings: Settings) -> None:
+    """Each drift incident's Slack messages: role, what became of it, what it said."""
+    for incident in read_incidents(settings):
+        state = (
+            "open"
+            if incident.is_open
+            else f"resolved on {incident.resolved_on}: {incident.resolution}"
+        )
+        table = Table(
+            title=f"drift incident of {incident.onset} ({state}): "
+            f"{len(incident.messages)} Slack message(s)",
+            title_justify="left",
+        )
+        for column in ("message", "decided on", "delivery", "says"):
+            table.add_column(column, overflow="fold")
+        for message in incident.messages:
+            table.add_row(message.role, str(message.day), message.status, message.why)
+        console.print(table)
+
+
+def _incident_messages(settings: Settings) -> str:
+    """The drift incidents' messages in one line: how many, of which kind."""
+    incidents = read_incidents(settings)
+    if not incidents:
+        return "no drift incident"
+    return "; ".join(
+        f"incident of {i.onset} ({'open' if i.is_open else 'resolved'}): {len(i.messages)} "
+        f"message(s): {', '.join(m.role for m in i.messages)}"
+        for i in incidents
+    )
+
+
 def _alerts(settings: Settings) -> dict[str, int]:
     """Alerts raised so far by kind (sent to Slack, or kept in the outbox when it is not set)."""
     counts: dict[str, int] = {}
@@ -206,6 +241,11 @@ def _final_summary(console: Console, settings: Settings, build, nights, timings)
         "alerts",
         ", ".join(f"{kind} {n}" for kind, n in sorted(alerts.items())) or "none",
         _shown(settings.alerts_dir) + " (Slack when CHURN_SLACK_* is set)",
+    )
+    table.add_row(
+        "drift incidents",
+        _incident_messages(settings),
+        _shown(settings.monitoring_dir / "incidents.json"),
     )
     table.add_row(
         f"model {settings.model_name}",

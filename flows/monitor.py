@@ -1,5 +1,6 @@
-"""Prefect flow ``monitor``: a scored day's drift against the champion's reference, the alert, and
-the event that lets the retrain deployment react (DESIGN §1, §5)."""
+"""Prefect flow ``monitor``: a scored day's drift against the champion's reference, the drift
+incident it opens, follows or resolves (one story in Slack, not a message a night), and the event
+that lets the retrain deployment react (DESIGN §1, §5, §6)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from prefect.events import emit_event
 
 from flows.alerting import alert_on_failure, notify
 from flows.common import dated_run_name, run_day
-from tasks.alerting.alerts import Alert, flow_run_url
+from flows.follow_up import run_due_follow_ups, schedule_follow_up
+from tasks.alerting.alerts import flow_run_url
 from tasks.alerting.delivery import flush_outbox
+from tasks.alerting.incident_alerts import send_due
 from tasks.core.settings import Settings, get_settings
+from tasks.monitoring.follow_up import SCHEDULED, label_maturity, plan_follow_up
+from tasks.monitoring.incident import Incident, night_from, open_incident, record_night
 from tasks.monitoring.monitor import MonitorResult, drifted_features_text, monitor_day
 
 DRIFT_EVENT = "churn.drift.detected"
@@ -30,7 +35,8 @@ def model_resource(settings: Settings) -> dict[str, str]:
 @flow(
     name="monitor",
     description="whylogs profiles, data contracts, KS/PSI drift against the champion's "
-    "training window, severity, report, Slack alert; asks for retraining on strong drift.",
+    "training window, severity, report, the drift incident's Slack messages; asks for "
+    "retraining on strong drift.",
     flow_run_name=dated_run_name("monitor", "score_date"),
     on_failure=[alert_on_failure],
 )
@@ -44,7 +50,25 @@ def monitor_flow(score_date: date | None = None, retrain_on_drift: bool = False)
         logger.info("outbox: alert %s %s", delivery.alert_id, delivery.status)
     result = monitor_day(settings, day)
     run_url = flow_run_url(settings, runtime.flow_run.id)
+    reason, maturity_text, follow_up, scheduled = "", "", None, False
     if result.retrain_requested:
+        # The shift began no later than the incident this night belongs to.
+        ongoing = open_incident(settings)
+        shift = ongoing.onset if ongoing is not None else day
+        follow_up_text = "no follow-up (CHURN_DRIFT_FOLLOW_UP is off)"
+        if settings.drift_follow_up:
+            follow_up, planned = plan_follow_up(settings, shift)
+            if planned:
+                scheduled = schedule_follow_up(settings, follow_up) is not None
+            else:
+                scheduled = follow_up.status == SCHEDULED
+            shift, follow_up_text = follow_up.shift, f"{follow_up.reason} due {follow_up.due}"
+        maturity = label_maturity(settings, day, shift)
+        maturity_text = maturity.text()
+        reason = (
+            f"drift on {day} ({result.severity.level}): {drifted_features_text(result)}; "
+            f"{maturity.text()}; {follow_up_text}"
+        )
         emit_event(
             event=DRIFT_EVENT,
             resource=model_resource(settings),
@@ -53,20 +77,46 @@ def monitor_flow(score_date: date | None = None, retrain_on_drift: bool = False)
                 "model_version": result.model_version,
                 "severity": result.severity.level,
                 "features": drifted_features_text(result),
+                "label_maturity": maturity.text(),
+                "follow_up": follow_up_text,
             },
         )
         logger.warning("drift on %s: %s; retraining requested", day, result.severity.reason)
-    if result.severity.level in ("alert", "retrain"):
-        notify(_drift_alert(settings, result, run_url))
-    _artifacts(result)
-    if result.retrain_requested and retrain_on_drift:
-        from flows.retrain import retrain_flow
+    # The night opens, follows or resolves the drift incident; what to say is decided there.
+    night = night_from(
+        result,
+        label_maturity=maturity_text,
+        follow_up=follow_up,
+        follow_up_scheduled=scheduled,
+        run_url=run_url,
+    )
+    incident = record_night(settings, night)
+    _artifacts(result, incident)
+    try:
+        if retrain_on_drift:
+            # No deployment trigger in-process: the drift retraining and any follow-up due run
+            # here, before the night's incident message goes out, so the onset can say what the
+            # retraining produced (its outcome is the incident's, not a gate alert of its own).
+            from flows.retrain import retrain_flow
 
-        retrain_flow(
-            as_of=day,
-            reason=f"drift on {day} ({result.severity.level}): {drifted_features_text(result)}",
-        )
+            if result.retrain_requested:
+                retrain_flow(as_of=day, reason=reason)
+            for due in run_due_follow_ups(settings, day):
+                logger.info("ran %s (as of %s)", due.reason, due.due)
+    finally:
+        send_due(settings, notify)
     return result
+
+
+def _incident_line(incident: Incident | None) -> str:
+    if incident is None:
+        return "No drift incident so far."
+    if incident.is_open:
+        return (
+            f"Drift incident of {incident.onset} open (peak {incident.peak_level}); "
+            f"Slack messages so far: {', '.join(m.role for m in incident.messages)}."
+        )
+    return f"No drift incident open; the last, of {incident.onset}, resolved on {incident.resolved_on}."
 
 
 def _next_step(result: MonitorResult) -> str:
@@ -77,38 +127,13 @@ def _next_step(result: MonitorResult) -> str:
     return "watching: no retraining at this severity"
 
 
-def _drift_alert(settings: Settings, result: MonitorResult, run_url: str | None) -> Alert:
-    rows = sorted(result.drifted, key=lambda r: -r["psi"])
-    fields = [
-        (
-            r["feature"],
-            f"{r['level']}: PSI {r['psi']:.3f}"
-            + (
-                f", KS {r['statistic']:.3f}"
-                if r["kind"] != "categorical" and r["statistic"] is not None
-                else ""
-            ),
-        )
-        for r in rows[:10]
-    ]
-    return Alert(
-        kind="drift",
-        severity=result.severity.level,
-        title=f"{settings.model_name}: input drift on {result.score_date} ({result.severity.level})",
-        summary=result.severity.reason,
-        fields=fields,
-        model_version=str(result.model_version),
-        score_date=result.score_date,
-        next_step=_next_step(result),
-        run_url=run_url,
-    )
-
-
-def _artifacts(result: MonitorResult) -> None:
+def _artifacts(result: MonitorResult, incident: Incident | None) -> None:
     lines = [
         f"# Monitoring {result.score_date}: {result.severity.level}",
         "",
         result.severity.reason,
+        "",
+        _incident_line(incident),
         "",
         (
             f"Champion version {result.model_version}; {result.monitored:,} of "

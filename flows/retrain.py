@@ -24,8 +24,11 @@ from pydantic import Field
 from flows.alerting import alert_on_failure, notify
 from flows.common import dated_run_name, run_day
 from tasks.alerting.alerts import flow_run_url, gate_alert
+from tasks.alerting.incident_alerts import send_due
 from tasks.core.errors import ChurnError
 from tasks.core.settings import get_settings
+from tasks.monitoring.follow_up import finish_follow_up
+from tasks.monitoring.incident import record_retraining, retraining_from
 from tasks.training.approval import ApprovalOutcome, apply_approval, pause_key
 from tasks.training.retrain import RetrainResult, retrain
 
@@ -49,10 +52,14 @@ class ApprovalDecision(RunInput):
     on_failure=[alert_on_failure],
 )
 def retrain_flow(
-    as_of: date | None = None, reason: str = "scheduled", wait_for_approval: bool = True
+    as_of: date | None = None,
+    reason: str = "scheduled",
+    wait_for_approval: bool = True,
+    follow_up_of: date | None = None,
 ) -> RetrainResult:
     """Retrain at ``as_of`` (default: the day before the run's scheduled time); in approval mode
-    wait for a person unless ``wait_for_approval`` is off."""
+    wait for a person unless ``wait_for_approval`` is off. ``follow_up_of``: this is the drift
+    follow-up of that day's incident (its outcome is recorded with the follow-up)."""
     logger = get_run_logger()
     settings = get_settings()
     as_of = as_of or run_day(settings)
@@ -60,10 +67,29 @@ def retrain_flow(
     with concurrency("churn-retrain", occupy=1, strict=False):
         result = retrain(settings, as_of, reason, flow_run_id=str(runtime.flow_run.id))
     logger.info("%s", result.decision.summary())
+    if follow_up_of is not None:
+        finish_follow_up(settings, follow_up_of, result.version, result.decision.verdict)
     awaiting = (
         result.version is not None and not result.promoted and settings.promotion_mode == "approval"
     )
-    notify(_gate_alert(settings, result, awaiting))
+    run_url = flow_run_url(settings, runtime.flow_run.id)
+    # A drift retraining or follow-up belongs to its drift incident: its outcome is told in the
+    # incident's messages, not in a gate alert of its own (one story per incident). A candidate
+    # waiting for approval is always announced: a person has to act.
+    linked = record_retraining(
+        settings,
+        retraining_from(
+            settings,
+            result,
+            reason,
+            follow_up_of=follow_up_of,
+            awaiting_approval=awaiting,
+            run_url=run_url,
+        ),
+    )
+    if awaiting or not linked:
+        notify(_gate_alert(settings, result, awaiting))
+    send_due(settings, notify)
     create_markdown_artifact(
         key="retrain-decision",
         description=f"Retraining at {as_of}: {result.decision.verdict}",

@@ -58,7 +58,9 @@ def status() -> None:
     """What the local stack runs, and whether each part answers its health check."""
     from tasks.ops.stack import stack_status
 
-    rows = stack_status(get_settings())
+    settings = get_settings()
+    _print_follow_ups(settings)
+    rows = stack_status(settings)
     if not rows:
         console.print("the local stack is not running (start it with `churn up`)")
         return
@@ -70,6 +72,24 @@ def status() -> None:
     console.print(table)
     if not all(s.healthy for s in rows):
         raise typer.Exit(1)
+
+
+def _print_follow_ups(settings) -> None:
+    """Drift follow-up retrainings: planned, scheduled in Prefect, or ran (and what they gave)."""
+    from tasks.monitoring.follow_up import follow_ups_path, read_follow_ups
+
+    follow_ups = read_follow_ups(settings)
+    if not follow_ups:
+        return
+    table = Table(title=f"drift follow-ups ({follow_ups_path(settings)})", title_justify="left")
+    for column in ("follow-up", "as of", "status", "flow run", "outcome"):
+        table.add_column(column)
+    for f in follow_ups:
+        outcome = "—"
+        if f.verdict is not None:
+            outcome = f.verdict + (f" (version {f.version})" if f.version is not None else "")
+        table.add_row(f.reason, str(f.due), f.status, f.flow_run_id or "—", outcome)
+    console.print(table)
 
 
 def deploy() -> None:

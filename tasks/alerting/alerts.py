@@ -55,10 +55,13 @@ class Alert:
     gate and its shortfall, a metric); a label naming a subscriber or person is refused.
     ``alert_id`` defaults to a hash of kind, title, score date, model version and fields, so the
     same finding raised twice (a rerun of the same day) is recognised and posted once.
+    ``reply_to`` is the ``alert_id`` of an earlier message this one answers (a drift incident's
+    update or resolution answers its onset): with a bot token it is posted in that message's
+    thread once that message was delivered, else on its own.
 
     Raises:
         ValueError: an unknown severity, an empty kind, title or summary, a personal field
-            label, a malformed ``alert_id`` or a ``run_url`` that is not http(s).
+            label, a malformed ``alert_id`` or ``reply_to``, or a ``run_url`` that is not http(s).
     """
 
     kind: str
@@ -71,6 +74,7 @@ class Alert:
     next_step: str | None = None
     run_url: str | None = None
     alert_id: str = ""
+    reply_to: str | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -100,6 +104,8 @@ class Alert:
             raise ValueError(
                 f"alert_id {self.alert_id!r} must be 1-128 letters, digits, '.', '_' or '-'"
             )
+        if self.reply_to is not None and not _ALERT_ID.match(self.reply_to):
+            raise ValueError(f"reply_to {self.reply_to!r} is not an alert id")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the outbox keeps alerts in this shape)."""
@@ -114,6 +120,7 @@ class Alert:
             "score_date": self.score_date.isoformat() if self.score_date else None,
             "next_step": self.next_step,
             "run_url": self.run_url,
+            "reply_to": self.reply_to,
         }
 
     @classmethod
@@ -130,6 +137,7 @@ class Alert:
             next_step=data.get("next_step"),
             run_url=data.get("run_url"),
             alert_id=data.get("alert_id", ""),
+            reply_to=data.get("reply_to"),
         )
 
 

@@ -8,8 +8,12 @@ logs the alert. State under ``$CHURN_HOME/alerts/``:
 
 ``sent.jsonl``
     append-only, one JSON line per alert delivered: ``alert_id``, ``sent_at``, ``transport``,
-    ``attempts``, ``kind``, ``severity``, ``title``. An id found here is never posted again, by
-    any process: the check, the post and the append happen under an exclusive file lock.
+    ``attempts``, ``kind``, ``severity``, ``title``; with a bot token also Slack's ``ts`` of the
+    message and, for a reply, the ``thread_ts`` it answered. An id found here is never posted
+    again, by any process: the check, the post and the append happen under an exclusive file lock.
+    An alert with ``reply_to`` is posted in the thread of that alert's ``ts`` recorded here
+    (delivered by bot token); when the alert it answers still waits in the outbox, that one is
+    delivered first, so the two arrive in order and in one thread.
 ``outbox/<alert_id>.json``
     written atomically: ``state`` (``queued``: to retry; ``failed``: refused by Slack, kept with
     its ``reason`` but not retried; ``logged``: no Slack configured, kept for the record),
@@ -69,7 +73,8 @@ class Delivery:
     in the outbox to retry), ``failed`` (refused by Slack, e.g. a 4xx: kept in the outbox with
     the reason, not retried), ``logged`` (no Slack configured: logged and recorded only).
     ``transport`` is ``webhook``, ``bot``, ``log`` or None (duplicate). ``reason`` never holds a
-    secret.
+    secret. ``ts`` is Slack's id of the posted message (bot token only; for ``duplicate``, the
+    one recorded when it was first sent).
     """
 
     alert_id: str
@@ -78,6 +83,7 @@ class Delivery:
     attempts: int = 0
     reason: str | None = None
     outbox_path: Path | None = field(default=None, compare=False)
+    ts: str | None = None
 
 
 def send_alert(settings: Settings, alert: Alert, *, slack_api_url: str = SLACK_API_URL) -> Delivery:
@@ -148,10 +154,11 @@ def _deliver_locked(
     previous: Mapping[str, Any] | None = None,
 ) -> Delivery:
     redact = Redactor(settings)
-    if alert.alert_id in _sent_ids(settings):
+    sent = _sent_records(settings)
+    if alert.alert_id in sent:
         _outbox_path(settings, alert.alert_id).unlink(missing_ok=True)
         logger.info("alert %s was already sent: not posting it again", alert.alert_id)
-        return Delivery(alert.alert_id, "duplicate")
+        return Delivery(alert.alert_id, "duplicate", ts=sent[alert.alert_id].get("ts"))
     # Alerts are built from our own text; redacting the payload too keeps a secret that slipped
     # into a field (an error message) out of Slack as well.
     text = redact(render_text(alert))
@@ -166,10 +173,13 @@ def _deliver_locked(
         path = _write_outbox(settings, alert, "logged", reason, 0, "log", previous)
         return Delivery(alert.alert_id, "logged", "log", 0, reason, path)
 
-    outcome, attempts = post_with_retries(transport, text, blocks, settings, alert.alert_id)
+    thread_ts = _thread_of(settings, alert, sent, slack_api_url)
+    outcome, attempts = post_with_retries(
+        transport, text, blocks, settings, alert.alert_id, thread_ts=thread_ts
+    )
     total = attempts + int((previous or {}).get("attempts", 0))
     if outcome.ok:
-        _record_sent(settings, alert, transport.name, total)
+        _record_sent(settings, alert, transport.name, total, outcome.ts, thread_ts)
         _outbox_path(settings, alert.alert_id).unlink(missing_ok=True)
         logger.info(
             "alert %s sent to Slack (%s, attempt %d): %s",
@@ -178,7 +188,7 @@ def _deliver_locked(
             attempts,
             alert.title,
         )
-        return Delivery(alert.alert_id, "sent", transport.name, attempts)
+        return Delivery(alert.alert_id, "sent", transport.name, attempts, ts=outcome.ts)
     state: DeliveryStatus = "queued" if outcome.retryable else "failed"
     path = _write_outbox(settings, alert, state, outcome.reason, total, transport.name, previous)
     if state == "queued":
@@ -195,6 +205,29 @@ def _deliver_locked(
             outcome.reason,
         )
     return Delivery(alert.alert_id, state, transport.name, attempts, outcome.reason, path)
+
+
+def _thread_of(
+    settings: Settings, reply: Alert, sent: Mapping[str, Mapping[str, Any]], slack_api_url: str
+) -> str | None:
+    """The ``ts`` of the message ``reply`` answers: the thread it joins (bot token only).
+
+    A message still queued in the outbox is delivered first, so the two arrive in order and the
+    reply can join its thread; one never delivered (or posted by webhook: no ts) leaves the
+    reply to stand on its own.
+    """
+    if reply.reply_to is None:
+        return None
+    if reply.reply_to in sent:
+        return sent[reply.reply_to].get("ts")
+    record = _read_outbox(_outbox_path(settings, reply.reply_to))
+    if record is None or record.get("state") != "queued":
+        return None
+    try:
+        parent = Alert.from_dict(record["alert"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return _deliver_locked(settings, parent, slack_api_url, previous=record).ts
 
 
 @contextmanager
@@ -221,22 +254,31 @@ def _outbox_path(settings: Settings, alert_id: str) -> Path:
     return _outbox_dir(settings) / f"{alert_id}.json"
 
 
-def _sent_ids(settings: Settings) -> set[str]:
+def _sent_records(settings: Settings) -> dict[str, dict[str, Any]]:
+    """``sent.jsonl`` by alert id (the first record of an id)."""
     try:
         lines = _sent_path(settings).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        return set()
-    ids = set()
+        return {}
+    records: dict[str, dict[str, Any]] = {}
     for line in lines:
         try:
-            ids.add(json.loads(line)["alert_id"])
+            record = json.loads(line)
+            records.setdefault(str(record["alert_id"]), record)
         except (ValueError, KeyError, TypeError):
             continue  # a line torn by a crash mid-append: it was never confirmed
-    return ids
+    return records
 
 
-def _record_sent(settings: Settings, alert: Alert, transport: str, attempts: int) -> None:
-    record = {
+def _record_sent(
+    settings: Settings,
+    alert: Alert,
+    transport: str,
+    attempts: int,
+    ts: str | None = None,
+    thread_ts: str | None = None,
+) -> None:
+    record: dict[str, Any] = {
         "alert_id": alert.alert_id,
         "sent_at": _now(),
         "transport": transport,
@@ -245,6 +287,10 @@ def _record_sent(settings: Settings, alert: Alert, transport: str, attempts: int
         "severity": alert.severity,
         "title": alert.title,
     }
+    if ts:
+        record["ts"] = ts
+    if thread_ts:
+        record["thread_ts"] = thread_ts
     path = _sent_path(settings)
     with path.open("a+", encoding="utf-8") as handle:
         # After a torn line (a crash mid-append), start a fresh line rather than extend it.

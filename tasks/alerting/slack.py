@@ -3,7 +3,9 @@
 :func:`open_transport` picks the configured one (None when Slack is not configured: delivery then
 logs the alert and keeps it in the outbox); :func:`post_with_retries` retries what Slack says is
 transient (5xx, rate limits with ``Retry-After``, connection errors) and gives up on the rest.
-slack-sdk's own log lines pass through the redactor.
+slack-sdk's own log lines pass through the redactor. With a bot token a message can answer an
+earlier one in its thread (``thread_ts``, the ``ts`` Slack returned for that one); an incoming
+webhook returns no ``ts``, so its messages stand alone.
 """
 
 from __future__ import annotations
@@ -73,12 +75,16 @@ class Attempt:
     retryable: bool = False
     retry_after: float | None = None
     reason: str = ""
+    ts: str | None = None
+    """Slack's id of the posted message (bot token only): the ``thread_ts`` of its replies."""
 
 
 class _Transport(Protocol):
     name: str
 
-    def post(self, text: str, blocks: list[dict[str, Any]]) -> Attempt: ...
+    def post(
+        self, text: str, blocks: list[dict[str, Any]], thread_ts: str | None = None
+    ) -> Attempt: ...
 
 
 class _WebhookTransport:
@@ -88,7 +94,10 @@ class _WebhookTransport:
         self._url = url
         self._redact = redact
 
-    def post(self, text: str, blocks: list[dict[str, Any]]) -> Attempt:
+    def post(
+        self, text: str, blocks: list[dict[str, Any]], thread_ts: str | None = None
+    ) -> Attempt:
+        # thread_ts is not used: a webhook's answer carries no ts, so there is no thread to join.
         client = WebhookClient(
             url=self._url.get_secret_value(),
             timeout=HTTP_TIMEOUT_SECONDS,
@@ -113,7 +122,9 @@ class _BotTransport:
         self._api_url = api_url
         self._redact = redact
 
-    def post(self, text: str, blocks: list[dict[str, Any]]) -> Attempt:
+    def post(
+        self, text: str, blocks: list[dict[str, Any]], thread_ts: str | None = None
+    ) -> Attempt:
         client = WebClient(
             token=self._token.get_secret_value(),
             base_url=self._api_url,
@@ -122,7 +133,9 @@ class _BotTransport:
             retry_handlers=[],
         )
         try:
-            client.chat_postMessage(channel=self._channel, text=text, blocks=blocks)
+            response = client.chat_postMessage(
+                channel=self._channel, text=text, blocks=blocks, thread_ts=thread_ts
+            )
         except SlackApiError as exc:
             response = exc.response
             data = response.data if isinstance(response.data, dict) else {}
@@ -139,7 +152,8 @@ class _BotTransport:
             return Attempt(ok=False, reason=self._redact(f"{type(exc).__name__}: {exc}"))
         except (OSError, http.client.HTTPException) as exc:
             return _connection_failure(exc, self._redact)
-        return Attempt(ok=True)
+        ts = response.get("ts")
+        return Attempt(ok=True, ts=str(ts) if ts else None)
 
 
 def _classify(status: int, headers: Any, body: str, redact: Redactor) -> Attempt:
@@ -196,8 +210,11 @@ def post_with_retries(
     blocks: list[dict[str, Any]],
     settings: Settings,
     alert_id: str,
+    thread_ts: str | None = None,
 ) -> tuple[Attempt, int]:
     """Post until success, a permanent refusal, or ``alert_max_attempts`` attempts.
+
+    ``thread_ts`` posts it as a reply in that message's thread (bot token only).
 
     Waits ``alert_backoff_seconds × 2^(n-1)`` after the n-th failure, or what ``Retry-After``
     asks on a 429; a wait above :data:`MAX_RETRY_AFTER_SECONDS` is left to the next flush.
@@ -205,7 +222,7 @@ def post_with_retries(
     attempt = 0
     while True:
         attempt += 1
-        outcome = transport.post(text, blocks)
+        outcome = transport.post(text, blocks, thread_ts=thread_ts)
         if outcome.ok or not outcome.retryable or attempt >= settings.alert_max_attempts:
             return outcome, attempt
         delay = outcome.retry_after

@@ -100,15 +100,36 @@ class Settings(BaseSettings):
     )
     fairness_min_dp_ratio: float = Field(
         default=0.6,
-        description="Lowest demographic-parity ratio (selection rates) allowed per attribute.",
+        description="Demographic-parity ratio (selection rates at the operating threshold) "
+        "below which a credible disparity fails: its whole interval must lie below.",
     )
     fairness_max_eo_difference: float = Field(
-        default=0.25, description="Largest equalized-odds difference allowed per attribute."
+        default=0.25,
+        description="Equalized-odds difference above which a credible disparity fails: its "
+        "whole interval must lie above.",
     )
     fairness_min_group_size: int = Field(
         default=200,
         ge=1,
         description="Smaller groups are reported as too small to judge, never passed silently.",
+    )
+    fairness_min_selected_per_group: int = Field(
+        default=30,
+        ge=1,
+        description="Fewest selections a group would get at the overall selection rate (its rows "
+        "x the share selected) to be judged; fewer: reported as not judged, not failed.",
+    )
+    fairness_confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1.0,
+        description="Simultaneous confidence of each attribute's fairness intervals.",
+    )
+    fairness_regression_margin: float = Field(
+        default=0.05,
+        ge=0,
+        description="How far the candidate's whole fairness interval must lie on the worse side "
+        "of the champion's value (same holdout) to be refused as a regression.",
     )
     promotion_mode: str = Field(
         default="immediate",
@@ -207,6 +228,17 @@ class Settings(BaseSettings):
         default=7,
         ge=0,
         description="At most one drift-triggered retrain per model version within this many days.",
+    )
+    drift_follow_up: bool = Field(
+        default=True,
+        description="When drift asks for retraining, also schedule the follow-up retraining for "
+        "the day enough post-shift labels have matured (tasks/monitoring/follow_up.py).",
+    )
+    incident_quiet_nights_to_resolve: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive nights below the warning thresholds that resolve a drift "
+        "incident (tasks/monitoring/incident.py).",
     )
     performance_auc_tolerance: float = Field(
         default=0.05,

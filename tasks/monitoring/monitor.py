@@ -73,6 +73,8 @@ class MonitorResult:
     retrain_requested: bool
     cooldown_note: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    reference_end: date | None = None
+    """Newest snapshot day of the champion's training window (its reference), from its lineage."""
 
     @property
     def drifted(self) -> list[dict]:
@@ -164,7 +166,13 @@ def monitor_day(settings: Settings, day: date, *, check_contracts: bool = True) 
         retrain_requested=retrain_requested,
         cooldown_note=note,
         timings=timings,
+        reference_end=_window_end(champion.tags),
     )
+
+
+def _window_end(tags: dict[str, str]) -> date | None:
+    end = tags.get("training_window_end")
+    return date.fromisoformat(end) if end else None
 
 
 def _logged_probabilities(settings: Settings, day: date, version: int) -> np.ndarray:

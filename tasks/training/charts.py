@@ -74,26 +74,47 @@ def calibration_chart(y: np.ndarray, p: np.ndarray, error: float, path: Path) ->
     return _save(fig, path)
 
 
-def fairness_chart(report: FairnessReport, path: Path) -> Path:
-    """Selection rate and true-positive rate per group, one panel per protected attribute."""
+def fairness_chart(
+    report: FairnessReport, path: Path, champion: FairnessReport | None = None
+) -> Path:
+    """Selection rate per group with its simultaneous interval, one panel per protected
+    attribute; the champion's on the same holdout beside the candidate's when given.
+
+    The selection rate is what the demographic-parity ratio compares, and its interval is what
+    the gate judges: bars whose intervals overlap cannot make a credible disparity.
+    """
     table = report.to_frame()
+    theirs = champion.to_frame() if champion is not None else None
     attributes = list(dict.fromkeys(table["attribute"]))
     fig = Figure(figsize=(4.5 * len(attributes), 4))
     axes = fig.subplots(1, len(attributes), squeeze=False)
+    models = [("candidate", table)] + ([("champion", theirs)] if theirs is not None else [])
+    width = 0.8 / len(models)
     for ax, attribute in zip(axes[0], attributes, strict=True):
+        for i, (name, frame) in enumerate(models):
+            rows = frame[frame["attribute"] == attribute]
+            x = np.arange(len(rows)) + (i - (len(models) - 1) / 2) * width
+            rate = rows["selection_rate"].to_numpy(dtype=float)
+            errors = np.vstack(
+                [
+                    rate - rows["selection_rate_low"].to_numpy(dtype=float),
+                    rows["selection_rate_high"].to_numpy(dtype=float) - rate,
+                ]
+            )
+            ax.bar(x, rate, width=width, yerr=errors, capsize=3, label=name)
         rows = table[table["attribute"] == attribute]
-        x = np.arange(len(rows))
-        ax.bar(x - 0.2, rows["selection_rate"], width=0.4, label="selection rate")
-        ax.bar(x + 0.2, rows["tpr"].fillna(0), width=0.4, label="true-positive rate")
         labels = [
             g if judged else f"{g}*"
             for g, judged in zip(rows["group"], rows["judged"], strict=True)
         ]
-        ax.set_xticks(x, labels, rotation=30, fontsize=8)
+        ax.set_xticks(np.arange(len(rows)), labels, rotation=30, fontsize=8)
         ax.set_title(attribute)
+        ax.set_ylabel("selection rate")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(
-        f"Fairness at threshold {report.threshold:.4f} (* = too small to judge)", fontsize=10
+        f"Selected at threshold {report.threshold:.4f}, with "
+        f"{report.limits.confidence:.0%} simultaneous intervals (* = not judged)",
+        fontsize=10,
     )
     return _save(fig, path)
 

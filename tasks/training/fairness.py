@@ -1,92 +1,193 @@
 """Fairness of a scored holdout across protected groups, at the operating threshold (DESIGN §6).
 
-For each protected attribute (a column of ``groups``, e.g. ``age_band``) a fairlearn
-``MetricFrame`` gives, per group: row count, positives (churners), selection rate, true- and
-false-positive rate. A subscriber is *selected* when ``p >= threshold``.
+Where it is judged: at the operating point that matters, the probability at which the retention
+team's daily capacity is used (``operating_threshold`` in :mod:`tasks.training.evaluate`: the
+top ``retention_capacity`` a day). A subscriber is *selected* when ``p >= threshold``.
 
-Which groups are judged. A group is judged when it has at least ``min_group_size`` rows and at
-least ``min_group_outcomes`` positives *and* as many negatives: with fewer, its TPR or FPR is
-undefined or moves in steps so coarse that one subscriber can swing the verdict. The disparity
-measures are fairlearn's own ``demographic_parity_ratio`` (min/max selection rate) and
-``equalized_odds_difference`` (worst of the TPR and FPR gaps, ``between_groups``), called on the
-judged groups only, so an unjudged group can neither fail nor pass an attribute.
+What is measured, per protected attribute (a column of ``groups``, e.g. ``age_band``): a fairlearn
+``MetricFrame`` per group (rows, churners, selection rate, true- and false-positive rate) beside
+the counts behind them (selected, selected churners, selected non-churners), every rate with its
+Wilson interval; across the judged groups, fairlearn's ``demographic_parity_ratio`` (min/max
+selection rate) and ``equalized_odds_difference`` (the worse of the TPR and FPR gaps), each with
+a simultaneous confidence interval (:mod:`tasks.training.fairness_intervals` says which and why).
 
-How fairlearn is fed: not row by row but one row per (group, label, prediction) cell with its row
-count as ``sample_weight``. Every metric here is a ratio of counts, so the results are the same
-as on the raw rows (the tests check this against fairlearn on raw rows), and fairlearn's per-row
-Python work (an ``np.stack`` over each group's rows) shrinks from millions of rows to a few cells:
-1M rows x 3 attributes takes well under a second instead of about a minute.
+Which groups are judged: those with at least ``min_group_size`` rows, ``min_group_outcomes``
+churners and as many non-churners (fewer, and TPR or FPR is undefined or moves in steps of a
+whole subscriber), and at least ``min_selected_per_group`` *expected* selections: its rows times
+the share of the holdout selected, the number it would have selected had the model treated it
+like everyone else. That is how much the operating point can say about the group. The model's
+own count is not used: a model that selected nobody from a group would then exempt that group
+from judgement by the very disparity under test. Unjudged groups stay out of the disparity
+measures, so they can neither fail nor pass an attribute; they are never silent either.
 
 The policy, explicitly:
 
-* An attribute passes when it has at least two judged groups, its demographic-parity ratio is
-  ``>= min_dp_ratio`` and its equalized-odds difference is ``<= max_eo_difference``.
-* Fewer than two judged groups: the attribute *cannot be judged*, which FAILS it (and so the
-  report and the fairness gate), with a reason naming every group and why it was not judged.
-  Not being able to look is never taken as looking and finding nothing.
-* A group too small to judge, beside at least two judged ones, does not fail the attribute but is
-  never silent: it is listed in ``too_small``, explained in ``notes`` (and so in the gate's
-  detail), and appears with ``judged=False`` in :meth:`FairnessReport.to_frame`.
-* A ratio that is undefined (no judged group has anyone selected: 0/0) fails the attribute.
+* **Credibly unfair** (fails the attribute, the report and the fairness gate): the demographic-
+  parity interval lies entirely below ``min_dp_ratio``, or the equalized-odds interval entirely
+  above ``max_eo_difference``. So is a judged attribute whose judged groups all selected nobody
+  although each was expected to select at least ``min_selected_per_group``.
+* A point estimate beyond a threshold whose interval reaches back across it is reported as "not
+  credibly below/above" and passes: at the operating point such an estimate is noise as often as
+  not (at 1M subscribers each region's selection rate is ~0.05%).
+* **Not judged**: fewer than two judged groups. Reported, not failed. DESIGN §6 says a group too
+  small to judge is reported, not failed, and an attribute without two judgeable groups is that
+  case for all its groups at once; failing it would refuse on no evidence (a first training
+  would leave no champion at all, and a later one would keep a champion whose fairness is just
+  as unmeasurable on the same rows). The note names every group and why, and it goes into the
+  gate's detail, the model card and MLflow.
+* Whether the candidate is clearly worse than the champion on the same holdout is the other
+  refusal rule; :mod:`tasks.training.fairness_compare` applies it.
 
-TPR is reported as NaN for a group without positives and FPR as NaN for a group without
-negatives (fairlearn reports 0.0 there, which reads like a measured rate).
+Per group, the counts and rates come from :mod:`tasks.training.fairness_groups` (fairlearn fed
+with one row per cell, so 2M rows cost no more than a few cells).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from fairlearn.metrics import (
-    MetricFrame,
-    demographic_parity_ratio,
-    equalized_odds_difference,
-    false_positive_rate,
-    selection_rate,
-    true_positive_rate,
+from fairlearn.metrics import demographic_parity_ratio, equalized_odds_difference
+
+from tasks.training.fairness_groups import (
+    GROUP_COLUMNS,
+    cell_counts,
+    group_codes,
+    group_rates,
+    with_intervals,
+)
+from tasks.training.fairness_intervals import (
+    Interval,
+    finite_or_none,
+    gap_interval,
+    ratio_interval,
+    worse_gap,
+    z_value,
 )
 
 MIN_GROUP_OUTCOMES = 5
-"""Default least positives and least negatives a judged group needs (TPR/FPR steps of ≤ 0.2)."""
+"""Default least churners and least non-churners a judged group needs (TPR/FPR steps ≤ 0.2)."""
 
-MISSING_GROUP = "(missing)"
-"""Group label given to rows whose protected attribute is null, so they are counted, not dropped."""
+FAIR = "no credible disparity"
+UNFAIR = "credibly unfair"
+NOT_JUDGED = "not judged"
+"""An attribute's status: what :attr:`AttributeFairness.status` can be."""
 
-GROUP_COLUMNS = ("group", "count", "positives", "selection_rate", "tpr", "fpr", "judged")
-"""Columns of :attr:`AttributeFairness.by_group`, in order."""
+_TIE = 1e-9
+
+
+@dataclass(frozen=True)
+class FairnessLimits:
+    """The thresholds and evidence rules one report was judged by."""
+
+    min_dp_ratio: float
+    max_eo_difference: float
+    min_group_size: int
+    min_selected_per_group: int
+    confidence: float
+    min_group_outcomes: int = MIN_GROUP_OUTCOMES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min_dp_ratio": self.min_dp_ratio,
+            "max_eo_difference": self.max_eo_difference,
+            "min_group_size": self.min_group_size,
+            "min_selected_per_group": self.min_selected_per_group,
+            "confidence": self.confidence,
+            "min_group_outcomes": self.min_group_outcomes,
+        }
 
 
 @dataclass(frozen=True)
 class AttributeFairness:
-    """The fairness verdict for one protected attribute.
+    """The fairness verdict for one protected attribute at the operating threshold.
 
     ``by_group`` has one row per group (columns :data:`GROUP_COLUMNS`), ordered by group name.
-    ``reasons`` says why the attribute failed (empty when it passed); ``notes`` names the groups
-    that were not judged and why, whether or not the attribute passed.
+    ``status`` is :data:`FAIR`, :data:`UNFAIR` or :data:`NOT_JUDGED`; ``reasons`` says why it is
+    unfair (empty otherwise); ``notes`` names the groups that were not judged and why.
     """
 
     attribute: str
     by_group: pd.DataFrame
     dp_ratio: float | None
+    dp_interval: Interval | None
     eo_difference: float | None
+    eo_interval: Interval | None
     too_small: list[str]
-    passed: bool
+    status: str
     reasons: list[str]
+    limits: FairnessLimits
     notes: list[str] = field(default_factory=list)
+    too_small_why: list[str] = field(default_factory=list)
+    """Each unjudged group with why, e.g. ``unspecified (12.0 expected selected < 30)``."""
+
+    @property
+    def passed(self) -> bool:
+        """Only a credible disparity fails; an attribute that cannot be judged is reported."""
+        return self.status != UNFAIR
+
+    @property
+    def judged(self) -> bool:
+        return self.status != NOT_JUDGED
+
+    @property
+    def dp_credibly_low(self) -> bool:
+        """The whole demographic-parity interval lies below the floor."""
+        return self.dp_interval is not None and self.dp_interval.high < (
+            self.limits.min_dp_ratio - _TIE
+        )
+
+    @property
+    def eo_credibly_high(self) -> bool:
+        """The whole equalized-odds interval lies above the ceiling."""
+        return self.eo_interval is not None and self.eo_interval.low > (
+            self.limits.max_eo_difference + _TIE
+        )
+
+    def dp_text(self) -> str:
+        """E.g. ``DP ratio 0.59 [0.48, 0.71], not credibly below 0.60``."""
+        floor = self.limits.min_dp_ratio
+        if self.dp_ratio is None or self.dp_interval is None:
+            return "DP ratio not measured"
+        if math.isnan(self.dp_ratio):
+            return "DP ratio undefined (nobody selected in any judged group)"
+        if self.dp_credibly_low:
+            finding = f"credibly below {floor:.2f}"
+        elif self.dp_ratio < floor:
+            finding = f"not credibly below {floor:.2f}"
+        else:
+            finding = f"≥ {floor:.2f}"
+        return f"DP ratio {self.dp_ratio:.2f} {self.dp_interval}, {finding}"
+
+    def eo_text(self) -> str:
+        """E.g. ``EO difference 0.259 [0.041, 0.472], not credibly above 0.25``."""
+        ceiling = self.limits.max_eo_difference
+        if self.eo_difference is None or self.eo_interval is None:
+            return "EO difference not measured"
+        if self.eo_credibly_high:
+            finding = f"credibly above {ceiling:.2f}"
+        elif self.eo_difference > ceiling:
+            finding = f"not credibly above {ceiling:.2f}"
+        else:
+            finding = f"≤ {ceiling:.2f}"
+        interval = f"[{self.eo_interval.low:.3f}, {self.eo_interval.high:.3f}]"
+        return f"EO difference {self.eo_difference:.3f} {interval}, {finding}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes ``None``, numpy scalars become Python numbers."""
         return {
             "attribute": self.attribute,
-            "dp_ratio": _json_number(self.dp_ratio),
-            "eo_difference": _json_number(self.eo_difference),
-            "too_small": list(self.too_small),
+            "status": self.status,
             "passed": self.passed,
+            "dp_ratio": finite_or_none(self.dp_ratio),
+            "dp_interval": self.dp_interval.to_dict() if self.dp_interval else None,
+            "eo_difference": finite_or_none(self.eo_difference),
+            "eo_interval": self.eo_interval.to_dict() if self.eo_interval else None,
+            "too_small": list(self.too_small),
             "reasons": list(self.reasons),
             "notes": list(self.notes),
             "groups": [
@@ -100,20 +201,31 @@ class AttributeFairness:
 class FairnessReport:
     """Fairness of one set of predictions across every protected attribute.
 
-    ``passed`` is true only when every attribute passed; ``reasons`` gathers the attributes'
-    failure reasons and ``notes`` their unjudged groups, in attribute order.
+    ``passed`` is true unless some attribute is credibly unfair; ``reasons`` gathers the
+    attributes' failure reasons and ``notes`` their unjudged groups, in attribute order.
+    ``rows`` and ``selected`` count the whole holdout and its selected subscribers.
     """
 
     threshold: float
     attributes: list[AttributeFairness]
-    passed: bool
-    reasons: list[str]
+    limits: FairnessLimits
+    rows: int
+    selected: int
+    reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.attributes)
+
+    def attribute(self, name: str) -> AttributeFairness | None:
+        """The named attribute's verdict, or ``None`` if this report has no such column."""
+        return next((a for a in self.attributes if a.attribute == name), None)
 
     def to_frame(self) -> pd.DataFrame:
         """Long table, one row per (attribute, group): the fairness-by-group artifact.
 
-        Columns: attribute, group, count, positives, selection_rate, tpr, fpr, judged.
+        Columns: ``attribute`` then :data:`GROUP_COLUMNS`.
         """
         frames = [a.by_group.assign(attribute=a.attribute) for a in self.attributes]
         columns = ["attribute", *GROUP_COLUMNS]
@@ -125,6 +237,9 @@ class FairnessReport:
         """JSON-ready form for MLflow artifacts and the model card."""
         return {
             "threshold": float(self.threshold),
+            "rows": self.rows,
+            "selected": self.selected,
+            "limits": self.limits.to_dict(),
             "passed": self.passed,
             "reasons": list(self.reasons),
             "notes": list(self.notes),
@@ -141,6 +256,8 @@ def fairness_report(
     min_dp_ratio: float,
     max_eo_difference: float,
     min_group_size: int,
+    min_selected_per_group: int,
+    confidence: float,
     min_group_outcomes: int = MIN_GROUP_OUTCOMES,
 ) -> FairnessReport:
     """Judge predictions ``p >= threshold`` for every protected attribute in ``groups``' columns.
@@ -151,17 +268,20 @@ def fairness_report(
         threshold: operating threshold; a row is selected when ``p >= threshold``.
         groups: one column per protected attribute (e.g. ``PROTECTED_ATTRIBUTES``), aligned with
             ``y_true`` by position (its index is ignored). Nulls form the group ``(missing)``.
-        min_dp_ratio: lowest demographic-parity ratio an attribute may have.
-        max_eo_difference: largest equalized-odds difference an attribute may have.
+        min_dp_ratio: the demographic-parity ratio below which a credible disparity fails.
+        max_eo_difference: the equalized-odds difference above which a credible one fails.
         min_group_size: fewest rows a group needs to be judged.
-        min_group_outcomes: fewest positives, and fewest negatives, a group needs to be judged.
+        min_selected_per_group: fewest expected selections (rows × share selected) to be judged.
+        confidence: simultaneous confidence of each attribute's intervals, e.g. 0.95.
+        min_group_outcomes: fewest churners, and fewest non-churners, a group needs to be judged.
 
     Returns:
-        The report; see the module docstring for the pass/fail policy.
+        The report; see the module docstring for the policy.
 
     Raises:
         ValueError: lengths differ, there are no rows or no attribute columns, labels are not
-            0/1, a probability is NaN or the threshold is not finite.
+            0/1, a probability is NaN, the threshold is not finite or ``confidence`` is not in
+            (0, 1).
     """
     y = np.asarray(y_true)
     scores = np.asarray(p, dtype=float)
@@ -181,124 +301,87 @@ def fairness_report(
         raise ValueError(f"p has {int(np.isnan(scores).sum()):,} NaN probabilities")
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
+    z_value(confidence)  # raises on a confidence outside (0, 1), before any work
 
-    y = y.astype(int)
-    selected = (scores >= threshold).astype(int)
+    limits = FairnessLimits(
+        min_dp_ratio=min_dp_ratio,
+        max_eo_difference=max_eo_difference,
+        min_group_size=min_group_size,
+        min_selected_per_group=min_selected_per_group,
+        confidence=confidence,
+        min_group_outcomes=min_group_outcomes,
+    )
+    y = y.astype(np.int8)
+    selected = (scores >= threshold).astype(np.int8)
+    share_selected = float(selected.mean())
     attributes = [
-        _judge_attribute(
-            str(name),
-            y,
-            selected,
-            _group_labels(groups[name]),
-            min_dp_ratio=min_dp_ratio,
-            max_eo_difference=max_eo_difference,
-            min_group_size=min_group_size,
-            min_group_outcomes=min_group_outcomes,
-        )
+        _judge_attribute(str(name), y, selected, group_codes(groups[name]), share_selected, limits)
         for name in groups.columns
     ]
     return FairnessReport(
         threshold=float(threshold),
         attributes=attributes,
-        passed=all(a.passed for a in attributes),
+        limits=limits,
+        rows=len(y),
+        selected=int(selected.sum()),
         reasons=[r for a in attributes for r in a.reasons],
         notes=[n for a in attributes for n in a.notes],
     )
-
-
-def _group_labels(column: pd.Series) -> np.ndarray:
-    """Group labels as strings (categoricals lose unobserved levels; nulls become a group)."""
-    labels = column.astype(object).where(column.notna(), MISSING_GROUP)
-    return labels.astype(str).to_numpy()
-
-
-def _rows(y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray) -> float:
-    """Rows behind the cells (fairlearn's ``count`` would count the cells)."""
-    return float(np.sum(sample_weight))
-
-
-def _positives(y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray) -> float:
-    return float(np.dot(y_true, sample_weight))
 
 
 def _judge_attribute(
     attribute: str,
     y: np.ndarray,
     selected: np.ndarray,
-    labels: np.ndarray,
-    *,
-    min_dp_ratio: float,
-    max_eo_difference: float,
-    min_group_size: int,
-    min_group_outcomes: int,
+    groups: tuple[np.ndarray, np.ndarray],
+    share_selected: float,
+    limits: FairnessLimits,
 ) -> AttributeFairness:
     # One row per (group, label, prediction) cell weighted by its row count: every metric here
-    # is a ratio of counts, so the weighted cells give fairlearn's per-row results exactly, while
-    # fairlearn's per-row Python work (np.stack over each group's rows) shrinks to a few cells.
-    cells = (
-        pd.DataFrame({"group": labels, "y": y, "pred": selected})
-        .groupby(["group", "y", "pred"], sort=True)
-        .size()
-        .reset_index(name="rows")
-    )
-    metrics = {
-        "count": _rows,
-        "positives": _positives,
-        "selection_rate": selection_rate,
-        "tpr": true_positive_rate,
-        "fpr": false_positive_rate,
-    }
-    weights = cells["rows"].to_numpy(dtype=float)
-    frame = MetricFrame(
-        metrics=metrics,
-        y_true=cells["y"].to_numpy(),
-        y_pred=cells["pred"].to_numpy(),
-        sensitive_features=cells["group"],
-        sample_params={name: {"sample_weight": weights} for name in metrics},
-    )
-    by_group = frame.by_group.reset_index()
-    by_group["count"] = by_group["count"].astype(int)
-    by_group["positives"] = by_group["positives"].astype(int)
-    negatives = by_group["count"] - by_group["positives"]
-    # fairlearn reports 0.0 for a rate whose denominator is empty; that is no measurement.
-    by_group["tpr"] = by_group["tpr"].where(by_group["positives"] > 0, np.nan).astype(float)
-    by_group["fpr"] = by_group["fpr"].where(negatives > 0, np.nan).astype(float)
+    # is a ratio of counts, so the weighted cells give fairlearn's per-row results exactly.
+    cells = cell_counts(groups, y, selected)
+    by_group = group_rates(cells)
+    by_group["expected_selected"] = by_group["count"] * share_selected
     by_group["judged"] = (
-        (by_group["count"] >= min_group_size)
-        & (by_group["positives"] >= min_group_outcomes)
-        & (negatives >= min_group_outcomes)
+        (by_group["count"] >= limits.min_group_size)
+        & (by_group["positives"] >= limits.min_group_outcomes)
+        & (by_group["negatives"] >= limits.min_group_outcomes)
+        & (by_group["expected_selected"] >= limits.min_selected_per_group)
     ).astype(bool)
-    by_group = by_group[list(GROUP_COLUMNS)].sort_values("group", ignore_index=True)
+    # Simultaneous intervals over the judged groups: k selection rates for the ratio, k TPRs
+    # and k FPRs for the odds (Bonferroni; see fairness_intervals).
+    k = max(1, int(by_group["judged"].sum()))
+    by_group = with_intervals(
+        by_group, z_value(limits.confidence, k), z_value(limits.confidence, 2 * k)
+    )
 
     unjudged = by_group[~by_group["judged"]]
     too_small = unjudged["group"].tolist()
-    why_not = [
-        f"{row.group} ({_why_unjudged(row, min_group_size, min_group_outcomes)})"
-        for row in unjudged.itertuples()
-    ]
+    why_not = [f"{row.group} ({_why_unjudged(row, limits)})" for row in unjudged.itertuples()]
     judged = by_group[by_group["judged"]]
-
-    notes = []
-    if too_small:
-        notes.append(f"{attribute}: not judged, too small: {', '.join(why_not)}")
+    notes = [f"{attribute}: not judged, too small: {', '.join(why_not)}"] if too_small else []
 
     if len(judged) < 2:
         judged_names = ", ".join(judged["group"]) or "none"
-        reason = (
+        note = (
             f"{attribute}: cannot be judged: {len(judged)} of {len(by_group)} groups "
             f"judgeable ({judged_names}), at least 2 needed"
         )
         if why_not:
-            reason += f"; too small: {', '.join(why_not)}"
+            note += f"; too small: {', '.join(why_not)}"
         return AttributeFairness(
             attribute=attribute,
             by_group=by_group,
             dp_ratio=None,
+            dp_interval=None,
             eo_difference=None,
+            eo_interval=None,
             too_small=too_small,
-            passed=False,
-            reasons=[reason],
-            notes=notes,
+            status=NOT_JUDGED,
+            reasons=[],
+            limits=limits,
+            notes=[note],
+            too_small_why=why_not,
         )
 
     # fairlearn's own functions on the judged groups' cells: its semantics, unjudged groups out.
@@ -307,73 +390,90 @@ def _judge_attribute(
         "y_true": cells["y"].to_numpy()[keep],
         "y_pred": cells["pred"].to_numpy()[keep],
         "sensitive_features": cells["group"].to_numpy()[keep],
-        "sample_weight": weights[keep],
+        "sample_weight": cells["rows"].to_numpy(dtype=float)[keep],
     }
     dp = float(demographic_parity_ratio(**judged_cells))
     eo = float(equalized_odds_difference(**judged_cells))
-
-    reasons = []
-    if math.isnan(dp) or dp < min_dp_ratio:
-        reasons.append(_dp_reason(attribute, dp, min_dp_ratio, judged))
-    if math.isnan(eo) or eo > max_eo_difference:
-        reasons.append(_eo_reason(attribute, eo, max_eo_difference, judged))
-    return AttributeFairness(
+    dp_interval = ratio_interval(judged["selection_rate_low"], judged["selection_rate_high"])
+    eo_interval = worse_gap(
+        gap_interval(judged["tpr_low"], judged["tpr_high"]),
+        gap_interval(judged["fpr_low"], judged["fpr_high"]),
+    )
+    verdict = AttributeFairness(
         attribute=attribute,
         by_group=by_group,
         dp_ratio=dp,
+        dp_interval=dp_interval,
         eo_difference=eo,
+        eo_interval=eo_interval,
         too_small=too_small,
-        passed=not reasons,
-        reasons=reasons,
+        status=FAIR,
+        reasons=[],
+        limits=limits,
         notes=notes,
+        too_small_why=why_not,
     )
+    reasons = []
+    if math.isnan(dp):
+        expected = judged["expected_selected"].sum()
+        reasons.append(
+            f"{attribute}: nobody selected in any judged group ({', '.join(judged['group'])}) "
+            f"although {expected:,.0f} were expected at the overall selection rate"
+        )
+    elif verdict.dp_credibly_low:
+        reasons.append(f"{attribute}: {verdict.dp_text()} ({_extremes(judged, 'selection_rate')})")
+    if verdict.eo_credibly_high:
+        reasons.append(f"{attribute}: {verdict.eo_text()} ({_worse_odds(judged)})")
+    if not reasons:
+        return verdict
+    return replace(verdict, status=UNFAIR, reasons=reasons)
 
 
-def _why_unjudged(row: Any, min_group_size: int, min_group_outcomes: int) -> str:
-    negatives = row.count - row.positives
+def _why_unjudged(row: Any, limits: FairnessLimits) -> str:
     parts = []
-    if row.count < min_group_size:
-        parts.append(f"{row.count:,} rows < {min_group_size:,}")
-    if row.positives < min_group_outcomes:
-        parts.append(f"{row.positives:,} positives < {min_group_outcomes:,}")
-    if negatives < min_group_outcomes:
-        parts.append(f"{negatives:,} negatives < {min_group_outcomes:,}")
+    if row.count < limits.min_group_size:
+        parts.append(f"{row.count:,} rows < {limits.min_group_size:,}")
+    if row.positives < limits.min_group_outcomes:
+        parts.append(f"{row.positives:,} positives < {limits.min_group_outcomes:,}")
+    if row.negatives < limits.min_group_outcomes:
+        parts.append(f"{row.negatives:,} negatives < {limits.min_group_outcomes:,}")
+    if row.expected_selected < limits.min_selected_per_group:
+        parts.append(
+            f"{row.expected_selected:,.1f} expected selected < {limits.min_selected_per_group:,}"
+        )
     return ", ".join(parts)
 
 
-def _dp_reason(attribute: str, dp: float, floor: float, judged: pd.DataFrame) -> str:
-    hi = judged.loc[judged["selection_rate"].idxmax()]
-    lo = judged.loc[judged["selection_rate"].idxmin()]
-    rates = (
-        f"{hi['group']} selected {hi['selection_rate']:.1%}, "
-        f"{lo['group']} {lo['selection_rate']:.1%}"
-    )
-    if math.isnan(dp):
-        return (
-            f"{attribute}: demographic-parity ratio undefined, nobody selected in any judged "
-            f"group ({rates})"
-        )
-    return f"{attribute}: demographic-parity ratio {dp:.3f} < {floor:.3f} ({rates})"
+def percent(rate: float) -> str:
+    """A rate as a percentage with enough digits for the operating point's tiny rates."""
+    if math.isnan(rate):
+        return "n/a"
+    return f"{rate:.1%}" if rate >= 0.1 else f"{rate:.2%}" if rate >= 0.001 else f"{rate:.3%}"
 
 
-def _eo_reason(attribute: str, eo: float, ceiling: float, judged: pd.DataFrame) -> str:
-    gaps = {
-        rate: judged[rate].max() - judged[rate].min() for rate in ("tpr", "fpr")
-    }  # equalized odds is the worse of the two gaps
-    rate = max(gaps, key=lambda r: gaps[r])
+def _extremes(judged: pd.DataFrame, rate: str) -> str:
+    """The highest and the lowest group on ``rate``, with their intervals."""
     hi = judged.loc[judged[rate].idxmax()]
     lo = judged.loc[judged[rate].idxmin()]
-    name = "true-positive rate" if rate == "tpr" else "false-positive rate"
-    return (
-        f"{attribute}: equalized-odds difference {eo:.3f} > {ceiling:.3f} ({name}: "
-        f"{hi['group']} {hi[rate]:.1%}, {lo['group']} {lo[rate]:.1%})"
-    )
+    label = {
+        "selection_rate": "selected",
+        "tpr": "true-positive rate",
+        "fpr": "false-positive rate",
+    }
+
+    def one(row: pd.Series) -> str:
+        return (
+            f"{row['group']} {percent(row[rate])} "
+            f"[{percent(row[f'{rate}_low'])}, {percent(row[f'{rate}_high'])}]"
+        )
+
+    return f"{label[rate]}: {one(hi)}, {one(lo)}"
 
 
-def _json_number(value: float | None) -> float | None:
-    if value is None or math.isnan(value):
-        return None
-    return float(value)
+def _worse_odds(judged: pd.DataFrame) -> str:
+    """The larger of the TPR and FPR gaps (equalized odds is the worse of the two)."""
+    gaps = {rate: judged[rate].max() - judged[rate].min() for rate in ("tpr", "fpr")}
+    return _extremes(judged, max(gaps, key=lambda r: gaps[r]))
 
 
 def _json_value(value: Any) -> Any:
@@ -382,5 +482,5 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        return _json_number(float(value))
+        return finite_or_none(float(value))
     return value

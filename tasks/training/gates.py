@@ -9,7 +9,7 @@ gate                         passes when
 ``max_calibration_error``    challenger calibration error ``<= gate_max_calibration_error``
 ``beats_champion_auc``       challenger ROC-AUC ``>= champion ROC-AUC + gate_auc_margin``
 ``calibration_vs_champion``  calibration error ``<= champion's + gate_calibration_tolerance``
-``fairness``                 the :class:`~tasks.training.fairness.FairnessReport` passed
+``fairness``                 no credible disparity and no clear regression on the champion
 ===========================  ================================================================
 
 The champion's metrics must come from the *same* holdout with the same point-in-time features
@@ -18,6 +18,14 @@ The champion's metrics must come from the *same* holdout with the same point-in-
 gate: an undefined number never clears a bar, and a champion that cannot be measured is kept
 rather than replaced blindly. A tie at a boundary passes (within 1e-9, so that float rounding of
 ``champion + margin`` cannot turn "exactly the margin" into a failure).
+
+Fairness is judged with confidence intervals at the operating threshold, beside the champion's
+fairness on the same holdout (:mod:`tasks.training.fairness_compare`): the gate fails only on a
+credible disparity (an interval entirely beyond ``fairness_min_dp_ratio`` or
+``fairness_max_eo_difference``) or a clear regression (an interval entirely worse than the
+champion's value by ``fairness_regression_margin``). Groups and attributes too small to judge
+are named in the detail and do not fail it. The detail is one line: the decision and why, then
+each attribute with both models' numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any
 
 from tasks.core.settings import Settings
 from tasks.training.fairness import FairnessReport
+from tasks.training.fairness_compare import FairnessComparison, compare_with_champion
 
 GATES = (
     "min_auc",
@@ -70,6 +79,8 @@ class GateDecision:
     results: list[GateResult]
     passed: bool
     failed: list[GateResult]
+    fairness: FairnessComparison
+    """The evidence behind the fairness gate: the candidate's report beside the champion's."""
     has_champion: bool = True
 
     @property
@@ -104,6 +115,7 @@ def decide(
     champion: Mapping[str, float] | None,
     fairness: FairnessReport,
     settings: Settings,
+    champion_fairness: FairnessReport | None = None,
 ) -> GateDecision:
     """Run every gate on the challenger's holdout metrics and return the decision.
 
@@ -111,11 +123,15 @@ def decide(
         challenger: holdout metrics of the candidate; needs ``roc_auc`` and ``calibration_error``.
         champion: the current champion's metrics on the same holdout, or ``None`` if there is
             no champion yet.
-        fairness: the challenger's fairness report at the operating threshold.
-        settings: gate thresholds (``gate_*``).
+        fairness: the challenger's fairness report at its operating threshold.
+        settings: gate thresholds (``gate_*``, ``fairness_regression_margin``).
+        champion_fairness: the champion's fairness report on the same holdout at its own
+            operating threshold; without it (or without a champion) no regression is checked,
+            and the detail says so.
 
     Raises:
-        ValueError: a metrics mapping lacks ``roc_auc`` or ``calibration_error``.
+        ValueError: a metrics mapping lacks ``roc_auc`` or ``calibration_error``, or the two
+            fairness reports cover different numbers of rows.
     """
     auc = _metric(challenger, "roc_auc", "challenger")
     cal = _metric(challenger, "calibration_error", "challenger")
@@ -139,10 +155,19 @@ def decide(
                 settings.gate_calibration_tolerance,
             ),
         ]
-    results.append(_fairness(fairness))
+    comparison = compare_with_champion(
+        fairness,
+        champion_fairness if champion is not None else None,
+        settings.fairness_regression_margin,
+    )
+    results.append(_fairness(comparison, champion is not None))
     failed = [r for r in results if not r.passed]
     return GateDecision(
-        results=results, passed=not failed, failed=failed, has_champion=champion is not None
+        results=results,
+        passed=not failed,
+        failed=failed,
+        has_champion=champion is not None,
+        fairness=comparison,
     )
 
 
@@ -233,14 +258,12 @@ def _calibration_vs_champion(cal: float, champion_cal: float, tolerance: float) 
     return GateResult(name, False, cal, bar, detail)
 
 
-def _fairness(report: FairnessReport) -> GateResult:
-    # Unjudged groups are named even when the gate passes: a small group is never passed silently.
-    notes = f"; {'; '.join(report.notes)}" if report.notes else ""
-    if report.passed:
-        names = ", ".join(a.attribute for a in report.attributes)
-        detail = f"fair at threshold {report.threshold:.3f} for {names}{notes}"
-        return GateResult("fairness", True, None, None, detail)
-    return GateResult("fairness", False, None, None, "; ".join(report.reasons) + notes)
+def _fairness(comparison: FairnessComparison, has_champion: bool) -> GateResult:
+    # One line: the decision and why, then every attribute, including those not judged.
+    detail = comparison.sentence()
+    if has_champion and comparison.champion is None:
+        detail += " | champion's fairness not measured on this holdout: no regression check"
+    return GateResult("fairness", comparison.passed, None, None, detail)
 
 
 def _json_number(value: float | None) -> float | None:

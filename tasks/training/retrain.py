@@ -1,6 +1,7 @@
 """The retraining job as plain functions (DESIGN §6): frame → time split → LightGBM → holdout
-metrics → fairness → champion measured on the same holdout → gates → an MLflow run → only if
-every gate passed, a registered version (alias ``challenger``) → promotion by settings.
+metrics → fairness → champion measured on the same holdout (metrics and fairness) → gates → an
+MLflow run → only if every gate passed, a registered version (alias ``challenger``) → promotion
+by settings.
 
 ``flows/retrain.py`` wraps these steps as Prefect tasks; the CLI (`churn train`) runs the flow.
 """
@@ -30,6 +31,7 @@ from tasks.training.approval import ApprovalOutcome
 from tasks.training.candidates import log_candidate
 from tasks.training.evaluate import best_achievable_auc, holdout_metrics, observable_oracle_auc
 from tasks.training.fairness import FairnessReport, fairness_report
+from tasks.training.fairness_compare import FairnessComparison
 from tasks.training.gates import GateDecision, decide
 from tasks.training.lineage import lineage_tags
 from tasks.training.mlflow_store import CHAMPION, init_store
@@ -61,6 +63,8 @@ class RetrainResult:
     challenger: Evaluation
     champion_version: int | None
     champion_metrics: dict[str, float] | None
+    champion_fairness: FairnessReport | None
+    """The champion's fairness on the same holdout at its own operating threshold."""
     best_auc: float | None
     observable_auc: float | None
     """AUC of the simulator's probability without frailty and the protected age term: the target."""
@@ -75,7 +79,9 @@ class RetrainResult:
 
 
 def evaluate(settings: Settings, holdout: pd.DataFrame, p: np.ndarray) -> Evaluation:
-    """Holdout metrics at the retention team's capacity, and fairness at that operating point."""
+    """Holdout metrics at the retention team's capacity, and fairness at that operating point
+    (the model's own top ``retention_capacity`` a day), with intervals (challenger and champion
+    alike)."""
     y = holdout[LABEL].to_numpy()
     metrics = _metrics(settings, holdout, p)
     fairness = fairness_report(
@@ -86,19 +92,22 @@ def evaluate(settings: Settings, holdout: pd.DataFrame, p: np.ndarray) -> Evalua
         min_dp_ratio=settings.fairness_min_dp_ratio,
         max_eo_difference=settings.fairness_max_eo_difference,
         min_group_size=settings.fairness_min_group_size,
+        min_selected_per_group=settings.fairness_min_selected_per_group,
+        confidence=settings.fairness_confidence,
     )
     return Evaluation(metrics, fairness)
 
 
 def champion_on_holdout(
     settings: Settings, holdout: pd.DataFrame
-) -> tuple[int | None, dict[str, float] | None]:
-    """The current champion (if any) scored on the same holdout with the same features."""
+) -> tuple[int | None, Evaluation | None]:
+    """The current champion (if any) scored on the same holdout with the same features:
+    its version, and its metrics and fairness measured exactly as the challenger's."""
     if current_alias(settings, CHAMPION) is None:
         return None, None
     booster, spec, version = load_model(settings, CHAMPION)
     p = predict_proba((booster, ModelSpec.from_dict(spec)), holdout)
-    return version, _metrics(settings, holdout, p)
+    return version, evaluate(settings, holdout, p)
 
 
 def _metrics(settings: Settings, holdout: pd.DataFrame, p: np.ndarray) -> dict[str, float]:
@@ -123,8 +132,13 @@ def model_card(
     decision: GateDecision,
     importance: pd.DataFrame,
     capacity: int,
+    fairness: FairnessComparison,
 ) -> str:
-    """Markdown for people: the decision and why, the numbers, and how far from the limit."""
+    """Markdown for people: the decision and why, the numbers, and how far from the limit.
+
+    ``fairness`` is the candidate's fairness beside the champion's on the same holdout (the
+    fairness gate's evidence): the card shows both, per attribute and per group.
+    """
     m = challenger.metrics
     limit = (
         f"{best_auc:.3f} (gap {best_auc - m['roc_auc']:.3f})"
@@ -180,11 +194,7 @@ def model_card(
             f"({m['operating_threshold']:.4f}: top {capacity} a day)"
         ),
         "",
-        *(
-            f"- {line}"
-            for line in (challenger.fairness.reasons or ["all judged attributes within thresholds"])
-        ),
-        *(f"- note: {line}" for line in challenger.fairness.notes),
+        *fairness.markdown(),
         "",
         "## Top features (gain)",
         "",
@@ -223,8 +233,13 @@ def retrain(
     best_auc = best_achievable_auc(settings.truth_dir, holdout)
     observable_auc = observable_oracle_auc(settings.truth_dir, holdout)
     clock.lap("evaluate + fairness")
-    champion_version, champion_metrics = champion_on_holdout(settings, holdout)
-    decision = decide(challenger.metrics, champion_metrics, challenger.fairness, settings)
+    champion_version, champion = champion_on_holdout(settings, holdout)
+    champion_metrics = champion.metrics if champion else None
+    champion_fairness = champion.fairness if champion else None
+    decision = decide(
+        challenger.metrics, champion_metrics, challenger.fairness, settings, champion_fairness
+    )
+    fairness = decision.fairness
     clock.lap("champion + gates")
     importance = feature_importance(model)
     card = model_card(
@@ -239,6 +254,7 @@ def retrain(
         decision,
         importance,
         settings.retention_capacity,
+        fairness,
     )
     lineage = lineage_tags(
         training_window=settings.training_window(as_of),
@@ -259,9 +275,18 @@ def retrain(
     }
     if champion_metrics:
         metrics |= {f"champion_{k}": v for k, v in champion_metrics.items()}
+    metrics |= fairness.mlflow_metrics()
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = _write_artifacts(
-            Path(tmp), card, challenger, importance, decision, holdout, p_holdout, best_auc
+            Path(tmp),
+            card,
+            challenger,
+            importance,
+            decision,
+            holdout,
+            p_holdout,
+            best_auc,
+            fairness,
         )
         run_id = log_candidate(
             settings,
@@ -275,7 +300,12 @@ def retrain(
             },
             metrics=metrics,
             gate_results={r.name: r.to_dict() for r in decision.results},
-            tags={**lineage, "verdict": decision.verdict, "summary": decision.summary()},
+            tags={
+                **lineage,
+                **fairness.mlflow_tags(),
+                "verdict": decision.verdict,
+                "summary": decision.summary(),
+            },
             artifacts=artifacts,
             run_name=f"retrain-{as_of}",
         )
@@ -304,6 +334,7 @@ def retrain(
         challenger=challenger,
         champion_version=champion_version,
         champion_metrics=champion_metrics,
+        champion_fairness=champion_fairness,
         best_auc=best_auc,
         observable_auc=observable_auc,
         model_card=card,
@@ -361,12 +392,21 @@ def _write_artifacts(
     holdout: pd.DataFrame,
     p: np.ndarray,
     best_auc: float | None,
+    fairness: FairnessComparison,
 ) -> dict[str, Path]:
-    """The model card, tables and charts logged with the candidate's MLflow run."""
+    """The model card, tables and charts logged with the candidate's MLflow run.
+
+    Fairness: ``fairness_by_group.csv`` (one row per attribute and group: counts, selections,
+    rates with intervals, the champion's beside them), ``fairness_by_attribute.csv`` (both
+    models' ratio and difference with intervals, the status) and ``fairness.json`` (all of it
+    and the decision).
+    """
     from tasks.training import charts
 
     (folder / "model_card.md").write_text(card)
-    challenger.fairness.to_frame().to_csv(folder / "fairness_by_group.csv", index=False)
+    fairness.by_group().to_csv(folder / "fairness_by_group.csv", index=False)
+    fairness.by_attribute().to_csv(folder / "fairness_by_attribute.csv", index=False)
+    (folder / "fairness.json").write_text(json.dumps(fairness.to_dict(), indent=2))
     importance.to_csv(folder / "feature_importance.csv", index=False)
     (folder / "gates.json").write_text(json.dumps(decision.to_dict(), indent=2))
     plots = folder / "plots"
@@ -376,11 +416,13 @@ def _write_artifacts(
     charts.roc_chart(y, p, m["roc_auc"], best_auc, plots / "roc.png")
     charts.pr_chart(y, p, m["pr_auc"], plots / "precision_recall.png")
     charts.calibration_chart(y, p, m["calibration_error"], plots / "calibration.png")
-    charts.fairness_chart(challenger.fairness, plots / "fairness_by_group.png")
+    charts.fairness_chart(fairness.candidate, plots / "fairness_by_group.png", fairness.champion)
     charts.importance_chart(importance, plots / "feature_importance.png")
     names = (
         "model_card.md",
         "fairness_by_group.csv",
+        "fairness_by_attribute.csv",
+        "fairness.json",
         "feature_importance.csv",
         "gates.json",
         "plots",

@@ -18,6 +18,7 @@ COMMANDS = [
     ["simulate"],
     ["import"],
     ["demo"],
+    ["backtest"],
     ["features"],
     ["features", "apply"],
     ["features", "build"],
@@ -75,7 +76,7 @@ def test_bad_date_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_demo_story_end_to_end(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    # 400 subscribers is too few for the default gates (fairness cannot judge such small groups);
+    # 400 subscribers is too few for the default AUC and calibration gates to be met reliably;
     # the story, not the thresholds, is under test here.
     result = churn(
         "demo",

@@ -1,6 +1,7 @@
 """Monitoring on simulated worlds with real Prefect flow runs, a real MLflow store and the real
-slack-sdk webhook client posting to a local receiver: a price shock is alerted the night it
-starts, names the shifted features, asks for retraining once, and the retraining runs."""
+slack-sdk webhook client posting to a local receiver: a price shock opens a drift incident the
+night it starts, names the shifted features, asks for retraining once, the retraining runs, and
+Slack gets one message for it all."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def test_a_price_shock_is_alerted_the_night_it_starts_and_triggers_one_retrainin
 ) -> None:
     from flows.monitor import monitor_flow
     from flows.score import score_nightly_flow
+    from tasks.monitoring.incident import read_incidents
     from tasks.monitoring.monitor import read_triggers
     from tasks.training.registry import list_versions
     from tasks.training.retrain import retrain
@@ -103,13 +105,18 @@ def test_a_price_shock_is_alerted_the_night_it_starts_and_triggers_one_retrainin
     ), reasons
     assert len(list_versions(settings)) >= 1
 
-    # Slack got the drift alerts: Block Kit and text, features with PSI/KS, no subscriber data.
-    drift_posts = [r.body for r in receiver.requests if "input drift" in r.body.get("text", "")]
-    assert len(drift_posts) == 2  # the shock night and the night after (no retraining then)
-    text = drift_posts[0]["text"]
-    assert f"input drift on {SHOCK}" in text and "charge_change_90d" in text and "PSI" in text
-    assert "retraining triggered" in text
-    blocks = json.dumps(drift_posts[0]["blocks"])
+    # Slack got one drift incident, not a message a night: the onset, with the features and
+    # their PSI/KS, the drift retraining's outcome (no gate alert of its own) and the follow-up.
+    assert len(receiver.requests) == 1, [r.body["text"][:80] for r in receiver.requests]
+    onset = receiver.requests[0].body
+    text = onset["text"]
+    assert f"drift incident of {SHOCK} (retrain)" in text
+    assert "charge_change_90d" in text and "PSI" in text
+    assert f"Drift retraining as of {SHOCK}:" in text and "training snapshots postdate" in text
+    assert f"drift follow-up of {SHOCK}" in text
+    blocks = json.dumps(onset["blocks"])
     assert "charge_change_90d" in blocks and "http://127.0.0.1:4200/runs/flow-run/" in blocks
-    assert "subscriber_id" not in blocks and "secret-part" not in json.dumps(drift_posts)
-    assert "already requested" in drift_posts[1]["text"]
+    assert "subscriber_id" not in blocks and "secret-part" not in json.dumps(onset)
+    [incident] = read_incidents(settings)
+    assert incident.onset == SHOCK and incident.is_open and incident.last_night == after.score_date
+    assert [(m.role, m.status) for m in incident.messages] == [("onset", "sent")]

@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -195,7 +197,9 @@ def test_a_drift_event_triggers_the_retrain_deployment(stack) -> None:
                 "emit_event(event='churn.drift.detected',"
                 " resource={'prefect.resource.id': 'churn.model.telecom_churn_model'},"
                 f" payload={{'score_date': '{DAY}', 'severity': 'retrain',"
-                " 'features': 'charge_to_list_ratio, monthly_charge', 'model_version': 1})\n"
+                " 'features': 'charge_to_list_ratio, monthly_charge', 'model_version': 1,"
+                " 'label_maturity': '0 of 13 training snapshots postdate the shift',"
+                " 'follow_up': 'drift follow-up of the day due later'})\n"
             ),
         ],
         env={**stack["env"], "PREFECT_API_URL": stack["api"]},
@@ -209,6 +213,83 @@ def test_a_drift_event_triggers_the_retrain_deployment(stack) -> None:
     assert run["state_type"] == "COMPLETED", run["state"]
     assert run["parameters"]["as_of"] == DAY.isoformat()
     assert run["parameters"]["reason"].startswith(f"drift on {DAY} (retrain): charge_to_list_ratio")
+    assert run["parameters"]["reason"].endswith(
+        "; 0 of 13 training snapshots postdate the shift; drift follow-up of the day due later"
+    )
+
+
+def test_a_drift_follow_up_is_a_scheduled_run_of_the_retrain_deployment(stack) -> None:
+    """Planned once per incident, scheduled in Prefect under its name, listed by `churn status`."""
+    shift = date.today() + timedelta(days=30)  # in the future: the worker must not start it
+    script = (
+        "from datetime import date\n"
+        "from flows.follow_up import schedule_follow_up\n"
+        "from tasks.core.settings import get_settings\n"
+        "from tasks.monitoring.follow_up import plan_follow_up\n"
+        f"follow_up, planned = plan_follow_up(get_settings(), date.fromisoformat('{shift}'))\n"
+        "assert planned\n"
+        "print(schedule_follow_up(get_settings(), follow_up))\n"
+    )
+    env = {**stack["env"], "PREFECT_API_URL": stack["api"]}
+    scheduled = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert scheduled.returncode == 0, scheduled.stderr
+    run_id = scheduled.stdout.strip().splitlines()[-1]
+    try:
+        run = _api(stack["api"], f"/flow_runs/{run_id}")
+        assert run["name"] == f"drift follow-up of {shift}"
+        assert run["state_type"] == "SCHEDULED"
+        due = shift + timedelta(days=51)
+        assert run["parameters"] == {
+            "as_of": due.isoformat(),
+            "reason": f"drift follow-up of {shift}",
+            "follow_up_of": shift.isoformat(),
+        }
+        # The morning after its day, 04:00 in the business time zone (Europe/Paris here).
+        morning = datetime.combine(
+            due + timedelta(days=1), time_of_day(4, 0), tzinfo=ZoneInfo("Europe/Paris")
+        )
+        assert datetime.fromisoformat(run["expected_start_time"]) == morning
+        deployment = _api(stack["api"], f"/deployments/{run['deployment_id']}")
+        assert deployment["name"] == "retrain-on-drift"
+
+        # Drift asking again during the same incident schedules nothing new.
+        again = subprocess.run(
+            [sys.executable, "-c", script.replace("assert planned", "assert not planned")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr
+        runs = _api(
+            stack["api"],
+            "/flow_runs/filter",
+            {"flow_runs": {"name": {"any_": [f"drift follow-up of {shift}"]}}},
+        )
+        assert [r["id"] for r in runs] == [run_id]
+
+        status = subprocess.run(
+            [sys.executable, "-m", "flows", "status"],
+            env=stack["env"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert f"drift follow-up of {shift}" in status.stdout
+        assert run_id in status.stdout and "scheduled" in status.stdout
+    finally:
+        request = urllib.request.Request(f"{stack['api']}/flow_runs/{run_id}", method="DELETE")
+        urllib.request.urlopen(request, timeout=10).close()
+        (stack["home"] / "monitoring" / "follow_ups.json").unlink(missing_ok=True)
 
 
 def test_the_prefect_ui_shows_the_deployments_and_their_schedules(stack, tmp_path) -> None:

@@ -69,9 +69,13 @@ class RecordingTransport:
     def __init__(self, *outcomes: slack.Attempt):
         self.outcomes = list(outcomes)
         self.posts: list[tuple[str, list[dict[str, Any]]]] = []
+        self.threads: list[str | None] = []
 
-    def post(self, text: str, blocks: list[dict[str, Any]]) -> slack.Attempt:
+    def post(
+        self, text: str, blocks: list[dict[str, Any]], thread_ts: str | None = None
+    ) -> slack.Attempt:
         self.posts.append((text, blocks))
+        self.threads.append(thread_ts)
         return self.outcomes.pop(0) if self.outcomes else slack.Attempt(ok=True)
 
 

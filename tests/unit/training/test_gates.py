@@ -22,16 +22,17 @@ SETTINGS = Settings(
 NAN = math.nan
 
 
-def fairness(tpr_b: float, rows_c: int = 0) -> FairnessReport:
-    """Two groups of 400 (TPR 0.6 vs ``tpr_b``, FPR 0.1) and an optional third of ``rows_c``."""
-    sizes = {"a": (400, 0.6), "b": (400, tpr_b), "c": (rows_c, 0.6)}
+def fairness(tpr_b: float, rows_c: int = 0, rows: int = 400) -> FairnessReport:
+    """Two groups of ``rows`` (a quarter churners; TPR 0.6 vs ``tpr_b``, FPR 0.1) and an
+    optional third of ``rows_c``."""
+    sizes = {"a": (rows, 0.6), "b": (rows, tpr_b), "c": (rows_c, 0.6)}
     y, p, g = [], [], []
-    for name, (rows, tpr) in sizes.items():
-        pos = rows // 4
-        hits, alarms = round(tpr * pos), round(0.1 * (rows - pos))
-        y += [1] * pos + [0] * (rows - pos)
-        p += [0.9] * hits + [0.1] * (pos - hits) + [0.9] * alarms + [0.1] * (rows - pos - alarms)
-        g += [name] * rows
+    for name, (size, tpr) in sizes.items():
+        pos = size // 4
+        hits, alarms = round(tpr * pos), round(0.1 * (size - pos))
+        y += [1] * pos + [0] * (size - pos)
+        p += [0.9] * hits + [0.1] * (pos - hits) + [0.9] * alarms + [0.1] * (size - pos - alarms)
+        g += [name] * size
     return fairness_report(
         np.array(y),
         np.array(p),
@@ -40,11 +41,19 @@ def fairness(tpr_b: float, rows_c: int = 0) -> FairnessReport:
         min_dp_ratio=0.6,
         max_eo_difference=0.25,
         min_group_size=200,
+        min_selected_per_group=30,
+        confidence=0.95,
     )
 
 
 FAIR = fairness(0.6)
-UNFAIR = fairness(0.3)  # TPR gap 0.3 > 0.25 (selection ratio 0.667 passes)
+# TPR 0.6 vs 0.2 among 500 churners each: the odds gap is at least 0.296 > 0.25, credibly.
+UNFAIR = fairness(0.2, rows=2000)
+# A TPR gap of 0.3 > 0.25 among 100 churners each: could be as small as 0.052, not credible.
+NOISY = fairness(0.3)
+# TPR 0.6 vs 0.35 among 1,000 churners each: within the ceiling, clearly worse than FAIR_BIG.
+WORSE = fairness(0.35, rows=4000)
+FAIR_BIG = fairness(0.6, rows=4000)
 FAIR_WITH_SMALL_GROUP = fairness(0.6, rows_c=40)
 
 
@@ -81,6 +90,9 @@ def metrics(auc: float, cal: float) -> dict[str, float]:
         (metrics(0.750, 0.030), None, FAIR, []),
         (metrics(0.650, 0.030), None, FAIR, ["min_auc"]),
         (metrics(0.750, 0.070), None, UNFAIR, ["max_calibration_error", "fairness"]),
+        # A first training with a point estimate beyond the ceiling on thin evidence is not
+        # refused: noise alone must not leave the product without a champion.
+        (metrics(0.750, 0.030), None, NOISY, []),
         # NaN challenger AUC (e.g. single-class holdout) fails both AUC gates.
         (metrics(NAN, 0.020), metrics(0.779, 0.020), FAIR, ["min_auc", "beats_champion_auc"]),
         # NaN calibration error fails both calibration gates.
@@ -95,7 +107,7 @@ def metrics(auc: float, cal: float) -> dict[str, float]:
     ],
 )
 def test_gates(challenger, champion, report, failed) -> None:
-    decision = decide(challenger, champion, report, SETTINGS)
+    decision = decide(challenger, champion, report, SETTINGS, report if champion else None)
     assert [r.name for r in decision.results] == list(GATES)
     assert [r.name for r in decision.failed] == failed
     assert decision.passed == (not failed)
@@ -167,8 +179,9 @@ def test_gates(challenger, champion, report, failed) -> None:
             UNFAIR,
             "fairness",
             (
-                "age_band: equalized-odds difference 0.300 > 0.250 "
-                "(true-positive rate: a 60.0%, b 30.0%)"
+                "age_band credibly unfair, at threshold 0.5000, 95% intervals | "
+                "age_band: DP ratio 0.56 [0.44, 0.70], not credibly below 0.60; "
+                "EO difference 0.400 [0.296, 0.494], credibly above 0.25"
             ),
         ),
         # A group too small to judge is named even when the gate passes.
@@ -178,14 +191,28 @@ def test_gates(challenger, champion, report, failed) -> None:
             FAIR_WITH_SMALL_GROUP,
             "fairness",
             (
-                "fair at threshold 0.500 for age_band; "
-                "age_band: not judged, too small: c (40 rows < 200)"
+                "no credible disparity (no champion to compare), at threshold 0.5000, "
+                "95% intervals | age_band: DP ratio 1.00 [0.66, 1.00], ≥ 0.60; "
+                "EO difference 0.000 [0.000, 0.238], ≤ 0.25; "
+                "not judged: c (40 rows < 200, 9.0 expected selected < 30)"
+            ),
+        ),
+        # Beyond the ceiling in point estimate only: passes, and says why.
+        (
+            metrics(0.800, 0.02),
+            None,
+            NOISY,
+            "fairness",
+            (
+                "no credible disparity (no champion to compare), at threshold 0.5000, "
+                "95% intervals | age_band: DP ratio 0.67 [0.42, 1.00], ≥ 0.60; "
+                "EO difference 0.300 [0.052, 0.513], not credibly above 0.25"
             ),
         ),
     ],
 )
 def test_details_carry_the_numbers(challenger, champion, report, gate, detail) -> None:
-    decision = decide(challenger, champion, report, SETTINGS)
+    decision = decide(challenger, champion, report, SETTINGS, FAIR if champion else None)
     (result,) = [r for r in decision.results if r.name == gate]
     assert result.detail == detail
 
@@ -271,3 +298,42 @@ def test_to_dict_is_json_ready() -> None:
 def test_missing_metric_is_a_clear_error(challenger, champion, message) -> None:
     with pytest.raises(ValueError, match=message):
         decide(challenger, champion, FAIR, SETTINGS)
+
+
+def test_a_candidate_clearly_less_fair_than_the_champion_is_refused() -> None:
+    # WORSE is within both absolute limits on its own (no champion: it passes) ...
+    alone = decide(metrics(0.800, 0.02), None, WORSE, SETTINGS, FAIR_BIG)
+    assert alone.passed and alone.fairness.champion is None
+    # ... but beside the champion on the same rows its whole interval is worse by the margin.
+    decision = decide(metrics(0.800, 0.02), metrics(0.779, 0.02), WORSE, SETTINGS, FAIR_BIG)
+    assert [r.name for r in decision.failed] == ["fairness"]
+    assert decision.verdict == "keep_champion"
+    (result,) = decision.failed
+    assert result.detail.startswith(
+        "age_band clearly worse than the champion (margin 0.05), at threshold 0.5000 "
+        "(champion's 0.5000), 95% intervals | age_band: DP ratio 0.72 [0.62, 0.84], ≥ 0.60 "
+        "(champion 1.00: clearly worse, whole interval below 1.00 - margin 0.05)"
+    )
+
+
+def test_a_candidate_as_fair_as_the_champion_passes_with_both_shown() -> None:
+    decision = decide(metrics(0.800, 0.02), metrics(0.779, 0.02), FAIR_BIG, SETTINGS, FAIR_BIG)
+    (result,) = [r for r in decision.results if r.name == "fairness"]
+    assert result.passed
+    assert "none clearly worse than the champion (margin 0.05)" in result.detail
+    assert "(champion 1.00: no regression)" in result.detail
+    assert decision.fairness.champion is FAIR_BIG
+
+
+def test_a_champion_without_fairness_is_said_not_compared() -> None:
+    decision = decide(metrics(0.800, 0.02), metrics(0.779, 0.02), WORSE, SETTINGS)
+    (result,) = [r for r in decision.results if r.name == "fairness"]
+    assert result.passed
+    assert result.detail.endswith(
+        "| champion's fairness not measured on this holdout: no regression check"
+    )
+
+
+def test_fairness_of_the_champion_on_another_holdout_is_refused() -> None:
+    with pytest.raises(ValueError, match="both must be measured on the same holdout"):
+        decide(metrics(0.800, 0.02), metrics(0.779, 0.02), FAIR, SETTINGS, FAIR_BIG)

@@ -1,0 +1,132 @@
+"""The backtest's plain parts: calendar, policies, summary, recovery share, files."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.ops.backtest import (
+    HISTORY_DAYS,
+    POLICIES,
+    BacktestError,
+    PolicyRun,
+    backtest_calendar,
+    check_policies,
+    link_world,
+    recovered_share,
+    scheduled_retraining,
+    summarize,
+    write_results,
+)
+
+START = date(2026, 1, 1)
+
+
+def test_calendar_leaves_history_before_and_label_horizon_after():
+    calendar = backtest_calendar(START, 14, 121, 30)
+    assert calendar.first_training == START + timedelta(days=HISTORY_DAYS)
+    assert calendar.nights[0] == calendar.first_training + timedelta(days=1)
+    assert len(calendar.nights) == 135
+    assert calendar.shift == calendar.nights[14]
+    # Outcomes of the last night mature on the world's last day.
+    assert calendar.world_end == calendar.nights[-1] + timedelta(days=30)
+
+
+def test_a_first_night_without_enough_history_names_the_day_to_start_from():
+    with pytest.raises(BacktestError, match=r"start from 2026-07-31 instead"):
+        backtest_calendar(START, 3, 3, 30, first_night=date(2026, 7, 1))
+    later = backtest_calendar(START, 3, 3, 30, first_night=date(2026, 9, 1))
+    assert later.first_training == date(2026, 8, 31)
+
+
+def test_a_backtest_needs_nights_on_both_sides_of_the_shift():
+    with pytest.raises(BacktestError, match="before and after the shift"):
+        backtest_calendar(START, 0, 10, 30)
+
+
+def test_unknown_policies_are_refused_by_name():
+    assert check_policies(["none", "none", "nightly"]) == ["none", "nightly"]
+    with pytest.raises(BacktestError, match="unknown retraining policy hourly"):
+        check_policies(["none", "hourly"])
+    with pytest.raises(BacktestError, match="no policy"):
+        check_policies([])
+
+
+def test_schedules():
+    saturday = date(2026, 8, 8)
+    assert saturday.weekday() == 5
+    assert scheduled_retraining("weekly", saturday) == "weekly schedule"
+    assert scheduled_retraining("weekly", saturday + timedelta(days=1)) is None
+    assert all(scheduled_retraining("nightly", saturday + timedelta(days=i)) for i in range(7))
+    for policy in ("none", "drift", "drift-matured"):
+        assert scheduled_retraining(policy, saturday) is None
+
+
+def _realized(shift: date) -> pd.DataFrame:
+    # none drops after the shift; nightly recovers fully 45 days on; drift-matured 80 % of it.
+    rows = []
+    for i in range(-10, 130):
+        day = shift + timedelta(days=i)
+        after = i >= 0
+        late = i >= 45
+        for policy, p in (
+            ("none", 0.20 if not after else 0.10),
+            ("nightly", 0.20 if not after else (0.12 if not late else 0.20)),
+            ("drift-matured", 0.20 if not after else (0.10 if not late else 0.18)),
+        ):
+            rows.append({"policy": policy, "score_date": day, "precision_at_k": p, "roc_auc": 0.7})
+    return pd.DataFrame(rows)
+
+
+def test_summary_and_recovered_share():
+    shift = date(2026, 8, 6)
+    runs = [
+        PolicyRun("none"),
+        PolicyRun("nightly", retrainings=130, promotions=20, refusals={"fairness": 3}),
+        PolicyRun("drift-matured", retrainings=2, promotions=2, slack_messages=3),
+    ]
+    summary = summarize(_realized(shift), runs, shift)
+    row = summary.set_index("policy").loc["drift-matured"]
+    assert row["p@K before"] == pytest.approx(0.20)
+    assert row["p@K +45..+120d"] == pytest.approx(0.18)
+    assert row["slack messages"] == 3
+    assert summary.set_index("policy").loc["nightly", "refusals"] == "fairness 3"
+    assert recovered_share(summary, "drift-matured") == pytest.approx(0.8)
+    assert recovered_share(summary, "weekly") is None  # not replayed
+
+
+def test_results_are_written_whole(tmp_path):
+    shift = date(2026, 8, 6)
+    realized = _realized(shift)
+    runs = [PolicyRun(p) for p in ("none", "nightly", "drift-matured")]
+    summary = summarize(realized, runs, shift)
+    calendar = backtest_calendar(START, 10, 130, 30)
+    files = write_results(tmp_path, "price_shock", realized, summary, runs, calendar)
+    assert files["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| drift-matured |" in files["table"].read_text()
+    assert len(pd.read_csv(files["realized"])) == len(realized)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_policy_homes_share_the_world_and_keep_their_own_state(tmp_path):
+    world = tmp_path / "world"
+    for name in ("source", "truth", "features", "feast"):
+        (world / name).mkdir(parents=True)
+    (world / "source" / "x.parquet").write_bytes(b"data")
+    home = tmp_path / "none"
+    link_world(world, home)
+    link_world(world, home)  # idempotent
+    assert (home / "source" / "x.parquet").read_bytes() == b"data"
+    assert not (home / "mlflow").exists()
+
+
+def test_every_policy_named_in_the_issue():
+    assert POLICIES == ("none", "weekly", "drift", "drift-matured", "nightly")
+    assert np.isnan(
+        summarize(_realized(date(2026, 8, 6)), [PolicyRun("weekly")], date(2026, 8, 6))[
+            "p@K before"
+        ][0]
+    )
