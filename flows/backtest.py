@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
+import pickle
 import resource
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -261,7 +264,41 @@ def run_backtest(
 
 
 def _in_child(function: Callable, *args):
-    """Run ``function(*args)`` in a fresh (spawned) process; its return value, or its error."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(function, args)
+    """``function(*args)`` in a fresh Python process; its return value, or its error raised here.
+
+    A process of its own, not a multiprocessing worker: it exits like any command, so its exit
+    hooks run and the temporary Prefect server it started stops with it (a pool worker is
+    terminated without them and leaves the server running, holding the caller's pipes open).
+    """
+    with tempfile.TemporaryDirectory(prefix="churn-backtest-") as folder:
+        call, answer = Path(folder) / "call.pickle", Path(folder) / "answer.pickle"
+        call.write_bytes(pickle.dumps((function.__module__, function.__name__, args)))
+        done = subprocess.run([sys.executable, "-c", _CHILD, str(call), str(answer)], check=False)
+        if not answer.exists():
+            raise BacktestError(
+                f"{function.__name__} ended with exit code {done.returncode} and no answer "
+                "(its output is above)"
+            )
+        outcome = pickle.loads(answer.read_bytes())
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+_CHILD = "import sys; from flows.backtest import child_main; child_main(sys.argv[1], sys.argv[2])"
+
+
+def child_main(call: str, answer: str) -> None:
+    """The child's side of :func:`_in_child`: run the call, write what it returned or raised."""
+    import importlib
+
+    module, name, args = pickle.loads(Path(call).read_bytes())
+    try:
+        outcome = getattr(importlib.import_module(module), name)(*args)
+    except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
+        outcome = exc
+    try:
+        payload = pickle.dumps(outcome)
+    except Exception:  # noqa: BLE001 - an error that cannot travel is told by its text
+        payload = pickle.dumps(BacktestError(f"{type(outcome).__name__}: {outcome}"))
+    Path(answer).write_bytes(payload)

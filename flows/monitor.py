@@ -18,7 +18,7 @@ from tasks.alerting.delivery import flush_outbox
 from tasks.alerting.incident_alerts import send_due
 from tasks.core.settings import Settings, get_settings
 from tasks.monitoring.follow_up import SCHEDULED, label_maturity, plan_follow_up
-from tasks.monitoring.incident import Incident, night_from, open_incident, record_night
+from tasks.monitoring.incident import Incident, night_from, record_night, shift_onset
 from tasks.monitoring.monitor import MonitorResult, drifted_features_text, monitor_day
 
 DRIFT_EVENT = "churn.drift.detected"
@@ -52,9 +52,9 @@ def monitor_flow(score_date: date | None = None, retrain_on_drift: bool = False)
     run_url = flow_run_url(settings, runtime.flow_run.id)
     reason, maturity_text, follow_up, scheduled = "", "", None, False
     if result.retrain_requested:
-        # The shift began no later than the incident this night belongs to.
-        ongoing = open_incident(settings)
-        shift = ongoing.onset if ongoing is not None else day
+        # The shift began no later than the incident this night belongs to (open, or in the
+        # tail of one resolved by a promotion): its labels are counted from that onset.
+        shift = shift_onset(settings, day) or day
         follow_up_text = "no follow-up (CHURN_DRIFT_FOLLOW_UP is off)"
         if settings.drift_follow_up:
             follow_up, planned = plan_follow_up(settings, shift)
@@ -62,7 +62,7 @@ def monitor_flow(score_date: date | None = None, retrain_on_drift: bool = False)
                 scheduled = schedule_follow_up(settings, follow_up) is not None
             else:
                 scheduled = follow_up.status == SCHEDULED
-            shift, follow_up_text = follow_up.shift, f"{follow_up.reason} due {follow_up.due}"
+            shift, follow_up_text = follow_up.shift, follow_up.text()
         maturity = label_maturity(settings, day, shift)
         maturity_text = maturity.text()
         reason = (

@@ -102,6 +102,15 @@ class FollowUp:
     def reason(self) -> str:
         return follow_up_reason(self.shift)
 
+    def text(self) -> str:
+        """Where it stands, in words (for the drift retraining's reason and the incident)."""
+        if self.status == RAN:
+            outcome = self.verdict or "no verdict"
+            if self.version is not None:
+                outcome += f", version {self.version}"
+            return f"{self.reason} ran as of {self.due} ({outcome})"
+        return f"{self.reason} due {self.due}"
+
     def to_dict(self) -> dict:
         return {**asdict(self), "shift": self.shift.isoformat(), "due": self.due.isoformat()}
 

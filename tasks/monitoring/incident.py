@@ -258,7 +258,11 @@ def on_night(latest: Incident | None, night: Night, settings: Settings) -> Incid
         if night.level == QUIET or night.day > latest.tail_until:
             latest = replace(latest, tail_until=None)  # the tail is over: drift is news again
         elif night.level in OPENING_LEVELS:
-            return latest  # the resolved shift's tail, against a reference of both worlds
+            # The resolved shift's tail, against a reference of both worlds: a drift retraining
+            # it asks for is the same shift's, told by no message of its own.
+            if night.retrain_requested:
+                latest = replace(latest, retraining_days=(*latest.retraining_days, night.day))
+            return latest
     if night.level not in OPENING_LEVELS:
         return latest
     return _open(night)
@@ -540,6 +544,18 @@ def read_incidents(settings: Settings) -> list[Incident]:
     except FileNotFoundError:
         return []
     return [Incident.from_dict(item) for item in raw.get("incidents", ())]
+
+
+def shift_onset(settings: Settings, day: date) -> date | None:
+    """The onset of the shift drift on ``day`` belongs to: the open incident's, or a resolved
+    one's while ``day`` is in its tail; None when drift on ``day`` would be news."""
+    incidents = read_incidents(settings)
+    if not incidents:
+        return None
+    latest = incidents[-1]
+    if latest.is_open or (latest.tail_until is not None and day <= latest.tail_until):
+        return latest.onset
+    return None
 
 
 def open_incident(settings: Settings) -> Incident | None:

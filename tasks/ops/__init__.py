@@ -1,6 +1,6 @@
-"""Operations: the local stack that runs the deployments (Prefect server, worker, MLflow UI).
+"""Operations: the local stack that runs the deployments, and the backtest of retraining policies.
 
-Takes in ``CHURN_HOME`` and the ports ``churn up`` is given; produces running processes with
-their PIDs and logs under ``$CHURN_HOME``, health checks of each, and the deployments.
-Run by ``churn up`` / ``status`` / ``down`` / ``deploy`` / ``worker`` (``flows/stack_cli.py``).
+Takes in ``CHURN_HOME``, the ports ``churn up`` is given, a backtest's scenario and policies;
+produces running processes (PIDs, logs, health checks), the deployments, backtest tables and charts.
+Run by ``churn up`` / ``status`` / ``down`` / ``deploy`` / ``worker`` (``flows/stack_cli.py``), ``churn backtest``.
 """

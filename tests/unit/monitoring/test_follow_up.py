@@ -69,9 +69,11 @@ def test_one_follow_up_per_incident_until_it_ran(settings):
     record_scheduled(settings, SHIFT, "run-1")
     still, planned_still = plan_follow_up(settings, SHIFT + timedelta(days=14))
     assert not planned_still and still.status == SCHEDULED and still.flow_run_id == "run-1"
+    assert still.text() == "drift follow-up of 2026-08-06 due 2026-09-26"
     finish_follow_up(settings, SHIFT, 3, "promote")
     (done,) = read_follow_ups(settings)
     assert (done.status, done.version, done.verdict) == (RAN, 3, "promote")
+    assert done.text() == "drift follow-up of 2026-08-06 ran as of 2026-09-26 (promote, version 3)"
     # The same incident asking again after its follow-up ran: still that one.
     assert plan_follow_up(settings, SHIFT) == (read_follow_ups(settings)[0], False)
     # After it ran, a new drift is a new incident with its own follow-up.

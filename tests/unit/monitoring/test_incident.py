@@ -41,6 +41,7 @@ from tasks.monitoring.incident import (
     record_night,
     record_retraining,
     retraining_from,
+    shift_onset,
 )
 
 ONSET = date(2026, 8, 6)
@@ -303,6 +304,14 @@ def test_the_shifts_tail_opens_no_new_incident_until_a_quiet_night(settings: Set
     # Drift against the new champion (whose reference mixes both worlds): the same shift.
     tail = on_night(resolved, night(day, "retrain"), settings)
     assert tail.onset == ONSET and roles(tail) == ["onset", "resolution"]
+    # A drift retraining asked for in the tail belongs to the resolved incident: no gate alert.
+    asked = on_night(tail, drift_night(day + timedelta(days=7), follow_up=False), settings)
+    assert roles(asked) == ["onset", "resolution"] and asked.onset == ONSET
+    recorded, linked = on_retraining(
+        asked, retraining(day + timedelta(days=7), promoted=False), settings
+    )
+    assert linked and roles(recorded) == ["onset", "resolution"]
+    assert len(recorded.retrainings) == len(asked.retrainings) + 1
     quiet = on_night(tail, night(day + timedelta(1), "none"), settings)
     assert quiet.tail_until is None
     new = on_night(quiet, night(day + timedelta(2), "alert"), settings)
@@ -310,6 +319,19 @@ def test_the_shifts_tail_opens_no_new_incident_until_a_quiet_night(settings: Set
     # Without a quiet night, the tail ends a label horizon plus a training window after the onset.
     after = on_night(tail, night(ONSET + timedelta(days=121), "alert"), settings)
     assert after.onset == ONSET + timedelta(days=121)
+
+
+def test_the_shift_a_drift_night_belongs_to(settings: Settings) -> None:
+    # Label maturity is counted from the onset while the incident is open, and in its tail.
+    assert shift_onset(settings, ONSET) is None
+    record_night(settings, drift_night(ONSET))
+    assert shift_onset(settings, ONSET + timedelta(days=14)) == ONSET
+    with incident_module.editing_incidents(settings) as incidents:
+        incidents[-1], _ = on_retraining(
+            incidents[-1], follow_up(settings, ONSET, promoted=True), settings
+        )
+    assert shift_onset(settings, ONSET + timedelta(days=100)) == ONSET  # the tail
+    assert shift_onset(settings, ONSET + timedelta(days=121)) is None  # news again
 
 
 def test_a_follow_up_after_the_incident_ended_is_recorded_not_told(settings: Settings) -> None:
