@@ -172,6 +172,7 @@ def summarize(
     lo, hi = (shift + timedelta(days=window[0]), shift + timedelta(days=window[1]))
     rows = []
     for run in runs:
+        gain = paired_gain(realized, run.policy, "none", lo, hi)
         mine = realized[realized["policy"] == run.policy]
         days = pd.to_datetime(mine["score_date"]).dt.date
         before = mine[days < shift]
@@ -186,6 +187,7 @@ def summarize(
                 "AUC before": _mean(before["roc_auc"]),
                 "AUC after": _mean(after["roc_auc"]),
                 f"AUC +{window[0]}..+{window[1]}d": _mean(recovery["roc_auc"]),
+                "p@K gain vs none (95% CI)": gain,
                 "retrainings": run.retrainings,
                 "promotions": run.promotions,
                 "refusals": ", ".join(f"{g} {n}" for g, n in sorted(run.refusals.items())) or "0",
@@ -194,6 +196,31 @@ def summarize(
             }
         )
     return pd.DataFrame(rows)
+
+
+BLOCK_NIGHTS = 7
+"""Nights per block when estimating noise: consecutive nights share most subscribers and outcomes,
+so they are far from independent; weekly blocks are closer to it."""
+
+
+def paired_gain(realized: pd.DataFrame, policy: str, baseline: str, lo: date, hi: date) -> str:
+    """``policy``'s mean realized precision@K minus ``baseline``'s over the nights ``lo``..``hi``,
+    paired night by night, with a normal 95% interval over 7-night blocks; "—" when either
+    policy is missing or there are fewer than two blocks."""
+    if policy == baseline:
+        return "—"
+    frame = realized.assign(day=pd.to_datetime(realized["score_date"]).dt.date)
+    frame = frame[(frame["day"] >= lo) & (frame["day"] <= hi)]
+    wide = frame.pivot_table(index="day", columns="policy", values="precision_at_k")
+    if policy not in wide or baseline not in wide:
+        return "—"
+    diff = (wide[policy] - wide[baseline]).dropna()
+    blocks = diff.groupby(np.arange(len(diff)) // BLOCK_NIGHTS).mean()
+    if len(blocks) < 2:
+        return "—"
+    half = 1.96 * float(blocks.std(ddof=1)) / math.sqrt(len(blocks))
+    mean = float(diff.mean())
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
 
 
 def recovered_share(summary: pd.DataFrame, policy: str, window=RECOVERY_WINDOW) -> float | None:

@@ -16,6 +16,7 @@ from tasks.ops.backtest import (
     backtest_calendar,
     check_policies,
     link_world,
+    paired_gain,
     recovered_share,
     scheduled_retraining,
     summarize,
@@ -95,7 +96,31 @@ def test_summary_and_recovered_share():
     assert row["slack messages"] == 3
     assert summary.set_index("policy").loc["nightly", "refusals"] == "fairness 3"
     assert recovered_share(summary, "drift-matured") == pytest.approx(0.8)
+    # The gain over none in the recovery window, paired by night, with its interval.
+    gains = summary.set_index("policy")["p@K gain vs none (95% CI)"]
+    assert gains["none"] == "—"
+    assert gains["drift-matured"] == "+0.080 [+0.080, +0.080]"  # no noise in this made-up run
     assert recovered_share(summary, "weekly") is None  # not replayed
+
+
+def test_paired_gain_interval_widens_with_noise():
+    shift = date(2026, 8, 6)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(140):
+        day = shift + timedelta(days=i)
+        base = 0.12 + rng.normal(0, 0.01)
+        rows += [
+            {"policy": "none", "score_date": day, "precision_at_k": base},
+            {"policy": "x", "score_date": day, "precision_at_k": base + 0.01 + rng.normal(0, 0.02)},
+        ]
+    realized = pd.DataFrame(rows)
+    text = paired_gain(realized, "x", "none", shift + timedelta(45), shift + timedelta(120))
+    mean, lo, hi = (
+        float(v) for v in text.replace("[", "").replace("]", "").replace(",", "").split()
+    )
+    assert lo < mean < hi and lo < 0.01 < hi and hi - lo < 0.03
+    assert paired_gain(realized, "y", "none", shift, shift + timedelta(10)) == "—"
 
 
 def test_results_are_written_whole(tmp_path):
