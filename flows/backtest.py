@@ -8,7 +8,8 @@ state and alert outbox): the first champion is trained the day before the first 
 every night is scored with ``score-nightly``, monitored with ``monitor`` (monitoring policies,
 which run their drift retraining and follow-ups in-process) and retrained when the policy's
 schedule says so, with ``retrain`` and its gates. A child per policy keeps the settings,
-caches and Prefect state of one policy out of the next, and measures its CPU seconds.
+caches and Prefect state of one policy out of the next, and measures its CPU seconds (its own
+process; the temporary Prefect API server it starts is not counted).
 
 Afterwards the realized precision@K and ROC-AUC of each policy's champion on every night are
 read from its prediction log joined to the matured outcomes (``evaluate_day``, the same numbers

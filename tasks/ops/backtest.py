@@ -304,7 +304,15 @@ def precision_chart(realized: pd.DataFrame, scenario: str, shift: date, path: Pa
         days = pd.to_datetime(mine["score_date"])
         # A 7-night rolling mean: one night's top 500 is a noisy sample.
         smooth = mine["precision_at_k"].rolling(7, min_periods=1).mean()
-        ax.plot(days, smooth, label=policy, linewidth=2 if policy == DEFAULT_POLICY else 1.2)
+        ax.plot(
+            days,
+            smooth,
+            label=policy,
+            linewidth=2 if policy == DEFAULT_POLICY else 1.2,
+            # Drawn after drift-matured and dashed: the two coincide until a follow-up differs.
+            linestyle="--" if policy == "drift" else "-",
+            zorder=3 if policy == "drift" else 2,
+        )
     ax.axvline(np.datetime64(shift), color="grey", linestyle="--", linewidth=1)
     ax.text(np.datetime64(shift), ax.get_ylim()[1], f" shift {shift}", va="top", fontsize=8)
     ax.set_title(f"Realized precision at capacity, {scenario} (7-night rolling mean)")
