@@ -33,26 +33,13 @@ from tasks.training.fairness import (
     FairnessReport,
     percent,
 )
+from tasks.training.fairness_groups import GROUP_COLUMNS
 from tasks.training.fairness_intervals import finite_or_none
 
 REGRESSION = "clearly worse than the champion"
 """An attribute's status when rule 2 refused it (rule 1's is ``fairness.UNFAIR``)."""
 
-CHAMPION_GROUP_COLUMNS = (
-    "judged",
-    "selected",
-    "selection_rate",
-    "selection_rate_low",
-    "selection_rate_high",
-    "true_positives",
-    "tpr",
-    "tpr_low",
-    "tpr_high",
-    "false_positives",
-    "fpr",
-    "fpr_low",
-    "fpr_high",
-)
+CHAMPION_GROUP_COLUMNS = GROUP_COLUMNS[GROUP_COLUMNS.index("judged") :]
 """The champion's per-group columns repeated (as ``champion_<column>``) in :meth:`by_group`."""
 
 _TIE = 1e-9
