@@ -173,12 +173,12 @@ def _messages(home: Path) -> int:
 
 
 def realized_by_night(policy_home: Path, nights: Sequence[date]) -> list[dict]:
-    """The champion's realized precision@K and ROC-AUC on each night (this process)."""
-    from tasks.core.settings import get_settings
+    """The champion's realized precision@K and ROC-AUC on each night, read from the policy's
+    prediction log (plain reads with the policy's settings: no child process needed)."""
+    from tasks.core.settings import Settings
     from tasks.monitoring.performance import evaluate_day
 
-    _use_home(policy_home)
-    settings = get_settings()
+    settings = Settings(home=policy_home)
     rows = []
     for night in nights:
         table = evaluate_day(settings, night).to_pylist()
@@ -246,7 +246,7 @@ def run_backtest(
             kept = {
                 "world": wanted,
                 "run": _in_child(run_policy, str(world), str(home), policy, calendar),
-                "realized": _in_child(realized_by_night, home, calendar.nights),
+                "realized": realized_by_night(home, calendar.nights),
             }
             with atomic_path(done) as tmp:
                 tmp.write_text(json.dumps(kept, indent=2, default=str) + "\n")

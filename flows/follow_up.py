@@ -47,6 +47,7 @@ def schedule_follow_up(settings: Settings, follow_up: FollowUp) -> str | None:
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL
 
+    start = scheduled_time(settings, follow_up)
     if not PREFECT_API_URL.value():
         logger.info(
             "drift follow-up of %s planned for %s (no Prefect server: runs in-process when due)",
@@ -62,7 +63,7 @@ def schedule_follow_up(settings: Settings, follow_up: FollowUp) -> str | None:
                 "reason": follow_up.reason,
                 "follow_up_of": follow_up.shift.isoformat(),
             },
-            scheduled_time=scheduled_time(settings, follow_up),
+            scheduled_time=start,
             flow_run_name=follow_up_reason(follow_up.shift),
             timeout=0,
             tags=["churn-ops", "drift-follow-up"],
@@ -83,7 +84,7 @@ def schedule_follow_up(settings: Settings, follow_up: FollowUp) -> str | None:
         "drift follow-up of %s scheduled: flow run %s on %s",
         follow_up.shift,
         run.id,
-        scheduled_time(settings, follow_up).isoformat(),
+        start.isoformat(),
     )
     return str(run.id)
 

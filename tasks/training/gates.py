@@ -38,6 +38,7 @@ from typing import Any
 from tasks.core.settings import Settings
 from tasks.training.fairness import FairnessReport
 from tasks.training.fairness_compare import FairnessComparison, compare_with_champion
+from tasks.training.fairness_intervals import finite_or_none
 
 GATES = (
     "min_auc",
@@ -66,8 +67,8 @@ class GateResult:
         return {
             "name": self.name,
             "passed": self.passed,
-            "value": _json_number(self.value),
-            "threshold": _json_number(self.threshold),
+            "value": finite_or_none(self.value),
+            "threshold": finite_or_none(self.threshold),
             "detail": self.detail,
         }
 
@@ -264,9 +265,3 @@ def _fairness(comparison: FairnessComparison, has_champion: bool) -> GateResult:
     if has_champion and comparison.champion is None:
         detail += " | champion's fairness not measured on this holdout: no regression check"
     return GateResult("fairness", comparison.passed, None, None, detail)
-
-
-def _json_number(value: float | None) -> float | None:
-    if value is None or math.isnan(value):
-        return None
-    return float(value)
