@@ -38,6 +38,7 @@ import pandas as pd
 
 from tasks.core.files import atomic_path
 from tasks.ops.backtest import (
+    FOLLOWS_UP,
     MONITORED,
     BacktestError,
     Calendar,
@@ -108,7 +109,7 @@ def run_policy(world_home: str, policy_home: str, policy: str, calendar: Calenda
 
     home = Path(policy_home)
     link_world(Path(world_home), home)
-    _use_home(home, CHURN_DRIFT_FOLLOW_UP="true" if policy == "drift-matured" else "false")
+    _use_home(home, CHURN_DRIFT_FOLLOW_UP="true" if policy in FOLLOWS_UP else "false")
     began = time.perf_counter()
     first = retrain_flow(as_of=calendar.first_training, reason="backtest: first champion")
     if not first.promoted:

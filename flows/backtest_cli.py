@@ -13,7 +13,7 @@ from rich.table import Table
 
 from flows.cli_common import DateOption, console, parse_day, use_prefect
 from tasks.core.settings import get_settings
-from tasks.ops.backtest import POLICIES, SCENARIOS, recovered_share
+from tasks.ops.backtest import POLICIES, SCENARIOS, recovered_share_interval
 
 
 def backtest(
@@ -97,11 +97,11 @@ def backtest(
     for row in result.summary.itertuples(index=False):
         table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
     console.print(table)
-    for policy_name in ("drift", "drift-matured", "weekly"):
-        share = recovered_share(result.summary, policy_name)
+    for policy_name in ("weekly", "drift", "drift-matured", "deployed"):
+        share = recovered_share_interval(result.realized, policy_name, result.calendar.shift)
         if share is not None:
             console.print(
-                f"  {policy_name} closes {share:.0%} of the none→nightly gap in realized "
+                f"  {policy_name} closes {share.text()} of the none→nightly gap in realized "
                 "precision@K over shift +45..+120 days"
             )
     for name, path in result.files.items():

@@ -14,7 +14,10 @@ Policies (:data:`POLICIES`):
 * ``weekly``: the retrain-weekly schedule (Sundays 04:00, so the window ends each Saturday);
 * ``drift``: monitoring's drift trigger alone (the behaviour before follow-ups existed);
 * ``drift-matured``: the drift trigger plus the follow-up retraining once post-shift labels have
-  matured (:mod:`tasks.monitoring.follow_up`), the default;
+  matured (:mod:`tasks.monitoring.follow_up`);
+* ``deployed``: what ``prefect.yaml`` runs, the default: the weekly schedule *and* the drift
+  trigger with its follow-up (a concept drift leaves the inputs alone, so only the schedule
+  sees it);
 * ``nightly``: a retraining every night on all mature labels, the same gates (the upper bound,
   for comparison; expensive).
 """
@@ -34,11 +37,15 @@ import pandas as pd
 from tasks.core.errors import ChurnError
 from tasks.core.files import atomic_path
 
-POLICIES = ("none", "weekly", "drift", "drift-matured", "nightly")
-DEFAULT_POLICY = "drift-matured"
+POLICIES = ("none", "weekly", "drift", "drift-matured", "deployed", "nightly")
+DEFAULT_POLICY = "deployed"
 SCENARIOS = ("baseline", "price_shock", "usage_shift", "support_decline")
-MONITORED = ("drift", "drift-matured")
+MONITORED = ("drift", "drift-matured", "deployed")
 """Policies that monitor every night (and so may alert): the others never look at drift."""
+FOLLOWS_UP = ("drift-matured", "deployed")
+"""Policies that plan the follow-up retraining once post-shift labels have matured."""
+WEEKLY = ("weekly", "deployed")
+"""Policies that run the retrain-weekly schedule."""
 
 HISTORY_DAYS = 210
 """Days a first training needs before it: 90-day features + 30-day labels + the 90-day window."""
@@ -125,7 +132,7 @@ def scheduled_retraining(policy: str, night: date) -> str | None:
     """The reason a schedule-driven policy retrains after ``night``, or None."""
     if policy == "nightly":
         return "backtest: nightly retraining"
-    if policy == "weekly" and night.weekday() == WEEKLY_RETRAIN_WEEKDAY:
+    if policy in WEEKLY and night.weekday() == WEEKLY_RETRAIN_WEEKDAY:
         return "weekly schedule"
     return None
 
@@ -223,17 +230,72 @@ def paired_gain(realized: pd.DataFrame, policy: str, baseline: str, lo: date, hi
     return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
 
 
-def recovered_share(summary: pd.DataFrame, policy: str, window=RECOVERY_WINDOW) -> float | None:
+BOOTSTRAP_RESAMPLES = 4000
+
+
+@dataclass(frozen=True)
+class RecoveredShare:
+    """The share of the ``none``→``nightly`` gap a policy closes, with a 95% interval.
+
+    ``low``/``high`` come from resampling weekly blocks of nights (the same blocks as
+    :func:`paired_gain`), each resample pairing the policy's and ``nightly``'s gains over
+    ``none`` on the same nights. ``gap_credible`` is False when the gap's own interval holds
+    zero: the share is then a ratio of noise, and the interval is not shown.
+    """
+
+    share: float
+    low: float
+    high: float
+    gap_credible: bool
+
+    def text(self) -> str:
+        if not self.gap_credible:
+            return f"{self.share:.0%} (the none→nightly gap itself is within noise)"
+        return f"{self.share:.0%} [{self.low:.0%}, {self.high:.0%}]"
+
+
+def recovered_share_interval(
+    realized: pd.DataFrame, policy: str, shift: date, window=RECOVERY_WINDOW, *, seed: int = 0
+) -> RecoveredShare | None:
     """Share of the gap between ``none`` and ``nightly`` in recovery-window precision@K that
-    ``policy`` closes (None when either end is missing or there is no gap)."""
-    column = f"p@K +{window[0]}..+{window[1]}d"
-    by_policy = summary.set_index("policy")[column]
-    if not {"none", "nightly", policy} <= set(by_policy.index):
+    ``policy`` closes (paired by night), with a block-bootstrap 95% interval.
+
+    None when ``policy``, ``none`` or ``nightly`` is missing, there are fewer than two blocks, or
+    the gap is zero.
+    """
+    lo, hi = shift + timedelta(days=window[0]), shift + timedelta(days=window[1])
+    frame = realized.assign(day=pd.to_datetime(realized["score_date"]).dt.date)
+    frame = frame[(frame["day"] >= lo) & (frame["day"] <= hi)]
+    wide = frame.pivot_table(index="day", columns="policy", values="precision_at_k")
+    if not {"none", "nightly", policy} <= set(wide.columns):
         return None
-    gap = by_policy["nightly"] - by_policy["none"]
-    if not math.isfinite(gap) or abs(gap) < 1e-12:
+    wide = wide[["none", "nightly", policy]].dropna()
+    gain = (wide[policy] - wide["none"]).to_numpy()
+    gap = (wide["nightly"] - wide["none"]).to_numpy()
+    block = np.arange(len(wide)) // BLOCK_NIGHTS
+    n_blocks = int(block.max()) + 1 if len(block) else 0
+    if n_blocks < 2 or abs(gap.mean()) < 1e-12:
         return None
-    return float((by_policy[policy] - by_policy["none"]) / gap)
+    # Sums and counts per block, so a resample of blocks weighs every night once.
+    gain_sum = np.bincount(block, weights=gain)
+    gap_sum = np.bincount(block, weights=gap)
+    nights = np.bincount(block).astype(float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n_blocks, size=(BOOTSTRAP_RESAMPLES, n_blocks))
+    counts = nights[picks].sum(axis=1)
+    gain_means = gain_sum[picks].sum(axis=1) / counts
+    gap_means = gap_sum[picks].sum(axis=1) / counts
+    gap_low, gap_high = np.quantile(gap_means, [0.025, 0.975])
+    credible = bool(gap_low > 0 or gap_high < 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shares = gain_means / gap_means
+    low, high = np.nanquantile(shares, [0.025, 0.975]) if credible else (np.nan, np.nan)
+    return RecoveredShare(
+        share=float(gain.mean() / gap.mean()),
+        low=float(low),
+        high=float(high),
+        gap_credible=credible,
+    )
 
 
 def _mean(values: pd.Series) -> float:

@@ -37,7 +37,7 @@ def _backtest(home: Path, *args: str) -> subprocess.CompletedProcess:
 def test_policies_replayed_night_by_night_leave_their_table_chart_and_homes(tmp_path: Path):
     out = tmp_path / "bt"
     args = ("--nights-before", "2", "--nights-after", "3", "--out", str(out))
-    policies = ("none", "weekly", "drift-matured")
+    policies = ("none", "weekly", "deployed")
     result = _backtest(tmp_path / "home", *args, *(x for p in policies for x in ("--policy", p)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (
@@ -60,6 +60,8 @@ def test_policies_replayed_night_by_night_leave_their_table_chart_and_homes(tmp_
     assert runs["none"]["retrainings"] == 0
     assert [r["as_of"] for r in runs["weekly"]["retrain_log"]] == ["2026-08-01"]
     assert runs["weekly"]["retrain_log"][0]["reason"] == "weekly schedule"
+    # The deployed default runs the same schedule beside the drift trigger.
+    assert "weekly schedule" in [r["reason"] for r in runs["deployed"]["retrain_log"]]
     assert all(r["cpu_seconds"] > 0 for r in runs.values())
 
     table = (out / "summary_price_shock.md").read_text()
@@ -73,7 +75,7 @@ def test_policies_replayed_night_by_night_leave_their_table_chart_and_homes(tmp_
         assert partitions == [f"score_date={d}" for d in NIGHTS]
         assert (homes / policy / "source").resolve() == (homes / "world" / "source").resolve()
     # Only the monitoring policy looked at drift.
-    assert (homes / "drift-matured" / "monitoring" / "drift").is_dir()
+    assert (homes / "deployed" / "monitoring" / "drift").is_dir()
     assert not (homes / "none" / "monitoring" / "drift").exists()
 
     # A rerun keeps the finished replays of the same world and replays nothing.

@@ -9,15 +9,19 @@ import pandas as pd
 import pytest
 
 from tasks.ops.backtest import (
+    DEFAULT_POLICY,
+    FOLLOWS_UP,
     HISTORY_DAYS,
+    MONITORED,
     POLICIES,
+    WEEKLY,
     BacktestError,
     PolicyRun,
     backtest_calendar,
     check_policies,
     link_world,
     paired_gain,
-    recovered_share,
+    recovered_share_interval,
     scheduled_retraining,
     summarize,
     write_results,
@@ -61,6 +65,9 @@ def test_schedules():
     assert saturday.weekday() == 5
     assert scheduled_retraining("weekly", saturday) == "weekly schedule"
     assert scheduled_retraining("weekly", saturday + timedelta(days=1)) is None
+    # The deployed default runs the weekly schedule beside the drift trigger, as prefect.yaml does.
+    assert scheduled_retraining("deployed", saturday) == "weekly schedule"
+    assert scheduled_retraining("deployed", saturday + timedelta(days=1)) is None
     assert all(scheduled_retraining("nightly", saturday + timedelta(days=i)) for i in range(7))
     for policy in ("none", "drift", "drift-matured"):
         assert scheduled_retraining(policy, saturday) is None
@@ -82,7 +89,7 @@ def _realized(shift: date) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_summary_and_recovered_share():
+def test_summary():
     shift = date(2026, 8, 6)
     runs = [
         PolicyRun("none"),
@@ -95,12 +102,10 @@ def test_summary_and_recovered_share():
     assert row["p@K +45..+120d"] == pytest.approx(0.18)
     assert row["slack messages"] == 3
     assert summary.set_index("policy").loc["nightly", "refusals"] == "fairness 3"
-    assert recovered_share(summary, "drift-matured") == pytest.approx(0.8)
     # The gain over none in the recovery window, paired by night, with its interval.
     gains = summary.set_index("policy")["p@K gain vs none (95% CI)"]
     assert gains["none"] == "—"
     assert gains["drift-matured"] == "+0.080 [+0.080, +0.080]"  # no noise in this made-up run
-    assert recovered_share(summary, "weekly") is None  # not replayed
 
 
 def test_paired_gain_interval_widens_with_noise():
@@ -148,10 +153,43 @@ def test_policy_homes_share_the_world_and_keep_their_own_state(tmp_path):
     assert not (home / "mlflow").exists()
 
 
-def test_every_policy_named_in_the_issue():
-    assert POLICIES == ("none", "weekly", "drift", "drift-matured", "nightly")
+def test_every_policy_named_in_the_issue_and_the_deployed_default():
+    assert POLICIES == ("none", "weekly", "drift", "drift-matured", "deployed", "nightly")
+    assert DEFAULT_POLICY == "deployed"
+    assert set(FOLLOWS_UP) <= set(MONITORED) and "deployed" in WEEKLY
     assert np.isnan(
         summarize(_realized(date(2026, 8, 6)), [PolicyRun("weekly")], date(2026, 8, 6))[
             "p@K before"
         ][0]
     )
+
+
+def test_recovered_share_interval_says_when_the_gap_is_noise():
+    shift = date(2026, 8, 6)
+    exact = recovered_share_interval(_realized(shift), "drift-matured", shift)
+    assert exact.share == pytest.approx(0.8) and exact.gap_credible
+    assert exact.low == pytest.approx(0.8) and exact.high == pytest.approx(0.8)
+    assert exact.text() == "80% [80%, 80%]"
+
+    rng = np.random.default_rng(1)
+
+    def world(gap: float) -> pd.DataFrame:
+        rows = []
+        for i in range(130):
+            day = shift + timedelta(days=i)
+            base = 0.11 + rng.normal(0, 0.01)
+            noise = rng.normal(0, 0.01, size=2)
+            for policy, p in (
+                ("none", base),
+                ("nightly", base + gap + noise[0]),
+                ("deployed", base + 0.8 * gap + noise[1]),
+            ):
+                rows.append({"policy": policy, "score_date": day, "precision_at_k": p})
+        return pd.DataFrame(rows)
+
+    clear = recovered_share_interval(world(0.03), "deployed", shift)
+    assert clear.gap_credible and clear.low < clear.share < clear.high
+    assert abs(clear.share - 0.8) < 0.15 and 0.4 < clear.low and clear.high < 1.2
+    noisy = recovered_share_interval(world(0.0005), "deployed", shift)
+    assert not noisy.gap_credible and "within noise" in noisy.text()
+    assert recovered_share_interval(_realized(shift), "weekly", shift) is None
