@@ -173,6 +173,15 @@ def _messages(home: Path) -> int:
     return count
 
 
+def incident_counts(policy_home: Path) -> tuple[int, int]:
+    """Drift incidents the policy opened, and the most Slack messages one of them took."""
+    from tasks.core.settings import Settings
+    from tasks.monitoring.incident import read_incidents
+
+    incidents = read_incidents(Settings(home=policy_home))
+    return len(incidents), max((len(i.messages) for i in incidents), default=0)
+
+
 def realized_by_night(policy_home: Path, nights: Sequence[date]) -> list[dict]:
     """The champion's realized precision@K and ROC-AUC on each night, read from the policy's
     prediction log (plain reads with the policy's settings: no child process needed)."""
@@ -252,6 +261,7 @@ def run_backtest(
             with atomic_path(done) as tmp:
                 tmp.write_text(json.dumps(kept, indent=2, default=str) + "\n")
         run = PolicyRun(**kept["run"])
+        run.incidents, run.most_incident_messages = incident_counts(home)
         runs.append(run)
         for row in kept["realized"]:
             realized.append({"policy": policy, **row, "score_date": str(row["score_date"])})

@@ -159,6 +159,10 @@ class PolicyRun:
     refusals: dict[str, int] = field(default_factory=dict)
     """Refused candidates by failed gate (a candidate failing two gates counts under both)."""
     slack_messages: int = 0
+    incidents: int = 0
+    """Drift incidents opened (``monitoring/incidents.json``)."""
+    most_incident_messages: int = 0
+    """The most Slack messages one incident took (onset, update, resolution: at most 3)."""
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     retrain_log: list[dict] = field(default_factory=list)
@@ -199,6 +203,7 @@ def summarize(
                 "promotions": run.promotions,
                 "refusals": ", ".join(f"{g} {n}" for g, n in sorted(run.refusals.items())) or "0",
                 "slack messages": run.slack_messages,
+                "incidents (most messages)": f"{run.incidents} ({run.most_incident_messages})",
                 "CPU s": round(run.cpu_seconds, 1),
             }
         )

@@ -65,6 +65,7 @@ def test_policies_replayed_night_by_night_leave_their_table_chart_and_homes(tmp_
     assert all(r["cpu_seconds"] > 0 for r in runs.values())
 
     table = (out / "summary_price_shock.md").read_text()
+    assert "| incidents (most messages) |" in table
     for policy in policies:
         assert f"| {policy} |" in table
     assert (out / "precision_at_k_price_shock.png").read_bytes()[:4] == b"\x89PNG"

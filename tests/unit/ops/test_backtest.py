@@ -94,13 +94,21 @@ def test_summary():
     runs = [
         PolicyRun("none"),
         PolicyRun("nightly", retrainings=130, promotions=20, refusals={"fairness": 3}),
-        PolicyRun("drift-matured", retrainings=2, promotions=2, slack_messages=3),
+        PolicyRun(
+            "drift-matured",
+            retrainings=2,
+            promotions=2,
+            slack_messages=3,
+            incidents=1,
+            most_incident_messages=3,
+        ),
     ]
     summary = summarize(_realized(shift), runs, shift)
     row = summary.set_index("policy").loc["drift-matured"]
     assert row["p@K before"] == pytest.approx(0.20)
     assert row["p@K +45..+120d"] == pytest.approx(0.18)
     assert row["slack messages"] == 3
+    assert row["incidents (most messages)"] == "1 (3)"
     assert summary.set_index("policy").loc["nightly", "refusals"] == "fairness 3"
     # The gain over none in the recovery window, paired by night, with its interval.
     gains = summary.set_index("policy")["p@K gain vs none (95% CI)"]
