@@ -7,7 +7,9 @@ fresh child process per size, against a fresh MLflow store, and prints the secon
 the peak RSS of that process (its own VmHWM), the holdout ROC-AUC, the best achievable AUC and
 the observable-oracle AUC (the target: truth without frailty and the protected age term), and
 below the table the fairness gate's one-line decision per size (ratios and differences with
-their intervals at the operating threshold).
+their intervals at the operating threshold), then the gate's decision on the same holdout for a
+copy of the candidate that adds 0.5 logit of risk to every subscriber of one region (the
+injected bias of ``tests/unit/training/test_fairness_at_scale.py``): it must be refused.
 Target at 1M subscribers: ≤ 10 min and ≤ 8 GB on the 2-core machine.
 """
 
@@ -40,12 +42,25 @@ def child(home: Path, as_of: str) -> None:
         home, CHURN_MLFLOW_TRACKING_URI=f"sqlite:///{home}/bench_mlflow/mlflow.db"
     )
     from tasks.core.telemetry import disable_telemetry
-    from tasks.training.retrain import retrain
+    from tasks.training import retrain as retrain_module
 
     disable_telemetry()
+    # The job's first evaluation is the candidate's on its holdout: keep both, to judge a biased
+    # copy of the candidate on the very same rows afterwards.
+    seen: list = []
+    evaluate = retrain_module.evaluate
+
+    def evaluate_and_keep(settings, holdout, p):
+        if not seen:
+            seen.append((holdout, p))
+        return evaluate(settings, holdout, p)
+
+    retrain_module.evaluate = evaluate_and_keep
     began = time.perf_counter()
-    result = retrain(settings, date.fromisoformat(as_of), "bench")
+    result = retrain_module.retrain(settings, date.fromisoformat(as_of), "bench")
     total = time.perf_counter() - began
+    retrain_module.evaluate = evaluate
+    injected = _injected_bias(settings, *seen[0])
     report_to_parent(
         {
             "timings": result.timings,
@@ -57,7 +72,32 @@ def child(home: Path, as_of: str) -> None:
             "rows": int(result.challenger.metrics.get("rows", 0)),
             "verdict": result.decision.verdict,
             "fairness": result.decision.fairness.sentence(),
+            "injected": injected,
         }
+    )
+
+
+PENALISED_REGION, PENALTY = "west", 0.5
+
+
+def _injected_bias(settings, holdout, p) -> str:
+    """The gates' verdict (no champion) on the candidate's holdout for a copy of the candidate
+    that adds ``PENALTY`` logit of risk to every subscriber of ``PENALISED_REGION``."""
+    import numpy as np
+
+    from tasks.training.gates import decide
+    from tasks.training.retrain import evaluate
+
+    clipped = np.clip(p, 1e-9, 1 - 1e-9)
+    logit = np.log(clipped / (1 - clipped))
+    penalised = (holdout["region"] == PENALISED_REGION).to_numpy()
+    biased = 1 / (1 + np.exp(-(logit + PENALTY * penalised)))
+    candidate = evaluate(settings, holdout, biased)
+    decision = decide(candidate.metrics, None, candidate.fairness, settings)
+    failed = ", ".join(g.name for g in decision.failed) or "none"
+    return (
+        f"+{PENALTY} logit for region {PENALISED_REGION}: {decision.verdict} (failed gates: "
+        f"{failed}); {decision.fairness.sentence()}"
     )
 
 
@@ -130,6 +170,7 @@ def main() -> None:
             r["verdict"],
         )
         fairness_lines.append(f"fairness at {size:,}: {r['fairness']}")
+        fairness_lines.append(f"injected bias at {size:,}: {r['injected']}")
     console.print(table)
     for line in fairness_lines:
         console.print(line, soft_wrap=True, markup=False)
