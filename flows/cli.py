@@ -86,5 +86,6 @@ def run() -> None:
     try:
         app()
     except ChurnError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # soft_wrap: one error is one line however narrow the terminal (logs and grep see it whole).
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -24,11 +24,18 @@ def up(
         bool, typer.Option(help="Deploy everything in prefect.yaml once the server is up.")
     ] = True,
 ) -> None:
-    """Start the Prefect server, a process worker and the MLflow UI on 127.0.0.1 (state under CHURN_HOME)."""
+    """Start the Prefect server, a process worker and the MLflow UI on 127.0.0.1 (state under CHURN_HOME).
+
+    Every configured backend (databases, Redis) must answer first; one that does not fails the
+    command within seconds, naming it and its host, before anything is started or written.
+    """
+    from tasks.ops.backends import backends
     from tasks.ops.stack import deploy_all, stack_environment, start_stack
 
     settings = get_settings()
-    with console.status("starting the Prefect server, a worker and the MLflow UI"):
+    with console.status(
+        "checking the backends, starting the Prefect server, a worker and the MLflow UI"
+    ):
         components = start_stack(settings, prefect_port=prefect_port, mlflow_port=mlflow_port)
     if deploy:
         with console.status("deploying prefect.yaml"):
@@ -39,6 +46,7 @@ def up(
     for c in components:
         table.add_row(c.name, str(c.pid), c.url)
     console.print(table)
+    _print_backends([(b, None) for b in backends(settings)])
     console.print(
         f"Prefect UI: http://127.0.0.1:{prefect_port}   MLflow UI: http://127.0.0.1:{mlflow_port}\n"
         f"Use it from this shell: export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api "
@@ -55,14 +63,20 @@ def down() -> None:
 
 
 def status() -> None:
-    """What the local stack runs, and whether each part answers its health check."""
+    """What the local stack runs, which backend each part uses, and whether each answers."""
+    from tasks.ops.backends import backends, probe_backends
     from tasks.ops.stack import stack_status
 
     settings = get_settings()
     _print_follow_ups(settings)
+    probed = probe_backends(backends(settings))
+    _print_backends(probed)
+    backends_ok = all(problem is None for _, problem in probed)
     rows = stack_status(settings)
     if not rows:
         console.print("the local stack is not running (start it with `churn up`)")
+        if not backends_ok:
+            raise typer.Exit(1)
         return
     table = Table(title="churn-ops local stack", title_justify="left")
     for column in ("part", "pid", "running", "healthy", "url"):
@@ -70,8 +84,22 @@ def status() -> None:
     for s in rows:
         table.add_row(s.name, str(s.pid), _yes(s.running), _yes(s.healthy), s.url)
     console.print(table)
-    if not all(s.healthy for s in rows):
+    if not backends_ok or not all(s.healthy for s in rows):
         raise typer.Exit(1)
+
+
+def _print_backends(probed) -> None:
+    """Which backend each part uses (never a password), and why one does not answer."""
+    table = Table(title="backends", title_justify="left")
+    for column in ("part", "backend", "answers"):
+        table.add_column(column)
+    for backend, problem in probed:
+        if problem is None:
+            answers = "yes" if backend.probed else "not checked"
+        else:
+            answers = f"no: {problem.reason}"  # the part and host are in the row already
+        table.add_row(backend.part, backend.description, answers)
+    console.print(table)
 
 
 def _print_follow_ups(settings) -> None:

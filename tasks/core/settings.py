@@ -156,7 +156,38 @@ class Settings(BaseSettings):
         default="telecom_churn_model", description="Registered model name in MLflow."
     )
     mlflow_tracking_uri: str | None = Field(
-        default=None, description="MLflow tracking URI; default: SQLite under $CHURN_HOME/mlflow."
+        default=None,
+        description="MLflow tracking URI the clients use (a tracking server, or a database); "
+        "default: the backend store below.",
+    )
+
+    # Production backends (issue 14). Unset: the embedded defaults under $CHURN_HOME. URLs that
+    # can carry a password are secrets: shown only through tasks.core.urls.redact_url.
+    prefect_database_url: SecretStr | None = Field(
+        default=None,
+        description="Database of the Prefect server `churn up` starts (postgresql://user:pw@host/db; "
+        "passed on as PREFECT_SERVER_DATABASE_CONNECTION_URL); default: SQLite under "
+        "$CHURN_HOME/prefect (secret).",
+    )
+    mlflow_backend_uri: SecretStr | None = Field(
+        default=None,
+        description="MLflow backend store, registry included (postgresql://user:pw@host/db); "
+        "default: SQLite under $CHURN_HOME/mlflow (secret).",
+    )
+    mlflow_artifacts: str | None = Field(
+        default=None,
+        description="Where MLflow keeps run artifacts and models: a folder every process can "
+        "reach, or s3://bucket/prefix; default: $CHURN_HOME/mlflow/artifacts.",
+    )
+    online_store: str = Field(
+        default="sqlite",
+        pattern="^(sqlite|redis)$",
+        description="Feast online store: SQLite under $CHURN_HOME/feast, or Redis at CHURN_REDIS_URL.",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis of the online store with CHURN_ONLINE_STORE=redis "
+        "(redis://[:pw@]host:6379/0, rediss:// for TLS) (secret).",
     )
 
     # Nightly scoring (issue 4).

@@ -1,22 +1,34 @@
-"""Open the Feast feature store of churn-ops and apply its declarations (``feature_repo/``)."""
+"""Open the Feast feature store of churn-ops and apply its declarations (``feature_repo/``).
+
+The online store is ``feature_store.yaml``'s SQLite file unless ``CHURN_ONLINE_STORE=redis``:
+then it is Feast's Redis store at ``CHURN_REDIS_URL`` (:func:`online_store_config`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 from feast import FeatureService, FeatureStore, FeatureView
 from feast.repo_config import RepoConfig
 
 from tasks.core.errors import FeatureStoreError
+from tasks.core.probe import BackendUnreachable, probe
 from tasks.core.settings import Settings, reset_settings
+from tasks.core.urls import location
+
+REDIS_TIMEOUT_S = 5
+"""Socket timeouts of Feast's Redis client: a dead Redis fails a request, never hangs it."""
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +63,92 @@ def repo_config(settings: Settings, offline_store_type: str | None = None) -> Re
     )
     if offline_store_type is not None:
         raw["offline_store"] = {"type": offline_store_type}
+    online = online_store_config(settings)
+    if online is not None:
+        raw["online_store"] = online
     config = RepoConfig(**raw)
     config.repo_path = repo
     return config
+
+
+def online_store_config(settings: Settings) -> dict[str, Any] | None:
+    """Feast's ``online_store`` section for ``CHURN_ONLINE_STORE=redis``; None: the YAML's SQLite.
+
+    Raises:
+        FeatureStoreError: Redis is asked for without a usable ``CHURN_REDIS_URL`` (the message
+            names the host, never the password).
+    """
+    if settings.online_store == "sqlite":
+        return None
+    if settings.redis_url is None:
+        raise FeatureStoreError(
+            "CHURN_ONLINE_STORE=redis needs CHURN_REDIS_URL (redis://host:6379/0)"
+        )
+    return {
+        "type": "redis",
+        "redis_type": "redis",
+        "connection_string": redis_connection_string(settings.redis_url.get_secret_value()),
+    }
+
+
+def check_online_store(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Fail fast when the configured Redis does not answer (the SQLite file always does).
+
+    Raises:
+        FeatureStoreError: one line naming Redis's host, never its password.
+    """
+    if online_store_config(settings) is None or settings.redis_url is None:
+        return
+    try:
+        probe("Feast online store", settings.redis_url.get_secret_value(), timeout_s)
+    except BackendUnreachable as exc:
+        raise FeatureStoreError(str(exc)) from None
+
+
+def redis_connection_string(url: str) -> str:
+    """``redis://[user:pw@]host:port/db`` as Feast's ``host:port,db=0,password=…,ssl=true``.
+
+    Feast splits its connection string on commas and JSON-decodes each value, so the password
+    goes in as a JSON string (a password of digits stays a string) and may not hold a comma.
+
+    Raises:
+        FeatureStoreError: not a redis:// or rediss:// URL, or a password Feast cannot carry.
+    """
+    parts = urlsplit(url)
+    where = location(url, 6379)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise FeatureStoreError(
+            f"CHURN_REDIS_URL must be redis://[:password@]host[:port][/db] or rediss://…; got "
+            f"a {parts.scheme or 'schemeless'} URL for {where}"
+        )
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise FeatureStoreError(f"CHURN_REDIS_URL for {where}: the port is not a number") from None
+    params: dict[str, object] = {
+        "socket_connect_timeout": REDIS_TIMEOUT_S,
+        "socket_timeout": REDIS_TIMEOUT_S,
+    }
+    database = parts.path.strip("/")
+    if database:
+        if not database.isdigit():
+            raise FeatureStoreError(f"CHURN_REDIS_URL for {where}: the database is not a number")
+        params["db"] = int(database)
+    if parts.username:
+        params["username"] = json.dumps(unquote(parts.username))
+    if parts.password:
+        secret = unquote(parts.password)
+        if "," in secret:
+            raise FeatureStoreError(
+                f"CHURN_REDIS_URL for {where}: Feast's Redis store cannot take a password "
+                "with a comma; choose another"
+            )
+        params["password"] = json.dumps(secret)
+    if parts.scheme == "rediss":
+        params["ssl"] = "true"
+    for key, value in parse_qsl(parts.query):
+        params[key] = value  # redis-py options the user set (ssl_cert_reqs=none, …) win
+    return ",".join([f"{parts.hostname}:{port}", *(f"{k}={v}" for k, v in params.items())])
 
 
 def open_store(settings: Settings, *, stock_offline_store: bool = False) -> FeatureStore:

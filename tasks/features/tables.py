@@ -32,7 +32,7 @@ from tasks.core.sql import connect, load_sql, used_params
 from tasks.data.contracts import ContractReport, check_table
 from tasks.data.sources import create_spine, register_sources, source_date_range
 from tasks.features.feast_offline import PARTITION_KEY, partition_files
-from tasks.features.store import open_store
+from tasks.features.store import check_online_store, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +289,7 @@ def materialize_online(settings: Settings, day: date) -> dict[str, int]:
 
     Returns the rows of each view's partition for ``day`` (the subscribers in service that day).
     """
+    check_online_store(settings)  # a dead Redis fails here in seconds, not after Feast's retries
     store = open_store(settings)
     views = [store.get_feature_view(name) for name in FEATURE_TABLES]
     end = as_of_timestamp(day)

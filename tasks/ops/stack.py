@@ -1,11 +1,16 @@
 """The local stack: a Prefect server, a process worker and the MLflow UI on 127.0.0.1.
 
-``start_stack`` starts each part as its own process group with its state under ``$CHURN_HOME``
-(Prefect's SQLite database in ``prefect/``, MLflow's in ``mlflow/``), waits until each answers
-its health check, and records what it started in ``$CHURN_HOME/stack/stack.json`` (PID, command
-line, URL, log file). ``stop_stack`` stops exactly those processes — a recorded PID whose command
-line no longer matches (the OS reused it) is left alone — and ``stack_status`` says what runs.
-Restarting keeps all history: nothing is deleted, the databases stay where they are.
+``start_stack`` first checks that every configured backend answers (:mod:`tasks.ops.backends`:
+Prefect's database, MLflow's store and artifacts, Feast's online store) and initialises the
+MLflow store once, then starts each part as its own process group with its state under
+``$CHURN_HOME`` (by default Prefect's SQLite database in ``prefect/``, MLflow's in ``mlflow/``;
+``CHURN_PREFECT_DATABASE_URL`` and ``CHURN_MLFLOW_BACKEND_URI`` swap in database servers),
+waits until each answers its health check, and records what it started in
+``$CHURN_HOME/stack/stack.json`` (PID, command line, URL, log file). ``stop_stack`` stops exactly
+those processes — a recorded PID whose command line no longer matches (the OS reused it) is left
+alone — and ``stack_status`` says what runs. Restarting keeps all history: nothing is deleted,
+the databases stay where they are. Database URLs reach the processes through their environment,
+never their command lines (which ``stack.json`` records and ``ps`` shows).
 """
 
 from __future__ import annotations
@@ -100,9 +105,19 @@ def stack_environment(settings: Settings, prefect_port: int) -> dict[str, str]:
 
 def _commands(
     settings: Settings, prefect_port: int, mlflow_port: int
-) -> list[tuple[str, list[str], str, str]]:
-    """(name, command, url, health url) of each part, in start order."""
-    from tasks.training.mlflow_store import artifact_root, tracking_uri
+) -> list[tuple[str, list[str], str, str, dict[str, str]]]:
+    """(name, command, url, health url, its own environment) of each part, in start order.
+
+    The Prefect server migrates its database before it answers its health check (Prefect's
+    ``migrate_on_start``, in its one process), and the worker starts only after that answer: one
+    migration, before any worker. MLflow's store is initialised by ``start_stack`` beforehand.
+    """
+    from tasks.ops.backends import prefect_database_url
+    from tasks.training.mlflow_store import artifact_root, backend_store_uri
+
+    prefect_env = {}
+    if settings.prefect_database_url is not None:
+        prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = prefect_database_url(settings)
 
     python = sys.executable
     prefect_url = f"http://{HOST}:{prefect_port}"
@@ -113,6 +128,7 @@ def _commands(
             [python, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)],
             prefect_url,
             f"{prefect_url}/api/health",
+            prefect_env,
         ),
         (
             "prefect-worker",
@@ -120,14 +136,17 @@ def _commands(
              "--name", f"churn-worker-{prefect_port}"],
             prefect_url,
             "",  # the worker answers through the server: checked by its heartbeat
+            {},
         ),
         (
             "mlflow-ui",
-            [python, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(settings),
-             "--default-artifact-root", str(artifact_root(settings)), "--host", HOST,
+            [python, "-m", "mlflow", "server",
+             "--default-artifact-root", artifact_root(settings), "--host", HOST,
              "--port", str(mlflow_port), "--workers", "1"],
             mlflow_url,
             f"{mlflow_url}/health",
+            # mlflow server reads --backend-store-uri from here: no password on its command line.
+            {"MLFLOW_BACKEND_STORE_URI": backend_store_uri(settings)},
         ),
     ]  # fmt: skip
 
@@ -262,26 +281,29 @@ def start_stack(
         StackError: a part exited or did not answer in time (its log's tail is in the message);
             the parts started by this call are stopped again.
     """
+    from tasks.ops.backends import check_backends
+    from tasks.training.mlflow_store import init_store
+
+    # Before anything is written or started: a dead or wrong backend fails here, in one line.
+    check_backends(settings)
     running = {c.name: c for c in read_state(settings) if _alive(c)}
     env = stack_environment(settings, prefect_port)
     logs = stack_dir(settings)
     logs.mkdir(parents=True, exist_ok=True)
     (settings.home / "prefect").mkdir(parents=True, exist_ok=True)
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    # MLflow's migrations once, here, before any worker or the UI opens the store.
+    init_store(settings)
     started: list[Component] = []
     try:
-        for name, command, url, health in _commands(settings, prefect_port, mlflow_port):
+        for name, command, url, health, own_env in _commands(settings, prefect_port, mlflow_port):
             if name in running:
                 continue
-            if name == "mlflow-ui":
-                from tasks.training.mlflow_store import init_store
-
-                init_store(settings)  # migrations once, before a second process opens the file
             log = logs / f"{name}.log"
             with log.open("a") as out:
                 process = subprocess.Popen(
                     command,
-                    env=env,
+                    env={**env, **own_env},
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,

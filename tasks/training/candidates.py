@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from tasks.core.settings import Settings
+from tasks.core.urls import redact_url, scrub
 from tasks.training.mlflow_store import (
     DECISION_TAG,
     EXPERIMENT,
@@ -116,7 +117,8 @@ def log_candidate(
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None or experiment.lifecycle_stage != "active":
             raise RegistryError(
-                f"experiment {EXPERIMENT!r} is missing or deleted in {client.tracking_uri}; "
+                f"experiment {EXPERIMENT!r} is missing or deleted in "
+                f"{redact_url(client.tracking_uri)}; "
                 f"remove {marker_path(settings)} to let init_store create it again"
             )
         with mlflow.start_run(
@@ -140,7 +142,8 @@ def log_candidate(
                 _log_extra_artifacts(mlflow, extra)
     except store_errors() as exc:
         raise RegistryError(
-            f"logging candidate {run_name!r} to {client.tracking_uri} failed: {exc}"
+            f"logging candidate {run_name!r} to {redact_url(client.tracking_uri)} failed: "
+            + scrub(str(exc), [client.tracking_uri])
         ) from exc
     logger.info(
         "logged candidate run %s (%s, decision %s)",

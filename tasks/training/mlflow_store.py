@@ -1,8 +1,11 @@
 """The MLflow store of churn-ops: where it is, its names, and one way in for every registry call.
 
-The store is a SQLite database under ``$CHURN_HOME/mlflow`` unless ``CHURN_MLFLOW_TRACKING_URI``
-names another; artifacts of the ``telecom_churn`` experiment live under
-``$CHURN_HOME/mlflow/artifacts`` unless the store is a tracking server (which keeps its own).
+The store is a SQLite database under ``$CHURN_HOME/mlflow`` unless ``CHURN_MLFLOW_BACKEND_URI``
+(a database, e.g. PostgreSQL, registry included) or ``CHURN_MLFLOW_TRACKING_URI`` (what clients
+use: a tracking server or a database) names another; artifacts of the ``telecom_churn``
+experiment live in ``CHURN_MLFLOW_ARTIFACTS`` (a shared folder or ``s3://…``), by default under
+``$CHURN_HOME/mlflow/artifacts``, unless the store is a tracking server (which keeps its own).
+A store URI may carry a password: messages and the marker file hold it redacted.
 :func:`init_store` creates the experiment once (a marker file says so); :func:`connect` points
 MLflow's process-wide tracking and registry URI at this store (``log_model`` and
 ``models:/<model_id>`` only use the global one) and returns a client. :func:`store_errors` is the
@@ -22,8 +25,10 @@ from typing import TYPE_CHECKING
 
 from tasks.core.errors import ChurnError
 from tasks.core.files import file_lock
+from tasks.core.probe import BackendUnreachable, probe
 from tasks.core.settings import Settings
 from tasks.core.telemetry import disable_telemetry
+from tasks.core.urls import redact_url, scheme, scrub
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -59,16 +64,59 @@ class ModelLoadError(RegistryError):
 # --- store ---------------------------------------------------------------------------------
 
 
-def tracking_uri(settings: Settings) -> str:
-    """``settings.mlflow_tracking_uri``, or the SQLite store ``$CHURN_HOME/mlflow/mlflow.db``."""
-    if settings.mlflow_tracking_uri:
+PROBE_TIMEOUT_S = 10.0
+"""Longest a command waits for a database store to answer before it fails (issue 14: ≤ 15 s)."""
+
+
+_PROBED = frozenset({"postgresql", "mysql", "mssql", "http", "https"})
+
+
+def backend_store_uri(settings: Settings) -> str:
+    """The database behind tracking and registry: ``CHURN_MLFLOW_BACKEND_URI``, else a database
+    ``CHURN_MLFLOW_TRACKING_URI`` names, else SQLite at ``$CHURN_HOME/mlflow/mlflow.db``."""
+    if settings.mlflow_backend_uri is not None:
+        return settings.mlflow_backend_uri.get_secret_value()
+    if settings.mlflow_tracking_uri and not _is_server(settings.mlflow_tracking_uri):
         return settings.mlflow_tracking_uri
+    return default_store_uri(settings)
+
+
+def default_store_uri(settings: Settings) -> str:
     return f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
 
 
-def artifact_root(settings: Settings) -> Path:
-    """Where the ``telecom_churn`` experiment keeps artifacts when the store is local."""
-    return settings.mlflow_dir / "artifacts"
+def tracking_uri(settings: Settings) -> str:
+    """What clients use: ``CHURN_MLFLOW_TRACKING_URI`` (a server, say), else the backend store."""
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
+    return backend_store_uri(settings)
+
+
+def artifact_root(settings: Settings) -> str:
+    """Where the ``telecom_churn`` experiment keeps artifacts when the store is a database: a
+    folder (absolute path) or a URI such as ``s3://bucket/prefix``."""
+    if settings.mlflow_artifacts:
+        if "://" in settings.mlflow_artifacts:
+            return settings.mlflow_artifacts
+        return str(Path(settings.mlflow_artifacts).expanduser().resolve())
+    return str(settings.mlflow_dir / "artifacts")
+
+
+def check_store(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Fail fast when a database or server store does not answer (SQLite always does).
+
+    MLflow itself retries a dead database for minutes; this answers within ``timeout_s``.
+
+    Raises:
+        RegistryError: one line naming the store's host, never its password.
+    """
+    uri = tracking_uri(settings)
+    if scheme(uri) not in _PROBED:
+        return  # SQLite answers by construction; other stores (databricks) are MLflow's to check
+    try:
+        probe("MLflow store", uri, timeout_s)
+    except BackendUnreachable as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def init_store(settings: Settings) -> str:
@@ -82,6 +130,7 @@ def init_store(settings: Settings) -> str:
         RegistryError: the store cannot be reached, created or migrated.
     """
     uri = tracking_uri(settings)
+    check_store(settings)
     try:
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -100,10 +149,15 @@ def init_store(settings: Settings) -> str:
             client.search_registered_models(max_results=1)
             experiment_id = _ensure_experiment(client, settings, uri)
         except store_errors() as exc:
-            raise RegistryError(f"MLflow store {uri} is unreachable or unusable: {exc}") from exc
-        marker = {"uri": uri, "experiment_id": experiment_id, "at": utc_now().isoformat()}
+            raise _unusable(uri, exc) from exc
+        # The marker names the store without its password: it is a file anyone may read.
+        marker = {
+            "uri": redact_url(uri),
+            "experiment_id": experiment_id,
+            "at": utc_now().isoformat(),
+        }
         _write_atomic(marker_path(settings), json.dumps(marker))
-        logger.info("initialised MLflow store %s (experiment %s)", uri, experiment_id)
+        logger.info("initialised MLflow store %s (experiment %s)", redact_url(uri), experiment_id)
     return uri
 
 
@@ -112,7 +166,7 @@ def _initialised(settings: Settings, uri: str) -> bool:
         marker = json.loads(marker_path(settings).read_text())
     except (OSError, ValueError):
         return False
-    if marker.get("uri") != uri:
+    if marker.get("uri") != redact_url(uri):
         return False
     # A deleted database with its marker left behind must be initialised again.
     return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
@@ -127,7 +181,8 @@ def _ensure_experiment(client: MlflowClient, settings: Settings, uri: str) -> st
     if experiment is None:
         # A tracking server keeps its own artifact root; with a database store they stay under
         # CHURN_HOME (MLflow's default would be ./mlruns in whatever directory we run from).
-        location = None if _is_server(uri) else artifact_root(settings).as_uri()
+        root = artifact_root(settings)
+        location = None if _is_server(uri) else root if "://" in root else Path(root).as_uri()
         return client.create_experiment(EXPERIMENT, artifact_location=location)
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
@@ -148,7 +203,13 @@ def connect(settings: Settings) -> MlflowClient:
     try:
         return _client(uri)
     except store_errors() as exc:
-        raise RegistryError(f"MLflow store {uri} is unreachable or unusable: {exc}") from exc
+        raise _unusable(uri, exc) from exc
+
+
+def _unusable(uri: str, exc: BaseException) -> RegistryError:
+    return RegistryError(
+        f"MLflow store {redact_url(uri)} is unreachable or unusable: {scrub(str(exc), [uri])}"
+    )
 
 
 def _client(uri: str) -> MlflowClient:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from tasks.core.files import file_lock
 from tasks.core.settings import Settings
-from tasks.training.mlflow_store import RegistryError, tracking_uri
+from tasks.core.urls import redact_url
+from tasks.training.mlflow_store import RegistryError, default_store_uri, tracking_uri
 
 
 @dataclass(frozen=True)
@@ -54,15 +55,15 @@ class Promotion:
 def history_path(settings: Settings) -> Path:
     """The append-only promotion history of the configured MLflow store, one JSON object per line.
 
-    ``$CHURN_HOME/mlflow/promotions.jsonl`` for the default store; another tracking URI (a
-    server, another SQLite file) keeps its own file beside it, named by a hash of the URI, so
-    two registries sharing a data root never mix their alias moves.
+    ``$CHURN_HOME/mlflow/promotions.jsonl`` for the default store; another store (a server,
+    a PostgreSQL database, another SQLite file) keeps its own file beside it, named by a hash of
+    its URI without the password (a changed password is the same registry), so two registries
+    sharing a data root never mix their alias moves.
     """
-    if not settings.mlflow_tracking_uri or settings.mlflow_tracking_uri == tracking_uri(
-        settings.model_copy(update={"mlflow_tracking_uri": None})
-    ):
+    uri = tracking_uri(settings)
+    if uri == default_store_uri(settings):
         return settings.mlflow_dir / "promotions.jsonl"
-    digest = hashlib.sha256(settings.mlflow_tracking_uri.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(redact_url(uri).encode()).hexdigest()[:12]
     return settings.mlflow_dir / f"promotions-{digest}.jsonl"
 
 
