@@ -51,6 +51,8 @@ from tasks.ops.backtest import (
 
 logger = logging.getLogger(__name__)
 
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
+
 
 @dataclass(frozen=True)
 class BacktestResult:
@@ -69,6 +71,11 @@ def _use_home(home: Path, **env: str) -> None:
 
     os.environ["CHURN_HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(home / "prefect")
+    # Each replay starts a temporary Prefect server; on a machine busy with other replays its
+    # start can pass Prefect's 20 s default, which would end hours of replay for nothing.
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S)
+    )
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
     reset_settings()
