@@ -71,11 +71,6 @@ def _use_home(home: Path, **env: str) -> None:
 
     os.environ["CHURN_HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(home / "prefect")
-    # Each replay starts a temporary Prefect server; on a machine busy with other replays its
-    # start can pass Prefect's 20 s default, which would end hours of replay for nothing.
-    os.environ.setdefault(
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S)
-    )
     (home / "prefect").mkdir(parents=True, exist_ok=True)
     os.environ.update(env)
     reset_settings()
@@ -292,7 +287,15 @@ def _in_child(function: Callable, *args):
     with tempfile.TemporaryDirectory(prefix="churn-backtest-") as folder:
         call, answer = Path(folder) / "call.pickle", Path(folder) / "answer.pickle"
         call.write_bytes(pickle.dumps((function.__module__, function.__name__, args)))
-        done = subprocess.run([sys.executable, "-c", _CHILD, str(call), str(answer)], check=False)
+        # Each replay starts a temporary Prefect server; on a machine busy with other replays its
+        # start can pass Prefect's 20 s default, which would end hours of replay for nothing.
+        # Set before the child imports Prefect: its settings are read once, at import.
+        env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S)}
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(call), str(answer)],
+            env={**env, **os.environ},
+            check=False,
+        )
         if not answer.exists():
             raise BacktestError(
                 f"{function.__name__} ended with exit code {done.returncode} and no answer "
