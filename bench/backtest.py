@@ -108,10 +108,10 @@ def _targets(scenario: str, result) -> list[str]:
         share = recovered_share_interval(result.realized, DEFAULT_POLICY, shift)
         gains = by_policy["p@K gain vs none (95% CI)"]
         if share is not None:
-            verdict = "meets" if share.share >= 0.8 else "misses"
+            verdict = share.verdict(0.8)
             lines.append(
                 f"{DEFAULT_POLICY} closes {share.text()} of the none→nightly gap in precision@K "
-                f"over shift +45..+120 days ({verdict} the 80 % target); gains over none, paired "
+                f"over shift +45..+120 days (80 % target: {verdict}); gains over none, paired "
                 f"by night with 95% intervals over weekly blocks: nightly {gains['nightly']}, "
                 f"{DEFAULT_POLICY} {gains[DEFAULT_POLICY]}"
             )

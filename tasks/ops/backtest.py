@@ -252,11 +252,21 @@ class RecoveredShare:
     low: float
     high: float
     gap_credible: bool
+    gap: float
+    """``nightly``'s mean gain over ``none`` on the same nights (negative: retraining loses)."""
 
     def text(self) -> str:
         if not self.gap_credible:
             return f"{self.share:.0%} (the none→nightly gap itself is within noise)"
         return f"{self.share:.0%} [{self.low:.0%}, {self.high:.0%}]"
+
+    def verdict(self, target: float) -> str:
+        """Whether ``target`` (a share) is met, or why the share cannot say."""
+        if not self.gap_credible:
+            return "cannot be judged: the gap is noise"
+        if self.gap < 0:
+            return "not applicable: nightly retraining loses to none here"
+        return "meets" if self.share >= target - 1e-9 else "misses"  # float sums of means
 
 
 def recovered_share_interval(
@@ -300,6 +310,7 @@ def recovered_share_interval(
         low=float(low),
         high=float(high),
         gap_credible=credible,
+        gap=float(gap.mean()),
     )
 
 

@@ -177,7 +177,7 @@ def test_recovered_share_interval_says_when_the_gap_is_noise():
     exact = recovered_share_interval(_realized(shift), "drift-matured", shift)
     assert exact.share == pytest.approx(0.8) and exact.gap_credible
     assert exact.low == pytest.approx(0.8) and exact.high == pytest.approx(0.8)
-    assert exact.text() == "80% [80%, 80%]"
+    assert exact.text() == "80% [80%, 80%]" and exact.verdict(0.8) == "meets"
 
     rng = np.random.default_rng(1)
 
@@ -200,4 +200,7 @@ def test_recovered_share_interval_says_when_the_gap_is_noise():
     assert abs(clear.share - 0.8) < 0.15 and 0.4 < clear.low and clear.high < 1.2
     noisy = recovered_share_interval(world(0.0005), "deployed", shift)
     assert not noisy.gap_credible and "within noise" in noisy.text()
+    assert noisy.verdict(0.8).startswith("cannot be judged")
+    losing = recovered_share_interval(world(-0.03), "deployed", shift)
+    assert losing.gap < 0 and losing.verdict(0.8).startswith("not applicable")
     assert recovered_share_interval(_realized(shift), "weekly", shift) is None
