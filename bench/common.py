@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -103,6 +105,33 @@ def memory_now() -> tuple[int, int]:
     """This process's resident memory now and its peak so far (VmRSS, VmHWM), in bytes."""
     found = _proc_status_bytes("VmRSS", "VmHWM")
     return found["VmRSS"], found["VmHWM"]
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
+    """A throwaway redis-server on a free port, without persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit(
+            "redis-server is not installed: apt-get install redis-server, or --redis-url"
+        )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server, url
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("redis-server did not start") from None
+            time.sleep(0.1)
 
 
 # ----------------------------------------------------------------------------- tables

@@ -2,7 +2,7 @@
 
     python bench/online.py [--home bench/out/online] [--rates 100 250 500] [--seconds 10]
                            [--max-requests 20000] [--connections 16] [--no-pin]
-                           [--subscribers 3000] [--days 240]
+                           [--subscribers 3000] [--days 240] [--stores sqlite redis]
 
 Setup, once (reused while ``<home>/_bench_online.json`` matches): a simulated world
 (``--subscribers`` × ``--days`` from 2026-01-01, seed 7), its features built, a champion trained at
@@ -22,8 +22,14 @@ server shows up in the numbers instead of slowing the load down (no coordinated 
 service on the materialized day; every request is a ``POST /predict`` (online-store read,
 predict, SHAP reasons, log buffer).
 
-Target (issue 7): p99 ≤ 10 ms at 500 requests/s with one worker on the 2-core machine. Other
-processes on the machine share its cores; the load average is printed beside the results.
+Each store of ``--stores`` is measured in turn, the same way: ``sqlite`` (Feast's SQLite file,
+the default) and ``redis`` (``CHURN_ONLINE_STORE=redis``: a ``redis-server`` this script starts on
+a free port, without persistence, loaded for the same day by ``materialize_online``; the server
+and this client are pinned as above, Redis runs anywhere).
+
+Target (issue 7, and issue 14 for Redis): p99 ≤ 10 ms at 500 requests/s with one worker on the
+2-core machine. Other processes on the machine share its cores; the load average is printed
+beside the results.
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -51,6 +59,7 @@ from common import (
     new_table,
     settings_for,
     stamp_matches,
+    start_redis,
     world_spec,
 )
 from rich.console import Console
@@ -125,6 +134,20 @@ def build(home: Path, subscribers: int, days: int) -> None:
     materialize_online(settings, day)
 
 
+def materialize_redis(home: Path, day: date) -> None:
+    """In a child process (environment: the world's, and Redis's): load ``day`` into Redis."""
+    from tasks.core.settings import get_settings
+    from tasks.core.telemetry import disable_telemetry
+    from tasks.features.tables import materialize_online
+
+    disable_telemetry()
+    materialize_online(get_settings(), day)
+
+
+def redis_env(url: str) -> dict[str, str]:
+    return {"CHURN_ONLINE_STORE": "redis", "CHURN_REDIS_URL": url}
+
+
 def subscribers_in_service(home: Path, day: date) -> list[int]:
     from tasks.data.sources import active_subscribers
 
@@ -141,11 +164,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(home: Path, port: int, cpu: int | None) -> subprocess.Popen:
+def start_server(
+    home: Path, port: int, cpu: int | None, store_env: dict[str, str]
+) -> subprocess.Popen:
     log = (home / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "flows", "serve", "--port", str(port)],
-        env={**os.environ, **world_env(home), "COLUMNS": "200"},
+        env={**os.environ, **world_env(home), **store_env, "COLUMNS": "200"},
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -355,10 +380,17 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=3_000)
     parser.add_argument("--days", type=int, default=240)
     parser.add_argument("--no-pin", action="store_true", help="Do not pin server and client.")
+    parser.add_argument(
+        "--stores", nargs="+", choices=("sqlite", "redis"), default=["sqlite", "redis"]
+    )
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)  # setup's child
+    parser.add_argument("--materialize-redis", type=date.fromisoformat, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build:
         build(args.home, args.subscribers, args.days)
+        return
+    if args.materialize_redis:
+        materialize_redis(args.home, args.materialize_redis)
         return
     if not 0 < args.seconds <= 60 or args.max_requests < 1:
         parser.error("--seconds must be in (0, 60] and --max-requests positive")
@@ -368,35 +400,61 @@ def main() -> None:
     ids = subscribers_in_service(home, day)
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     cpus = sorted(os.sched_getaffinity(0))
-    port = free_port()
-    server = start_server(home, port, cpus[0] if pin else None)
-    if pin:
-        os.sched_setaffinity(0, {cpus[1]})
     load = os.getloadavg()
+    results: list[tuple[str, Run]] = []
+    codes: dict[str, int] = {}
+    redis_server = None
+    scratch = Path(tempfile.mkdtemp(prefix="bench-online-redis-"))
+    began = time.monotonic()
     try:
-        began = time.monotonic()
-        runs = asyncio.run(
-            asyncio.wait_for(
-                measure(
-                    port,
-                    server.pid,
-                    ids,
-                    args.rates,
-                    args.seconds,
-                    args.max_requests,
-                    args.connections,
-                ),
-                timeout=(len(args.rates) + 1) * (args.seconds + WARMUP_SECONDS) + 120,
-            )
-        )
-        wall = time.monotonic() - began
+        for store in args.stores:
+            store_env: dict[str, str] = {}
+            if store == "redis":
+                redis_server, url = start_redis(scratch)
+                store_env = redis_env(url)
+                with console.status(f"materializing {day} into redis"):
+                    subprocess.run(
+                        [sys.executable, __file__, "--home", str(home),
+                         "--materialize-redis", day.isoformat()],
+                        env={**os.environ, **world_env(home), **store_env},
+                        check=True,
+                    )  # fmt: skip
+            port = free_port()
+            server = start_server(home, port, cpus[0] if pin else None, store_env)
+            if pin:
+                os.sched_setaffinity(0, {cpus[1]})
+            try:
+                runs = asyncio.run(
+                    asyncio.wait_for(
+                        measure(
+                            port,
+                            server.pid,
+                            ids,
+                            args.rates,
+                            args.seconds,
+                            args.max_requests,
+                            args.connections,
+                        ),
+                        timeout=(len(args.rates) + 1) * (args.seconds + WARMUP_SECONDS) + 120,
+                    )
+                )
+            finally:
+                codes[store] = stop_server(server)
+                if pin:
+                    os.sched_setaffinity(0, set(cpus))
+            results += [(store, run) for run in runs]
     finally:
-        code = stop_server(server)
+        if redis_server is not None:
+            redis_server.terminate()
+            redis_server.wait(timeout=30)
+        shutil.rmtree(scratch, ignore_errors=True)
+    wall = time.monotonic() - began
     table = new_table(
         f"POST /predict on churn serve (1 worker), {len(ids):,} subscribers in service on {day}; "
         f"server on CPU {cpus[0] if pin else 'any'}, client on CPU {cpus[1] if pin else 'any'}; "
         f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         (
+            "store",
             "load",
             "requests",
             "throughput /s",
@@ -409,8 +467,9 @@ def main() -> None:
             "server CPU ms/req",
         ),
     )
-    for run in runs:
+    for store, run in results:
         table.add_row(
+            store,
             run.label,
             f"{run.requests:,}",
             f"{run.throughput:,.0f}",
@@ -423,15 +482,17 @@ def main() -> None:
             f"{run.cpu_ms_per_request:.2f}",
         )
     console.print(table)
-    at_target = [r for r in runs if r.offered == TARGET_RATE]
-    if at_target:
-        run = at_target[0]
+    for store, run in results:
+        if run.offered != TARGET_RATE:
+            continue
         met = run.ms(0.99) <= TARGET_P99_MS and run.errors == 0
         console.print(
-            f"target p99 ≤ {TARGET_P99_MS:g} ms at {TARGET_RATE}/s: "
+            f"{store}: target p99 ≤ {TARGET_P99_MS:g} ms at {TARGET_RATE}/s: "
             f"{'met' if met else 'MISSED'} (p99 {run.ms(0.99):.2f} ms, {run.errors} errors)"
         )
-    console.print(f"{wall:.0f} s of load; server exit code {code}; server log {home / 'serve.log'}")
+    console.print(
+        f"{wall:.0f} s in all; server exit codes {codes}; last server log {home / 'serve.log'}"
+    )
 
 
 if __name__ == "__main__":

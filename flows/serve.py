@@ -6,7 +6,8 @@ maps it to HTTP.
 * ``POST /predict`` ``{"subscriber_id": 42}``: features from the Feast online store, scored by
   the champion: probability, will-churn flag at the operating threshold, risk tier, reasons in
   words, model version and feature freshness (``stale: true`` past a view's TTL). 404 for a
-  subscriber the store does not hold, 503 when the store cannot be read.
+  subscriber the store does not hold, 503 when the store cannot be read (Redis down: the
+  next request after it is back succeeds, nothing restarts).
 * ``POST /predict/features`` ``{"subscriber_id": 42, "features": {...}}``: the caller's feature
   values, checked against the feature views' contracts; 422 names every field that fails.
 * ``GET /health``: model, alias, feature freshness; 200 when ready, 503 when not.

@@ -34,6 +34,7 @@ def serve(
             ("model", f"{model.name} version {model.version} (champion)"),
             ("will-churn threshold", f"{model.threshold:.4f}: {model.threshold_source}"),
             ("feature service", settings.feature_service),
+            ("online store", service.reader.description),
             ("API key", "required (X-API-Key)" if settings.api_key else "not required"),
         ],
     )

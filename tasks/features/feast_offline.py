@@ -20,7 +20,7 @@ Configure with ``offline_store: type: tasks.features.feast_offline.PartitionedDu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from duckdb import DuckDBPyConnection
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
 from feast.infra.offline_stores.file_source import FileSource
@@ -403,6 +404,47 @@ def read_time_range(
     files = partition_files_between(root, start, end)
     if not files:
         return pa.table({c: pa.array([], pa.null()) for c in columns})
+    con, query, params = _time_range_query(
+        files, join_key_columns, columns, timestamp_field, start, end, latest_only
+    )
+    keys = ", ".join(_quote(k) for k in join_key_columns)
+    query += f"ORDER BY {keys}, {_quote(timestamp_field)}"
+    return con.sql(query, params=params).to_arrow_table()
+
+
+def latest_row_batches(
+    root: Path,
+    join_key_columns: list[str],
+    feature_name_columns: list[str],
+    timestamp_field: str,
+    start: datetime,
+    end: datetime,
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """:func:`read_time_range`'s newest row per key, in batches of ``batch_rows`` in no set order.
+
+    For bulk materialization: the rows stream out of DuckDB (which spills past its memory
+    limit) instead of being collected into one table.
+    """
+    columns = [*join_key_columns, *feature_name_columns, timestamp_field]
+    files = partition_files_between(root, start, end)
+    if not files:
+        return
+    con, query, params = _time_range_query(
+        files, join_key_columns, columns, timestamp_field, start, end, True
+    )
+    yield from con.sql(query, params=params).to_arrow_reader(batch_rows)
+
+
+def _time_range_query(
+    files: list[str],
+    join_key_columns: list[str],
+    columns: list[str],
+    timestamp_field: str,
+    start: datetime | None,
+    end: datetime | None,
+    latest_only: bool,
+) -> tuple[DuckDBPyConnection, str, dict[str, datetime | None]]:
     con = connect()
     con.read_parquet(files, hive_partitioning=False).create_view("source")
     keys = ", ".join(_quote(k) for k in join_key_columns)
@@ -413,9 +455,8 @@ def read_time_range(
     )
     if latest_only:
         query += f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {ts} DESC) = 1 "
-    query += f"ORDER BY {keys}, {ts}"
     params = {"start": _utc(start) if start else None, "end": _utc(end) if end else None}
-    return con.sql(query, params=params).to_arrow_table()
+    return con, query, params
 
 
 def _utc(moment: datetime) -> datetime:

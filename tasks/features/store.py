@@ -88,6 +88,8 @@ def online_store_config(settings: Settings) -> dict[str, Any] | None:
         "type": "redis",
         "redis_type": "redis",
         "connection_string": redis_connection_string(settings.redis_url.get_secret_value()),
+        # Last write wins, as in the SQLite store and the bulk writer (tasks/features/redis_online.py).
+        "skip_dedup": True,
     }
 
 

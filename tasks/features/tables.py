@@ -32,6 +32,7 @@ from tasks.core.sql import connect, load_sql, used_params
 from tasks.data.contracts import ContractReport, check_table
 from tasks.data.sources import create_spine, register_sources, source_date_range
 from tasks.features.feast_offline import PARTITION_KEY, partition_files
+from tasks.features.redis_online import materialize_views
 from tasks.features.store import check_online_store, open_store
 
 logger = logging.getLogger(__name__)
@@ -300,9 +301,20 @@ def materialize_online(settings: Settings, day: date) -> dict[str, int]:
         if count is None:
             raise _missing_day(name, day)
         rows[name] = count
+    start = end - longest_ttl
+    if settings.online_store == "redis" and settings.redis_url is not None:
+        # Feast's Redis writer builds a protobuf per value in Python; the bulk writer writes the
+        # same bytes from Arrow batches in pipelines, ~5x faster (tasks/features/redis_online.py).
+        materialize_views(
+            store,
+            views,
+            start,
+            end,
+            settings.redis_url.get_secret_value(),
+            batch_rows=settings.online_write_batch_size,
+        )
+        return rows
     # Batched online writes (materialization.online_write_batch_size) keep memory flat.
     with contextlib.redirect_stdout(io.StringIO()):  # Feast prints a progress report per view
-        store.materialize(
-            start_date=end - longest_ttl, end_date=end, feature_views=list(FEATURE_TABLES)
-        )
+        store.materialize(start_date=start, end_date=end, feature_views=list(FEATURE_TABLES))
     return rows

@@ -4,7 +4,9 @@ Plain logic, no web framework (``flows/serve.py`` puts FastAPI in front of :clas
 
 * :class:`OnlineFeatureReader`: one subscriber's features of the feature service from Feast's
   online store (SQLite, loaded nightly by ``tasks.features.tables.materialize_online``), with each
-  view's event timestamp, in one SQL statement per request (see there for why and the numbers).
+  view's event timestamp, in one SQL statement per request (see there for why and the numbers);
+  with ``CHURN_ONLINE_STORE=redis``, :class:`~tasks.serving.redis_reader.RedisFeatureReader`
+  reads the same values from Feast's Redis store in one ``HMGET`` (:func:`open_reader`).
   The views are resolved once, when the service starts.
 * :class:`ChampionModel`: the champion's booster with its input spec, turned into a one-row
   float64 matrix directly: the values LightGBM builds from ``tasks.training.model_spec.model_inputs`` (numeric
@@ -54,10 +56,12 @@ from tasks.serving.reader import (
     Clock,
     Freshness,
     OnlineFeatureReader,
+    OnlineReader,
     freshness,
     iso_or_none,
     utc_now,
 )
+from tasks.serving.redis_reader import RedisFeatureReader
 from tasks.training.mlflow_store import CHAMPION
 from tasks.training.registry import current_alias
 
@@ -65,6 +69,18 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- the service
+
+
+def open_reader(store: FeatureStore, settings: Settings) -> OnlineReader:
+    """The reader of the store's online store: Redis (``CHURN_ONLINE_STORE=redis``) or SQLite.
+
+    Raises:
+        FeatureStoreError: the feature service is not registered, or the store is of a kind
+            neither reader reads.
+    """
+    if store.config.online_store.type == "redis":
+        return RedisFeatureReader(store, settings)
+    return OnlineFeatureReader(store, settings)
 
 
 class OnlineService:
@@ -79,7 +95,7 @@ class OnlineService:
         settings: Settings,
         store: FeatureStore,
         reads: list[ViewRead],
-        reader: OnlineFeatureReader,
+        reader: OnlineReader,
         model: ChampionModel,
         *,
         now: Clock = utc_now,
@@ -113,7 +129,7 @@ class OnlineService:
         """
         store = open_store(settings)
         reads = view_reads(settings, store)
-        reader = OnlineFeatureReader(store, settings)
+        reader = open_reader(store, settings)
         model = load_champion(settings, [c for r in reads for c in r.columns])
         return cls(settings, store, reads, reader, model, now=now)
 
@@ -260,13 +276,17 @@ class OnlineService:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.log.close()
+        try:
+            self.log.close()
+        finally:
+            self.reader.close()
 
     def health(self) -> dict[str, Any]:
         """Model, alias, feature freshness and whether the service is ready.
 
-        Ready: a champion is loaded, every view of the service has been materialized, and the
-        last log flush did not fail. Stale features leave it ready (each response flags them).
+        Ready: a champion is loaded, every view of the service has been materialized, the
+        online store answers (Redis: a ping), and the last log flush did not fail. Stale
+        features leave it ready (each response flags them).
         """
         model = self._model
         now = self.now()
@@ -284,6 +304,9 @@ class OnlineService:
                 f"online store not materialized for {', '.join(missing)}: "
                 "run `churn features materialize --date D`"
             )
+        store_problem = self.reader.problem()
+        if store_problem:
+            problems.append(store_problem)
         if self.log.last_error:
             problems.append(f"prediction log: {self.log.last_error}")
         return {

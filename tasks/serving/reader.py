@@ -4,7 +4,9 @@
 (loaded nightly by ``tasks.features.tables.materialize_online``) in one SQL statement per request,
 with each view's event timestamp; :func:`freshness` says which views are older than their TTL.
 A subscriber the store does not hold is :class:`UnknownSubscriber`; a store that cannot be read
-is :class:`OnlineStoreUnavailable`.
+is :class:`OnlineStoreUnavailable`. The Redis store's reader is
+:class:`tasks.serving.redis_reader.RedisFeatureReader`; both are :class:`OnlineReader` and
+assemble their answer with :func:`online_features`, so their checks and messages are the same.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from feast import FeatureStore, FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
@@ -143,6 +145,7 @@ class OnlineFeatureReader:
         if not path.is_absolute() and config.repo_path is not None:
             path = Path(config.repo_path) / path
         self.path = path.resolve()
+        self.description = f"sqlite at {self.path}"
         self._key_version = config.entity_key_serialization_version
         versioned = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
         tables = [compute_table_id(config.project, view, versioned) for view, _ in self._views]
@@ -189,36 +192,87 @@ class OnlineFeatureReader:
         epochs: list[int | None] = [None] * len(self._views)
         for view, name, blob, epoch in rows:
             if name in self._wanted[view]:
-                found[name] = _python_value(Value.FromString(blob))
+                found[name] = python_value(Value.FromString(blob))
                 epochs[view] = epoch if epochs[view] is None else max(epochs[view], epoch)
-        stamps = {
-            view.name: None if epoch is None else datetime.fromtimestamp(int(epoch), UTC)
-            for (view, _), epoch in zip(self._views, epochs, strict=True)
-        }
-        missing = [name for name, ts in stamps.items() if ts is None]
-        if len(missing) == len(stamps):
-            raise UnknownSubscriber(
-                f"subscriber {subscriber_id} is not in the online store: no features in "
-                f"{', '.join(missing)} (unknown id, or not in service when it was last materialized)"
-            )
-        if missing:
-            raise UnknownSubscriber(
-                f"subscriber {subscriber_id} has no {', '.join(missing)} features in the online "
-                "store (materialization incomplete?); it cannot be scored"
-            )
-        values = {name: found.get(name) for _, names in self._views for name in names}
-        return OnlineFeatures(subscriber_id, values, stamps)
+        return online_features(subscriber_id, self._views, found, epochs)
 
     def materialized_through(self, store: FeatureStore) -> dict[str, datetime | None]:
         """Per view, the end of its newest materialization, read fresh from the registry."""
-        through: dict[str, datetime | None] = {}
-        for view, _ in self._views:
-            end = store.get_feature_view(view.name).most_recent_end_time
-            through[view.name] = as_utc(end) if end is not None else None
-        return through
+        return materialized_through(store, self._views)
+
+    def problem(self) -> str | None:
+        """Why the store cannot be read now, or None (the file is read at each request)."""
+        return None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
-def _python_value(value: Value) -> Any:
+class OnlineReader(Protocol):
+    """What the endpoint needs of an online store (:class:`OnlineFeatureReader` for SQLite,
+    ``tasks.serving.redis_reader.RedisFeatureReader`` for Redis)."""
+
+    join_key: str
+    description: str
+    """Which store, where (``sqlite at /path``, ``redis at host:port/db``), never a password."""
+
+    @property
+    def views(self) -> list[str]: ...
+
+    def read(self, subscriber_id: int) -> OnlineFeatures: ...
+
+    def materialized_through(self, store: FeatureStore) -> dict[str, datetime | None]: ...
+
+    def problem(self) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+def online_features(
+    subscriber_id: int,
+    views: list[tuple[FeatureView, list[str]]],
+    found: Mapping[str, Any],
+    epochs: list[int | None],
+) -> OnlineFeatures:
+    """One subscriber's values (``found``) and each view's event time (epoch seconds, None when
+    the store holds no row of that view), checked: every view must hold the subscriber.
+
+    Raises:
+        UnknownSubscriber: no view holds the subscriber, or only some views do.
+    """
+    stamps = {
+        view.name: None if epoch is None else datetime.fromtimestamp(int(epoch), UTC)
+        for (view, _), epoch in zip(views, epochs, strict=True)
+    }
+    missing = [name for name, ts in stamps.items() if ts is None]
+    if len(missing) == len(stamps):
+        raise UnknownSubscriber(
+            f"subscriber {subscriber_id} is not in the online store: no features in "
+            f"{', '.join(missing)} (unknown id, or not in service when it was last materialized)"
+        )
+    if missing:
+        raise UnknownSubscriber(
+            f"subscriber {subscriber_id} has no {', '.join(missing)} features in the online "
+            "store (materialization incomplete?); it cannot be scored"
+        )
+    values = {name: found.get(name) for _, names in views for name in names}
+    return OnlineFeatures(subscriber_id, values, stamps)
+
+
+def materialized_through(
+    store: FeatureStore, views: list[tuple[FeatureView, list[str]]]
+) -> dict[str, datetime | None]:
+    """Per view, the end of its newest materialization, read fresh from the registry."""
+    through: dict[str, datetime | None] = {}
+    for view, _ in views:
+        end = store.get_feature_view(view.name).most_recent_end_time
+        through[view.name] = as_utc(end) if end is not None else None
+    return through
+
+
+def python_value(value: Value) -> Any:
     kind = value.WhichOneof("val")
     return None if kind is None else getattr(value, kind)
 

@@ -204,3 +204,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+# Real Redis and PostgreSQL servers (tests/integration/servers.py), for the tests that ask for them.
+from .servers import postgres_server, redis_server  # noqa: F401

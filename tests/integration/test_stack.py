@@ -1,6 +1,12 @@
 """The local stack and the deployments against the real thing: `churn up` starts a Prefect server,
 a process worker and the MLflow UI; deployments come from prefect.yaml; the scoring deployment
-runs through the worker; a drift event starts the retrain deployment; `churn down` stops it all."""
+runs through the worker; a drift event starts the retrain deployment; `churn down` stops it all.
+
+The production backends (issue 14) where their servers are installed (`.ci/run` installs them):
+PostgreSQL behind Prefect (``CHURN_PREFECT_DATABASE_URL``) and MLflow (``CHURN_MLFLOW_BACKEND_URI``),
+Redis behind Feast's online store, each started by the tests (tests/integration/servers.py);
+elsewhere the embedded defaults, and the test that needs PostgreSQL says why it skips.
+"""
 
 from __future__ import annotations
 
@@ -76,22 +82,51 @@ def _wait_for_run(api: str, deployment_id: str, timeout_s: float = 300) -> dict:
     raise AssertionError(f"no run of deployment {deployment_id} finished within {timeout_s} s")
 
 
+def _server_or_none(request: pytest.FixtureRequest, name: str):
+    """The session's server fixture ``name``, or None where it skips (binaries not installed)."""
+    try:
+        return request.getfixturevalue(name)
+    except pytest.skip.Exception:
+        return None
+
+
 @pytest.fixture(scope="module")
-def stack(retrain_world_home: Path, tmp_path_factory: pytest.TempPathFactory):
+def backends(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Settings of the stack's backends: PostgreSQL and Redis where installed, else embedded."""
+    postgres = _server_or_none(request, "postgres_server")
+    redis = _server_or_none(request, "redis_server")
+    settings: dict[str, str] = {}
+    secrets: list[str] = []
+    if postgres is not None:
+        # Fresh databases per module: the session's server is shared with other tests.
+        settings["CHURN_PREFECT_DATABASE_URL"] = postgres.create_database("stack_prefect")
+        settings["CHURN_MLFLOW_BACKEND_URI"] = postgres.create_database("stack_mlflow")
+        secrets.append(postgres.password)
+    else:
+        mlflow_dir = tmp_path_factory.mktemp("stack_mlflow")
+        settings["CHURN_MLFLOW_TRACKING_URI"] = f"sqlite:///{mlflow_dir}/mlflow.db"
+    if redis is not None:
+        settings["CHURN_ONLINE_STORE"] = "redis"
+        settings["CHURN_REDIS_URL"] = redis.url
+        secrets.append(redis.password)
+    return {"env": settings, "postgres": postgres is not None, "secrets": secrets}
+
+
+@pytest.fixture(scope="module")
+def stack(retrain_world_home: Path, backends: dict):
     """`churn up` over the shared world with a champion in its own MLflow store; `churn down` after."""
-    mlflow_dir = tmp_path_factory.mktemp("stack_mlflow")
     env = {
         **os.environ,
         "CHURN_HOME": str(retrain_world_home),
-        "CHURN_MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_dir}/mlflow.db",
         "CHURN_MODEL_NAME": "telecom_churn_model",
         "CHURN_TIMEZONE": "Europe/Paris",
         "COLUMNS": "200",
         **GATES,
+        **backends["env"],
     }
     env.pop("PREFECT_API_URL", None)
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("CHURN_HOME", "CHURN_MLFLOW_TRACKING_URI", "CHURN_MODEL_NAME", *GATES):
+        for name in ("CHURN_HOME", "CHURN_MODEL_NAME", *GATES, *backends["env"]):
             patch.setenv(name, env[name])
         reset_settings()
         first = retrain(get_settings(), DAY - timedelta(days=14), "test: a champion for the stack")
@@ -115,6 +150,7 @@ def stack(retrain_world_home: Path, tmp_path_factory: pytest.TempPathFactory):
             "mlflow": f"http://127.0.0.1:{mlflow_port}",
             "up": up.stdout,
             "home": retrain_world_home,
+            "backends": backends,
         }
     finally:
         down = subprocess.run(
@@ -138,6 +174,10 @@ def test_up_starts_every_part_and_deploys_prefect_yaml(stack) -> None:
     assert status.returncode == 0, status.stdout
     for part in ("prefect-server", "prefect-worker", "mlflow-ui"):
         assert part in status.stdout
+    if stack["backends"]["postgres"]:
+        assert "Prefect database" in status.stdout and "postgresql at 127.0.0.1:" in status.stdout
+    for secret in stack["backends"]["secrets"]:
+        assert secret not in status.stdout + stack["up"]
     with urllib.request.urlopen(f"{stack['mlflow']}/health", timeout=5) as response:
         assert response.status == 200
 
@@ -380,3 +420,68 @@ def test_two_scoring_runs_at_once_never_overlap(stack) -> None:
         for r in runs
     )
     assert spans[0][1] <= spans[1][0], f"the two scoring runs overlapped: {spans}"
+
+
+def test_four_flow_runs_at_once_on_postgresql_complete(stack) -> None:
+    """Two scorings of different days, a monitoring and a retraining, created at once: all
+    complete, and neither database logs a lock or a migration error (issue 14)."""
+    if not stack["backends"]["postgres"]:
+        pytest.skip(
+            "PostgreSQL is not installed here (`.ci/run` installs Debian's postgresql): the "
+            "stack ran on its embedded SQLite databases"
+        )
+    by_name = {
+        d["name"]: d["id"]
+        for d in _api(
+            stack["api"],
+            "/deployments/filter",
+            {
+                "deployments": {
+                    "name": {"any_": ["score-nightly", "monitor-nightly", "retrain-weekly"]}
+                }
+            },
+        )
+    }
+
+    def create(deployment: str, parameters: dict, job_env: dict | None = None) -> str:
+        body: dict = {"parameters": parameters}
+        if job_env:
+            body["job_variables"] = {"env": job_env}
+        return _api(stack["api"], f"/deployments/{by_name[deployment]}/create_flow_run", body)["id"]
+
+    monitored = DAY - timedelta(days=3)
+    first = create("score-nightly", {"score_date": monitored.isoformat()})
+    assert _wait_for_ids(stack["api"], [first]) == ["COMPLETED"]
+    created = [
+        create("score-nightly", {"score_date": (DAY - timedelta(days=4)).isoformat()}),
+        create("score-nightly", {"score_date": (DAY - timedelta(days=5)).isoformat()}),
+        create("monitor-nightly", {"score_date": monitored.isoformat()}),
+        # Shadow: the candidate stays challenger, so the monitoring run's champion (whose
+        # predictions of that day it reads) cannot move under it.
+        create(
+            "retrain-weekly",
+            {"as_of": DAY.isoformat(), "reason": "test: four runs at once"},
+            {"CHURN_PROMOTION_MODE": "shadow"},
+        ),
+    ]
+    states = _wait_for_ids(stack["api"], created, timeout_s=600)
+    assert states == ["COMPLETED"] * 4, [
+        _api(stack["api"], f"/flow_runs/{run_id}")["state"] for run_id in created
+    ]
+    logs = "\n".join(p.read_text(errors="replace") for p in (stack["home"] / "stack").glob("*.log"))
+    for problem in ("database is locked", "deadlock detected", "DuplicateTable", "UniqueViolation"):
+        assert problem not in logs
+
+
+def _wait_for_ids(api: str, run_ids: list[str], timeout_s: float = 300) -> list[str]:
+    """The final state types of the runs, once all of them reached one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = [_api(api, f"/flow_runs/{run_id}") for run_id in run_ids]
+        if all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs):
+            return [r["state_type"] for r in runs]
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"runs still going after {timeout_s} s: {[r['state_type'] for r in runs]}"
+            )
+        time.sleep(2)

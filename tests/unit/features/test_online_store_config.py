@@ -44,6 +44,8 @@ def test_redis_becomes_feasts_redis_online_store(settings) -> None:
     store = config.online_store
     assert store.type == "redis" and store.redis_type.value == "redis"
     assert store.connection_string == f'cache.internal:6380,{TIMEOUTS},db=2,password="pw-1"'
+    # Last write wins, as in the SQLite store and the bulk writer (tasks/features/redis_online.py).
+    assert store.skip_dedup is True
     # Everything else (offline store, registry) stays as feature_store.yaml says.
     assert config.offline_store.type.endswith("PartitionedDuckDBOfflineStore")
     assert Path(config.registry.path) == settings.home / "feast" / "registry.db"

@@ -112,6 +112,7 @@ class MemoryReader:
         self.rows = rows
         self.stamps = stamps
         self.on_read = None  # called inside read(): lets a test act while a request is in flight
+        self.description = "memory"
 
     def read(self, subscriber_id: int) -> OnlineFeatures:
         if self.on_read is not None:
@@ -122,6 +123,12 @@ class MemoryReader:
 
     def materialized_through(self, store: object) -> dict[str, datetime | None]:
         return dict(self.stamps)
+
+    def problem(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.fixture
@@ -535,7 +542,9 @@ def test_a_full_buffer_is_flushed_by_the_background_thread(churn_home, service) 
 
 def test_a_failed_flush_makes_health_not_ready_until_one_succeeds(service, monkeypatch) -> None:
     monkeypatch.setattr(
-        log_buffer, "publish_online_batch", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+        log_buffer,
+        "publish_online_batch",
+        lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")),
     )
     service.predict_subscriber(5)
     assert service.log.try_flush() is False
