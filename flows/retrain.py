@@ -75,7 +75,8 @@ def retrain_flow(
     run_url = flow_run_url(settings, runtime.flow_run.id)
     # A drift retraining or follow-up belongs to its drift incident: its outcome is told in the
     # incident's messages, not in a gate alert of its own (one story per incident). A candidate
-    # waiting for approval is always announced: a person has to act.
+    # that is merely no better than the champion is routine: no message. A candidate waiting for
+    # approval is always announced: a person has to act.
     linked = record_retraining(
         settings,
         retraining_from(
@@ -87,8 +88,12 @@ def retrain_flow(
             run_url=run_url,
         ),
     )
-    if awaiting or not linked:
+    if awaiting or not (linked or result.decision.routine_keep):
         notify(_gate_alert(settings, result, awaiting))
+    elif result.decision.routine_keep:
+        # A weekly "no better than the champion" every Sunday would teach the channel to ignore
+        # gate alerts; the run's artifact and log keep the numbers.
+        logger.info("champion kept, routine (no alert): %s", result.decision.summary())
     send_due(settings, notify)
     create_markdown_artifact(
         key="retrain-decision",

@@ -73,6 +73,10 @@ class GateResult:
         }
 
 
+CHAMPION_COMPARISON_GATES = ("beats_champion_auc", "calibration_vs_champion")
+"""The gates that compare the candidate with the champion on the same holdout."""
+
+
 @dataclass(frozen=True)
 class GateDecision:
     """All gates' verdicts; the candidate may be registered only when ``passed``."""
@@ -90,6 +94,18 @@ class GateDecision:
         if self.passed:
             return "promote"
         return "keep_champion" if self.has_champion else "refuse"
+
+    @property
+    def routine_keep(self) -> bool:
+        """The champion stays only because the candidate is no better than it: the usual outcome
+        of a scheduled retraining in a stable world, with nothing for anyone to do. A candidate
+        that fails a floor or the fairness gate is not routine: that says something about the
+        data or the model, and people hear of it."""
+        return (
+            self.verdict == "keep_champion"
+            and bool(self.failed)
+            and all(r.name in CHAMPION_COMPARISON_GATES for r in self.failed)
+        )
 
     def summary(self) -> str:
         """One line for people: the verdict and, on failure, each failed gate with its numbers."""

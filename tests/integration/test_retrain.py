@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -321,3 +322,39 @@ def test_approval_rejected_or_never_given_leaves_the_champion_alone(
         "register",
         "reject",
     ]
+
+
+def _gate_alerts(settings, before: set[str] = frozenset()) -> list[dict]:
+    """The gate alerts the outbox gained since ``before`` (its file names then): no Slack
+    destination is configured in tests, and the world (and its outbox) is shared by the module."""
+    files = [p for p in (settings.alerts_dir / "outbox").glob("*.json") if p.name not in before]
+    alerts = [json.loads(p.read_text())["alert"] for p in files]
+    return [a for a in alerts if a["kind"] == "gate"]
+
+
+def _outbox(settings) -> set[str]:
+    return {p.name for p in (settings.alerts_dir / "outbox").glob("*.json")}
+
+
+def test_a_routine_keep_sends_no_alert_and_a_weak_candidate_does(
+    settings_for, prefect_server
+) -> None:
+    """A scheduled candidate that is merely no better than the champion is the usual outcome of a
+    stable week: no message. One that fails a floor says something about the data: an alert."""
+    from flows.retrain import retrain_flow
+
+    settings = settings_for(**SMALL_WORLD_GATES)
+    assert retrain(settings, AS_OF, "test: first champion").promoted
+    before = _outbox(settings)
+    with prefect_server.in_process():
+        kept = retrain_flow(as_of=AS_OF, reason="weekly schedule")
+    assert kept.decision.routine_keep
+    assert _gate_alerts(settings, before) == []
+
+    settings = settings_for(**{**SMALL_WORLD_GATES, "CHURN_GATE_MIN_AUC": "0.99"})
+    with prefect_server.in_process():
+        weak = retrain_flow(as_of=AS_OF, reason="weekly schedule")
+    assert weak.decision.verdict == "keep_champion" and not weak.decision.routine_keep
+    [alert] = _gate_alerts(settings, before)
+    assert alert["title"] == "Retraining: candidate refused, champion kept"
+    assert "✗ min_auc" in [field[0] for field in alert["fields"]], alert["fields"]

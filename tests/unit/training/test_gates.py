@@ -337,3 +337,24 @@ def test_a_champion_without_fairness_is_said_not_compared() -> None:
 def test_fairness_of_the_champion_on_another_holdout_is_refused() -> None:
     with pytest.raises(ValueError, match="both must be measured on the same holdout"):
         decide(metrics(0.800, 0.02), metrics(0.779, 0.02), FAIR, SETTINGS, FAIR_BIG)
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "report", "routine"),
+    [
+        # No better than the champion: the usual scheduled outcome, nothing for people to do.
+        (metrics(0.780, 0.020), metrics(0.779, 0.020), FAIR, True),
+        (metrics(0.785, 0.040), metrics(0.779, 0.020), FAIR, True),  # calibration vs champion
+        # A floor or the fairness gate failed: that is news about the data or the model.
+        (metrics(0.650, 0.020), metrics(0.640, 0.020), FAIR, False),
+        (metrics(0.780, 0.020), metrics(0.779, 0.020), UNFAIR, False),
+        (metrics(0.785, 0.020), metrics(0.779, 0.020), UNFAIR, False),
+        # Promoted, or refused with no champion: never routine.
+        (metrics(0.785, 0.020), metrics(0.779, 0.020), FAIR, False),
+        (metrics(0.650, 0.020), None, FAIR, False),
+    ],
+)
+def test_only_a_keep_for_want_of_a_better_model_is_routine(
+    challenger, champion, report, routine
+) -> None:
+    assert decide(challenger, champion, report, SETTINGS).routine_keep is routine
