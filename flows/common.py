@@ -1,10 +1,13 @@
-"""What every flow shares: the day a run is about, and its name."""
+"""What every flow shares: the day a run is about, its name, and how it holds a concurrency slot."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 from prefect import runtime
+from prefect.concurrency.sync import concurrency
 
 from tasks.core.settings import Settings, get_settings
 from tasks.scoring.nightly import default_score_date
@@ -28,3 +31,17 @@ def dated_run_name(prefix: str, parameter: str):
         return f"{prefix}-{given or run_day()}"
 
     return name
+
+
+SLOT_LEASE_SECONDS = 120.0
+"""How long a held slot of a global concurrency limit lives without renewal. The holder renews it
+every 90 s; a run that crashes (its process killed, its database restarted) cannot release it,
+and the server takes it back once the lease runs out: the next run waits about two minutes
+instead of Prefect's default five."""
+
+
+@contextmanager
+def one_at_a_time(limit: str) -> Iterator[None]:
+    """Hold one slot of the global concurrency limit ``limit`` (a no-op where it is not defined)."""
+    with concurrency(limit, occupy=1, strict=False, lease_duration=SLOT_LEASE_SECONDS):
+        yield

@@ -15,14 +15,13 @@ from datetime import date
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
 from flows.alerting import alert_on_failure, notify
-from flows.common import dated_run_name, run_day
+from flows.common import dated_run_name, one_at_a_time, run_day
 from tasks.alerting.alerts import flow_run_url, gate_alert
 from tasks.alerting.incident_alerts import send_due
 from tasks.core.errors import ChurnError
@@ -64,7 +63,7 @@ def retrain_flow(
     settings = get_settings()
     as_of = as_of or run_day(settings)
     # One retraining at a time across deployments (a no-op where the limit is not defined).
-    with concurrency("churn-retrain", occupy=1, strict=False):
+    with one_at_a_time("churn-retrain"):
         result = retrain(settings, as_of, reason, flow_run_id=str(runtime.flow_run.id))
     logger.info("%s", result.decision.summary())
     if follow_up_of is not None:

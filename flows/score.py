@@ -15,10 +15,9 @@ from datetime import date
 from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 
 from flows.alerting import alert_on_failure
-from flows.common import dated_run_name, run_day
+from flows.common import dated_run_name, one_at_a_time, run_day
 from tasks.core.settings import Settings, get_settings
 from tasks.scoring.nightly import ScoreSummary, run_scoring
 from tasks.scoring.shards import ScoringContext, Shard, ShardResult, score_shard
@@ -88,7 +87,7 @@ def score_nightly_flow(score_date: date | None = None) -> ScoreSummary:
     run_id = str(runtime.flow_run.id)
     # One scoring at a time (a no-op where the limit is not defined): two nights never interleave
     # their writes to the log and the retention folder.
-    with concurrency("churn-score", occupy=1, strict=False):
+    with one_at_a_time("churn-score"):
         if settings.score_task_runner == "dask":
             shards_flow = score_shards_flow.with_options(task_runner=_dask_runner(settings))
             summary = shards_flow(day, run_id, window=2 * max(1, settings.model_threads))

@@ -10,8 +10,10 @@ elsewhere the embedded defaults, and the test that needs PostgreSQL says why it 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -109,7 +111,12 @@ def backends(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         settings["CHURN_ONLINE_STORE"] = "redis"
         settings["CHURN_REDIS_URL"] = redis.url
         secrets.append(redis.password)
-    return {"env": settings, "postgres": postgres is not None, "secrets": secrets}
+    return {
+        "env": settings,
+        "postgres": postgres is not None,
+        "postgres_server": postgres,
+        "secrets": secrets,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -471,6 +478,140 @@ def test_four_flow_runs_at_once_on_postgresql_complete(stack) -> None:
     logs = "\n".join(p.read_text(errors="replace") for p in (stack["home"] / "stack").glob("*.log"))
     for problem in ("database is locked", "deadlock detected", "DuplicateTable", "UniqueViolation"):
         assert problem not in logs
+
+
+def _deployment_ids(api: str, names: list[str]) -> dict[str, str]:
+    found = _api(api, "/deployments/filter", {"deployments": {"name": {"any_": names}}})
+    return {d["name"]: d["id"] for d in found}
+
+
+def _run_deployment(api: str, deployment_id: str, parameters: dict, timeout_s: float = 420) -> dict:
+    """Create a flow run of the deployment and wait for its final state."""
+    run_id = _api(api, f"/deployments/{deployment_id}/create_flow_run", {"parameters": parameters})[
+        "id"
+    ]
+    _wait_for_ids(api, [run_id], timeout_s=timeout_s)
+    return _api(api, f"/flow_runs/{run_id}")
+
+
+def _high_risk_top(home: Path, day: date) -> dict[str, str]:
+    with (home / "retention" / f"high_risk_{day}.csv").open(encoding="utf-8-sig") as handle:
+        return next(csv.DictReader(handle))
+
+
+def _champion_log_rows(env: dict, day: date) -> tuple[int, int]:
+    """(rows, distinct subscribers) of the day's champion predictions, read as an auditor would."""
+    query = (
+        "SELECT count(*) AS n, count(DISTINCT subscriber_id) AS s FROM predictions "
+        f"WHERE score_date = DATE '{day}' AND role = 'champion'"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "flows", "audit", "sql", query, "--format", "csv"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    row = next(csv.DictReader(out.stdout.splitlines()))
+    return int(row["n"]), int(row["s"])
+
+
+def test_the_whole_night_runs_on_the_configured_backends(stack, tmp_path) -> None:
+    """Features (and the online store), a retraining, the scoring and the monitoring, each through
+    its deployment, then one online request that answers what the night's scoring said (issue 14:
+    with PostgreSQL behind Prefect and MLflow and Redis behind Feast where they are installed)."""
+    ids = _deployment_ids(
+        stack["api"], ["build-features", "retrain-weekly", "score-nightly", "monitor-nightly"]
+    )
+    night = [
+        ("build-features", {"start": DAY.isoformat(), "end": DAY.isoformat()}),
+        ("retrain-weekly", {"as_of": DAY.isoformat(), "reason": "test: the whole night"}),
+        ("score-nightly", {"score_date": DAY.isoformat()}),
+        ("monitor-nightly", {"score_date": DAY.isoformat()}),
+    ]
+    for name, parameters in night:
+        run = _run_deployment(stack["api"], ids[name], parameters)
+        assert run["state_type"] == "COMPLETED", (name, run["state"])
+    top = _high_risk_top(stack["home"], DAY)
+
+    port = _free_port()
+    env = {**stack["env"], "CHURN_ONLINE_FLUSH_SECONDS": "3600"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"churn serve did not start: {server.stdout.read()}")
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"{base}/predict",
+            data=json.dumps({"subscriber_id": int(top["subscriber_id"])}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=60)[0]
+    assert server.returncode == 0, output
+    expected_store = "redis" if "CHURN_REDIS_URL" in stack["env"] else "sqlite"
+    assert re.search(rf"online store\W+{expected_store} ", output), output
+    for secret in stack["backends"]["secrets"]:
+        assert secret not in output
+    assert answer["model_version"] == int(top["model_version"])
+    # The high-risk file rounds to 4 decimals; the online path scores the same features exactly.
+    assert abs(answer["probability"] - float(top["probability"])) <= 5e-5, (answer, top)
+
+
+def test_postgresql_restarted_during_a_scoring_run_then_a_rerun_gives_the_same_files(stack) -> None:
+    """PostgreSQL (Prefect's and MLflow's database) stops and starts again while a scoring run is
+    in flight: the run completes or ends in a failed state, never hangs; a rerun completes and
+    leaves the same high-risk file and exactly one champion prediction per subscriber in the log.
+    Last in the module: it restarts the session's database server."""
+    postgres = stack["backends"]["postgres_server"]
+    if postgres is None:
+        pytest.skip(
+            "PostgreSQL is not installed here (`.ci/run` installs Debian's postgresql): the "
+            "stack ran on its embedded SQLite databases"
+        )
+    day = DAY
+    csv_file = stack["home"] / "retention" / f"high_risk_{day}.csv"
+    before = csv_file.read_bytes()
+    rows_before = _champion_log_rows(stack["env"], day)
+    assert rows_before[0] == rows_before[1] > 0
+
+    deployment_id = _deployment_ids(stack["api"], ["score-nightly"])["score-nightly"]
+    run_id = _api(
+        stack["api"],
+        f"/deployments/{deployment_id}/create_flow_run",
+        {"parameters": {"score_date": day.isoformat()}},
+    )["id"]
+    deadline = time.monotonic() + 300
+    while _api(stack["api"], f"/flow_runs/{run_id}")["state_type"] in ("SCHEDULED", "PENDING"):
+        assert time.monotonic() < deadline, "the scoring run never started"
+        time.sleep(0.5)
+    postgres.stop()
+    time.sleep(3)
+    postgres.start()
+    disturbed = _wait_for_ids(stack["api"], [run_id], timeout_s=420)[0]
+    assert disturbed in ("COMPLETED", "FAILED", "CRASHED"), disturbed
+    if disturbed != "COMPLETED":
+        rerun = _run_deployment(stack["api"], deployment_id, {"score_date": day.isoformat()})
+        assert rerun["state_type"] == "COMPLETED", rerun["state"]
+
+    assert csv_file.read_bytes() == before
+    assert _champion_log_rows(stack["env"], day) == rows_before
+    verify = subprocess.run(
+        [sys.executable, "-m", "flows", "audit", "verify"],
+        env=stack["env"], capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def _wait_for_ids(api: str, run_ids: list[str], timeout_s: float = 300) -> list[str]:
