@@ -18,6 +18,11 @@ promotions, refusals by gate, Slack messages and CPU seconds; then the issue's t
 
 The tables, per-night CSVs and one PNG chart per scenario are written under ``--out``;
 ``summary.md`` gathers the tables for the README.
+
+One world's nights are few for a small gap: ``--pool DIR ...`` adds the per-night results that
+earlier runs (other ``--seed``s, same scenario and calendar) left in those ``--out`` folders, and
+prints the share of the gap the default closes over all the worlds together (nights paired
+within each world; blocks never span two worlds).
 """
 
 from __future__ import annotations
@@ -56,6 +61,13 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="keep policies already replayed on the same world"
     )
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="--out folders of earlier runs (other seeds) whose worlds to pool with this one",
+    )
     args = parser.parse_args()
     os.environ.setdefault("CHURN_HOME", str(args.out / "home"))
     policies = check_policies(args.policy.split(","))
@@ -84,7 +96,7 @@ def main() -> None:
         for row in result.summary.itertuples(index=False):
             table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
         Console(width=220).print(table)
-        verdicts = _targets(scenario, result)
+        verdicts = _targets(scenario, result) + _pooled(scenario, result, args.pool)
         for line in verdicts:
             print(f"  {line}")
         sections.append(
@@ -131,6 +143,28 @@ def _targets(scenario: str, result) -> list[str]:
         if policy in by_policy.index:
             lines.append(f"{policy}: {by_policy.loc[policy, 'slack messages']} Slack message(s)")
     return lines
+
+
+def _pooled(scenario: str, result, pool: list[Path]) -> list[str]:
+    """The default's share of the gap over this world and the pooled runs' worlds."""
+    import pandas as pd
+
+    if not pool or scenario == "baseline":
+        return []
+    frames = [result.realized.assign(world=0)]
+    for index, folder in enumerate(pool, start=1):
+        path = folder / f"realized_{scenario}.csv"
+        if not path.exists():
+            return [f"pooled: {path} is missing"]
+        frames.append(pd.read_csv(path).assign(world=index))
+    share = recovered_share_interval(pd.concat(frames), DEFAULT_POLICY, result.calendar.shift)
+    if share is None:
+        return ["pooled: a world lacks none, nightly or the default policy"]
+    line = (
+        f"pooled over {len(frames)} worlds: {DEFAULT_POLICY} closes {share.text()} of the "
+        f"none→nightly gap (gap {share.gap:+.4f}; 80 % target: {share.verdict(0.8)})"
+    )
+    return [line]
 
 
 if __name__ == "__main__":

@@ -275,19 +275,28 @@ def recovered_share_interval(
     """Share of the gap between ``none`` and ``nightly`` in recovery-window precision@K that
     ``policy`` closes (paired by night), with a block-bootstrap 95% interval.
 
+    With a ``world`` column (replays of several simulated worlds, e.g. seeds, of the same
+    scenario and shift), nights are paired within their world and the blocks never span two
+    worlds: the interval then pools the worlds' evidence.
+
     None when ``policy``, ``none`` or ``nightly`` is missing, there are fewer than two blocks, or
     the gap is zero.
     """
     lo, hi = shift + timedelta(days=window[0]), shift + timedelta(days=window[1])
     frame = realized.assign(day=pd.to_datetime(realized["score_date"]).dt.date)
+    if "world" not in frame:
+        frame = frame.assign(world=0)
     frame = frame[(frame["day"] >= lo) & (frame["day"] <= hi)]
-    wide = frame.pivot_table(index="day", columns="policy", values="precision_at_k")
+    wide = frame.pivot_table(index=["world", "day"], columns="policy", values="precision_at_k")
     if not {"none", "nightly", policy} <= set(wide.columns):
         return None
     wide = wide[["none", "nightly", policy]].dropna()
     gain = (wide[policy] - wide["none"]).to_numpy()
     gap = (wide["nightly"] - wide["none"]).to_numpy()
-    block = np.arange(len(wide)) // BLOCK_NIGHTS
+    # Weekly blocks numbered within each world, then made unique across worlds.
+    world_codes = pd.factorize(wide.index.get_level_values("world"))[0]
+    within = wide.groupby(level="world", sort=False).cumcount().to_numpy() // BLOCK_NIGHTS
+    block = np.unique(world_codes * (within.max(initial=0) + 1) + within, return_inverse=True)[1]
     n_blocks = int(block.max()) + 1 if len(block) else 0
     if n_blocks < 2 or abs(gap.mean()) < 1e-12:
         return None

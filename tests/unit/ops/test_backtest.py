@@ -204,3 +204,39 @@ def test_recovered_share_interval_says_when_the_gap_is_noise():
     losing = recovered_share_interval(world(-0.03), "deployed", shift)
     assert losing.gap < 0 and losing.verdict(0.8).startswith("not applicable")
     assert recovered_share_interval(_realized(shift), "weekly", shift) is None
+
+
+def test_recovered_share_interval_pools_worlds_without_mixing_their_nights():
+    shift = date(2026, 8, 6)
+    rng = np.random.default_rng(3)
+
+    def world(seed: int, gap: float) -> pd.DataFrame:
+        rows = []
+        for i in range(130):
+            day = shift + timedelta(days=i)
+            base = 0.11 + rng.normal(0, 0.01)
+            noise = rng.normal(0, 0.01, size=2)
+            for policy, p in (
+                ("none", base),
+                ("nightly", base + gap + noise[0]),
+                ("deployed", base + 0.8 * gap + noise[1]),
+            ):
+                rows.append(
+                    {"world": seed, "policy": policy, "score_date": day, "precision_at_k": p}
+                )
+        return pd.DataFrame(rows)
+
+    one = recovered_share_interval(world(7, 0.01), "deployed", shift)
+    three = recovered_share_interval(
+        pd.concat([world(7, 0.01), world(11, 0.01), world(13, 0.01)]), "deployed", shift
+    )
+    # The same nights in several worlds are not collapsed into one night: more evidence, a
+    # narrower interval around the same share.
+    assert three.gap_credible
+    assert three.high - three.low < one.high - one.low
+    assert abs(three.share - 0.8) < 0.2
+    # Pooling a world with itself gives its own share.
+    same = world(7, 0.01)
+    assert recovered_share_interval(
+        pd.concat([same, same.assign(world=8)]), "deployed", shift
+    ).share == pytest.approx(recovered_share_interval(same, "deployed", shift).share)
