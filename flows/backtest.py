@@ -40,6 +40,7 @@ from tasks.core.files import atomic_path
 from tasks.ops.backtest import (
     FOLLOWS_UP,
     MONITORED,
+    POLICIES,
     BacktestError,
     Calendar,
     PolicyRun,
@@ -240,6 +241,7 @@ def run_backtest(
     }
     began = time.perf_counter()
     if fresh or not marker.exists() or json.loads(marker.read_text()) != wanted:
+        _may_replace(root, marker, wanted, fresh)
         shutil.rmtree(root, ignore_errors=True)
         progress(f"{scenario}: simulating {subscribers:,} subscribers × {calendar.world_days} days")
         _in_child(prepare_world, world, scenario, subscribers, seed, calendar)
@@ -275,6 +277,37 @@ def run_backtest(
     summary = summarize(realized_frame, runs, calendar.shift)
     files = write_results(out_dir, scenario, realized_frame, summary, runs, calendar)
     return BacktestResult(scenario, calendar, summary, realized_frame, runs, files, world_seconds)
+
+
+def _may_replace(root: Path, marker: Path, wanted: dict, fresh: bool) -> None:
+    """Refuse to delete a folder that is not a backtest's, or another world's replays unless
+    ``fresh`` says so.
+
+    Replays take CPU hours: a rerun with another seed or size into the same folder must not
+    silently wipe them. A folder a crash left half-made (no marker yet, only a backtest's own
+    entries) is rebuilt.
+    """
+    if not root.exists():
+        return
+    own = {"world", *POLICIES}
+    strangers = sorted(p.name for p in root.iterdir() if p.name not in own)
+    if strangers:
+        raise BacktestError(
+            f"{root} is not a backtest's folder (it holds {', '.join(strangers[:3])}): choose "
+            "another output folder"
+        )
+    if fresh or not marker.exists():
+        return
+    found = json.loads(marker.read_text())
+    changed = ", ".join(
+        f"{key} {found.get(key)} → {value}"
+        for key, value in wanted.items()
+        if found.get(key) != value
+    )
+    raise BacktestError(
+        f"{root} holds the replays of another world ({changed}): pass --fresh to replace them, "
+        "or choose another output folder"
+    )
 
 
 def _in_child(function: Callable, *args):

@@ -240,3 +240,29 @@ def test_recovered_share_interval_pools_worlds_without_mixing_their_nights():
     assert recovered_share_interval(
         pd.concat([same, same.assign(world=8)]), "deployed", shift
     ).share == pytest.approx(recovered_share_interval(same, "deployed", shift).share)
+
+
+def test_a_rerun_never_wipes_another_worlds_replays_or_a_strangers_folder(tmp_path):
+    import json
+
+    from flows.backtest import run_backtest
+
+    calendar = backtest_calendar(START, 14, 121, 30)
+    world = tmp_path / "price_shock" / "world"
+    world.mkdir(parents=True)
+    replay = tmp_path / "price_shock" / "nightly" / "backtest_policy.json"
+    replay.parent.mkdir()
+    replay.write_text("{}")
+    (world / "backtest_world.json").write_text(
+        json.dumps({"scenario": "price_shock", "subscribers": 20_000, "seed": 7})
+    )
+    args = {"subscribers": 20_000, "seed": 11, "calendar": calendar, "policies": ["none"]}
+    with pytest.raises(BacktestError, match=r"another world \(seed 7 → 11.*pass --fresh"):
+        run_backtest(tmp_path, "price_shock", **args)
+    assert replay.exists()
+
+    (tmp_path / "usage_shift").mkdir()
+    (tmp_path / "usage_shift" / "thesis.tex").write_text("years of work")
+    with pytest.raises(BacktestError, match="not a backtest's folder .*thesis.tex"):
+        run_backtest(tmp_path, "usage_shift", **args, fresh=True)
+    assert (tmp_path / "usage_shift" / "thesis.tex").exists()
