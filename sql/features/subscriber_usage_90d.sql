@@ -1,78 +1,46 @@
 -- Grain: one row per (subscriber_id, snapshot_date) in service; recent usage relative to the subscriber's own 90-day baseline.
 -- Keys: subscriber_id, snapshot_ts (= snapshot_date + 1 day, 00:00 UTC: the moment the day's data is complete).
--- Inputs: spine (active_subscribers.sql), usage_daily; $start_date, $end_date.
+-- Inputs: spine (active_subscribers.sql), usage_windows (the windows of $snapshot_date: usage_windows.sql,
+--         or usage_windows_step.sql from the day before); $snapshot_date (one day per run).
 -- Windows of snapshot day d, all ending on or before d (nothing after d is read):
 --   recent 7 / 14 / 30 days = d-6 .. d, d-13 .. d, d-29 .. d;  90 days = d-89 .. d;
 --   baseline = d-89 .. d-30 (for the 7-day ratio: d-89 .. d-7), so it never overlaps the recent window.
 -- Each window is summarised as average use per day with a usage row (use / days with a row), so a
 -- newcomer's short history is not a drop in use. A window without a usage row gives NULL, and so does
 -- a ratio whose baseline has no row (a subscriber in service for 30 days or less) or averages zero.
--- Windowed sums are differences of running totals looked up as of d, d-7, d-14, d-30 and d-90.
-WITH running AS (
+-- Baselines are differences of windows (90 days less the recent ones), taken on the exact integer
+-- sums (nano-units, usage_nano.sql) before dividing by 1e9.
+WITH windows AS (
     SELECT
-        subscriber_id,
-        usage_date,
-        SUM(data_gb) OVER w AS cum_data_gb,
-        SUM(voice_minutes) OVER w AS cum_voice_minutes,
-        COUNT(*) OVER w AS cum_active_days
-    FROM usage_daily
-    WHERE usage_date > CAST($start_date AS DATE) - INTERVAL 91 DAY
-      AND usage_date <= CAST($end_date AS DATE)
-    WINDOW w AS (PARTITION BY subscriber_id ORDER BY usage_date ROWS UNBOUNDED PRECEDING)
-),
-spine_lags AS (
-    SELECT
-        subscriber_id,
-        snapshot_date,
-        CAST(snapshot_date - INTERVAL 7 DAY AS DATE) AS d7,
-        CAST(snapshot_date - INTERVAL 14 DAY AS DATE) AS d14,
-        CAST(snapshot_date - INTERVAL 30 DAY AS DATE) AS d30,
-        CAST(snapshot_date - INTERVAL 90 DAY AS DATE) AS d90
-    FROM spine
-),
-c0 AS (
-    SELECT sp.*, r.cum_data_gb AS g0, r.cum_voice_minutes AS v0, r.cum_active_days AS a0
-    FROM spine_lags AS sp
-    ASOF LEFT JOIN running AS r
-        ON sp.subscriber_id = r.subscriber_id AND sp.snapshot_date >= r.usage_date
-),
-c7 AS (
-    SELECT c.*, r.cum_data_gb AS g7, r.cum_voice_minutes AS v7, r.cum_active_days AS a7
-    FROM c0 AS c
-    ASOF LEFT JOIN running AS r ON c.subscriber_id = r.subscriber_id AND c.d7 >= r.usage_date
-),
-c14 AS (
-    SELECT c.*, r.cum_data_gb AS g14, r.cum_voice_minutes AS v14, r.cum_active_days AS a14
-    FROM c7 AS c
-    ASOF LEFT JOIN running AS r ON c.subscriber_id = r.subscriber_id AND c.d14 >= r.usage_date
-),
-c30 AS (
-    SELECT c.*, r.cum_data_gb AS g30, r.cum_voice_minutes AS v30, r.cum_active_days AS a30
-    FROM c14 AS c
-    ASOF LEFT JOIN running AS r ON c.subscriber_id = r.subscriber_id AND c.d30 >= r.usage_date
-),
-c90 AS (
-    SELECT c.*, r.cum_data_gb AS g90, r.cum_voice_minutes AS v90, r.cum_active_days AS a90
-    FROM c30 AS c
-    ASOF LEFT JOIN running AS r ON c.subscriber_id = r.subscriber_id AND c.d90 >= r.usage_date
+        sp.subscriber_id,
+        sp.snapshot_date,
+        COALESCE(u.data_7, 0) AS g7, COALESCE(u.data_14, 0) AS g14,
+        COALESCE(u.data_30, 0) AS g30, COALESCE(u.data_90, 0) AS g90,
+        COALESCE(u.voice_7, 0) AS v7, COALESCE(u.voice_14, 0) AS v14,
+        COALESCE(u.voice_30, 0) AS v30, COALESCE(u.voice_90, 0) AS v90,
+        COALESCE(u.days_7, 0) AS a7, COALESCE(u.days_14, 0) AS a14,
+        COALESCE(u.days_30, 0) AS a30, COALESCE(u.days_90, 0) AS a90
+    FROM spine AS sp
+    LEFT JOIN usage_windows AS u USING (subscriber_id)
+    WHERE sp.snapshot_date = CAST($snapshot_date AS DATE)
 ),
 per_day AS (  -- average use per day with a usage row in each window; NULL without such a day
     SELECT
         subscriber_id,
         snapshot_date,
-        (COALESCE(g0, 0) - COALESCE(g7, 0)) / NULLIF(COALESCE(a0, 0) - COALESCE(a7, 0), 0) AS data_7,
-        (COALESCE(g0, 0) - COALESCE(g14, 0)) / NULLIF(COALESCE(a0, 0) - COALESCE(a14, 0), 0) AS data_14,
-        (COALESCE(g0, 0) - COALESCE(g30, 0)) / NULLIF(COALESCE(a0, 0) - COALESCE(a30, 0), 0) AS data_30,
-        (COALESCE(g0, 0) - COALESCE(g90, 0)) / NULLIF(COALESCE(a0, 0) - COALESCE(a90, 0), 0) AS data_90,
-        (COALESCE(g30, 0) - COALESCE(g90, 0)) / NULLIF(COALESCE(a30, 0) - COALESCE(a90, 0), 0) AS data_base,
-        (COALESCE(g7, 0) - COALESCE(g90, 0)) / NULLIF(COALESCE(a7, 0) - COALESCE(a90, 0), 0) AS data_base7,
-        (COALESCE(v0, 0) - COALESCE(v7, 0)) / NULLIF(COALESCE(a0, 0) - COALESCE(a7, 0), 0) AS voice_7,
-        (COALESCE(v0, 0) - COALESCE(v14, 0)) / NULLIF(COALESCE(a0, 0) - COALESCE(a14, 0), 0) AS voice_14,
-        (COALESCE(v0, 0) - COALESCE(v30, 0)) / NULLIF(COALESCE(a0, 0) - COALESCE(a30, 0), 0) AS voice_30,
-        (COALESCE(v0, 0) - COALESCE(v90, 0)) / NULLIF(COALESCE(a0, 0) - COALESCE(a90, 0), 0) AS voice_90,
-        (COALESCE(v30, 0) - COALESCE(v90, 0)) / NULLIF(COALESCE(a30, 0) - COALESCE(a90, 0), 0) AS voice_base,
-        (COALESCE(v7, 0) - COALESCE(v90, 0)) / NULLIF(COALESCE(a7, 0) - COALESCE(a90, 0), 0) AS voice_base7
-    FROM c90
+        CAST(g7 AS DOUBLE) / 1e9 / NULLIF(a7, 0) AS data_7,
+        CAST(g14 AS DOUBLE) / 1e9 / NULLIF(a14, 0) AS data_14,
+        CAST(g30 AS DOUBLE) / 1e9 / NULLIF(a30, 0) AS data_30,
+        CAST(g90 AS DOUBLE) / 1e9 / NULLIF(a90, 0) AS data_90,
+        CAST(g90 - g30 AS DOUBLE) / 1e9 / NULLIF(a90 - a30, 0) AS data_base,
+        CAST(g90 - g7 AS DOUBLE) / 1e9 / NULLIF(a90 - a7, 0) AS data_base7,
+        CAST(v7 AS DOUBLE) / 1e9 / NULLIF(a7, 0) AS voice_7,
+        CAST(v14 AS DOUBLE) / 1e9 / NULLIF(a14, 0) AS voice_14,
+        CAST(v30 AS DOUBLE) / 1e9 / NULLIF(a30, 0) AS voice_30,
+        CAST(v90 AS DOUBLE) / 1e9 / NULLIF(a90, 0) AS voice_90,
+        CAST(v90 - v30 AS DOUBLE) / 1e9 / NULLIF(a90 - a30, 0) AS voice_base,
+        CAST(v90 - v7 AS DOUBLE) / 1e9 / NULLIF(a90 - a7, 0) AS voice_base7
+    FROM windows
 ),
 ratios AS (
     SELECT

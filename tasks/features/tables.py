@@ -6,6 +6,11 @@ a chunk of days to a staging area, checks the contract of every table on the chu
 (volume against the day before it), and only then moves the files into place, one
 ``os.replace`` per file: a reader sees a day's old file or its new one, never a mix, and a day
 that fails its contract is never published.
+
+The two usage views are built one day at a time from that day's usage windows, which the build
+carries from the day before instead of re-reading 90 days of usage (``tasks/features/windows.py``:
+the state, its fingerprints and what invalidates it); the other views recompute their chunk from
+the source. Every partition is written whole and moved into place, never appended to.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from tasks.data.sources import create_spine, register_sources, source_date_range
 from tasks.features.feast_offline import PARTITION_KEY, partition_files
 from tasks.features.redis_online import materialize_views
 from tasks.features.store import check_online_store, open_store
+from tasks.features.windows import WINDOW_TABLES, UsageWindows, write_relation
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,8 @@ FEATURE_TABLES = (
     "subscriber_usage_90d",
 )
 """Feature tables in build order; each is built by ``sql/features/<name>.sql`` and read by the Feast view of that name."""
+CHUNK_TABLES = tuple(name for name in FEATURE_TABLES if name not in WINDOW_TABLES)
+"""Feature tables recomputed from the source for a whole chunk of days in one query."""
 LOOKBACK_DAYS = 91
 """Days of source history the longest feature window needs (90 days before the snapshot day, and the day itself)."""
 
@@ -155,7 +163,9 @@ def build_feature_tables(
     Grain of each table: one row per (subscriber_id, snapshot_ts) for subscribers in service that
     day. ``start``/``end`` default to the source's first/last day. ``specs`` are the contracts to
     enforce (default: from the Feast registry; ``{}`` skips them, for tests of the SQL alone).
-    Days are built in chunks of ``chunk_days`` so memory follows the chunk, not the history.
+    Days are built in chunks of ``chunk_days`` so memory follows the chunk, not the history; the
+    usage views step from the day before (``tasks/features/windows.py``), so their cost per day
+    does not grow with the window either.
 
     Raises:
         DataContractError: a table broke its contract on a chunk's newest day; nothing of that
@@ -178,12 +188,13 @@ def build_feature_tables(
         memory_limit=settings.duckdb_memory_limit, spill_dir=settings.home / "tmp" / "duckdb"
     )
     register_sources(con, settings.source_dir)
+    windows = UsageWindows(con, settings, start, end)
     chunk_start = start
     while chunk_start <= end:
         chunk_end = min(end, chunk_start + timedelta(days=chunk_days - 1))
         staging = settings.home / "tmp" / "staging" / uuid.uuid4().hex
         try:
-            counts = _stage_chunk(con, chunk_start, chunk_end, staging)
+            counts = _stage_chunk(con, chunk_start, chunk_end, staging, windows)
             reports += _check_day(
                 settings,
                 specs,
@@ -194,21 +205,28 @@ def build_feature_tables(
             for name in FEATURE_TABLES:
                 _publish(staging / name, settings.features_dir / name)
                 rows[name] += counts[name]
+            # States last: a crash in between leaves partitions without a state (a scratch
+            # build next time), never a state ahead of the tables.
+            windows.publish(staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if progress:
             progress((chunk_end - chunk_start).days + 1)
         chunk_start = chunk_end + timedelta(days=1)
+    windows.prune()
     return BuildSummary(start, end, rows, settings.features_dir, reports)
 
 
-def _stage_chunk(con, start: date, end: date, staging: Path) -> dict[str, int]:
+def _stage_chunk(
+    con, start: date, end: date, staging: Path, windows: UsageWindows
+) -> dict[str, int]:
+    """Write every table's partitions of ``[start, end]`` (and the usage states to keep) to ``staging``."""
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     staging.mkdir(parents=True)
     create_spine(con, days)
     params = {"start_date": start, "end_date": end}
-    counts = {}
-    for name in FEATURE_TABLES:
+    counts = dict.fromkeys(FEATURE_TABLES, 0)
+    for name in CHUNK_TABLES:
         query = load_sql(f"features/{name}").strip().rstrip(";")
         relation = con.sql(
             f"SELECT * FROM ({query}) ORDER BY snapshot_date, subscriber_id",
@@ -224,7 +242,30 @@ def _stage_chunk(con, start: date, end: date, staging: Path) -> dict[str, int]:
         counts[name] = sum(
             pq.ParquetFile(f).metadata.num_rows for f in (staging / name).glob("*/*.parquet")
         )
+    for day in days:
+        windows.advance_to(day)
+        windows.stage(day, staging)
+        for name in WINDOW_TABLES:
+            counts[name] += _write_day(con, name, day, staging / name)
     return counts
+
+
+def _write_day(con, name: str, day: date, table_dir: Path) -> int:
+    """One day's partition of a table built from ``usage_windows``, rows ordered by subscriber_id;
+    a day with nobody in service gets no partition (as a partitioned write gives none)."""
+    query = load_sql(f"features/{name}").strip().rstrip(";")
+    path = table_dir / f"{PARTITION_KEY}={day.isoformat()}" / "part_0.parquet"
+    path.parent.mkdir(parents=True)
+    rows = write_relation(
+        con.sql(
+            f"SELECT * EXCLUDE ({PARTITION_KEY}) FROM ({query}) ORDER BY subscriber_id",
+            params={"snapshot_date": day},
+        ),
+        path,
+    )
+    if not rows:
+        shutil.rmtree(path.parent)
+    return rows
 
 
 def _check_day(
