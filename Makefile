@@ -44,6 +44,8 @@ integration: setup
 bench: setup
 	$(PY) bench/simulate.py
 	$(PY) bench/features.py
+	$(PY) bench/feature_day.py
+	$(PY) bench/materialize.py
 	$(PY) bench/train.py
 	$(PY) bench/score.py
 	$(PY) bench/monitor.py
