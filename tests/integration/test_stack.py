@@ -499,11 +499,13 @@ def _high_risk_top(home: Path, day: date) -> dict[str, str]:
         return next(csv.DictReader(handle))
 
 
-def _champion_log_rows(env: dict, day: date) -> tuple[int, int]:
-    """(rows, distinct subscribers) of the day's champion predictions, read as an auditor would."""
+def _champion_log_rows(env: dict, day: date, version: int) -> tuple[int, int]:
+    """(rows, distinct subscribers) of the day's predictions by champion ``version``, read as an
+    auditor would (earlier champions' predictions of the same day stay in the log: each model's
+    own)."""
     query = (
         "SELECT count(*) AS n, count(DISTINCT subscriber_id) AS s FROM predictions "
-        f"WHERE score_date = DATE '{day}' AND role = 'champion'"
+        f"WHERE score_date = DATE '{day}' AND role = 'champion' AND model_version = {version}"
     )
     out = subprocess.run(
         [sys.executable, "-m", "flows", "audit", "sql", query, "--format", "csv"],
@@ -583,7 +585,8 @@ def test_postgresql_restarted_during_a_scoring_run_then_a_rerun_gives_the_same_f
     day = DAY
     csv_file = stack["home"] / "retention" / f"high_risk_{day}.csv"
     before = csv_file.read_bytes()
-    rows_before = _champion_log_rows(stack["env"], day)
+    version = int(_high_risk_top(stack["home"], day)["model_version"])
+    rows_before = _champion_log_rows(stack["env"], day, version)
     assert rows_before[0] == rows_before[1] > 0
 
     deployment_id = _deployment_ids(stack["api"], ["score-nightly"])["score-nightly"]
@@ -606,7 +609,7 @@ def test_postgresql_restarted_during_a_scoring_run_then_a_rerun_gives_the_same_f
         assert rerun["state_type"] == "COMPLETED", rerun["state"]
 
     assert csv_file.read_bytes() == before
-    assert _champion_log_rows(stack["env"], day) == rows_before
+    assert _champion_log_rows(stack["env"], day, version) == rows_before
     verify = subprocess.run(
         [sys.executable, "-m", "flows", "audit", "verify"],
         env=stack["env"], capture_output=True, text=True, timeout=120, check=False,
