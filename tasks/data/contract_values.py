@@ -6,10 +6,27 @@ categories, minimum and maximum, and for a dated table a newest day equal to the
 (rows dated after it are counted), with counts and examples of the rows that break each. Dates
 are profiled as day numbers. :func:`type_family` is how :mod:`tasks.data.contracts` compares
 types (by family, not by exact Arrow type).
+
+How the profile is made without per-value Python (whylogs 1.6.4 splits a pandas column with
+per-value ``apply`` calls: ``np.isinf`` on every float, ~1 s per 1M-row column, and a condition
+count calls its predicate on every value):
+
+* whylogs profiles each column's *present* values (no null, no NaN) as a column declared
+  ``ColumnProperties.homogeneous``, its public fast path: numbers go straight to the ``counts``,
+  ``types`` and ``distribution`` metrics (KLL keeps the exact minimum and maximum);
+* what that path does not count is counted exactly with pyarrow and added to the profile as
+  whylogs metrics of a second view merged into the first: the missing values in ``counts``
+  (``n``, ``null``, ``nan``, ``inf`` as whylogs' own pandas path would count them) and one
+  ``condition_count`` metric per column whose matches (rows below ``min``, above ``max``, outside
+  the allowed values, dated after the expected day) are the vectorised form of its conditions.
+
+The constraints are then evaluated by whylogs on that view as before, so the report's summaries
+are where the violation counts are read from.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,8 +34,10 @@ from datetime import date, timedelta
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.core.errors import ContractViolation
 from tasks.core.schema import Column, TableSpec
@@ -71,11 +90,32 @@ class _WhylogsRule:
     detail: Callable[[DatasetProfileView], str]
 
 
+@dataclass(frozen=True)
+class _Values:
+    """A checked column in the form whylogs profiles (day numbers, 0/1, strings), split up.
+
+    ``present`` holds the values that are neither null nor NaN, in row order; ``nan`` and
+    ``floating`` say what whylogs' own pandas path would have seen: arrow turns an integer (or
+    0/1, or day-number) column with a null into a float column in pandas, whose nulls are NaN.
+    """
+
+    present: pa.ChunkedArray
+    missing: int
+    nan: int
+    inf: int
+    floating: bool
+
+    @property
+    def string(self) -> bool:
+        return pa.types.is_string(self.present.type)
+
+
 @dataclass
 class _ColumnPlan:
-    """The conditions and constraints for one profiled column."""
+    """The conditions, their exact match counts and the constraints for one profiled column."""
 
     conditions: dict[str, Any] = field(default_factory=dict)  # condition name → whylogs Condition
+    matches: dict[str, int] = field(default_factory=dict)  # condition name → matching values
     rules: list[_WhylogsRule] = field(default_factory=list)
 
 
@@ -93,12 +133,14 @@ def whylogs_checks(
         return _empty_table_freshness(spec, checked, expected_latest), [], None
 
     disable_telemetry()
-    import whylogs as why
     from whylogs.core.constraints import ConstraintsBuilder
 
-    plans = {name: _plan_column(spec, spec.column(name), expected_latest) for name in checked}
-    frame = _profile_frame(checked)
-    view = why.log(pandas=frame, schema=_schema(plans, checked)).view()
+    values = {name: _split(array) for name, array in checked.items()}
+    plans = {
+        name: _plan_column(spec, spec.column(name), expected_latest, values[name])
+        for name in checked
+    }
+    view = _profile(values).merge(_counted_view(values, plans))
 
     rules = [rule for plan in plans.values() for rule in plan.rules]
     if not rules:
@@ -122,14 +164,26 @@ def whylogs_checks(
     return violations, report, view
 
 
-def _plan_column(spec: TableSpec, col: Column, expected_latest: date | None) -> _ColumnPlan:
-    """The whylogs conditions and constraints that encode ``col``'s rules."""
+def _plan_column(
+    spec: TableSpec, col: Column, expected_latest: date | None, values: _Values
+) -> _ColumnPlan:
+    """The whylogs conditions and constraints that encode ``col``'s rules, with exact counts.
+
+    A condition is a violation predicate (as whylogs' ``Condition`` states it) and its count, the
+    number of present values it matches, is computed with pyarrow over ``values.present``: the
+    same predicate, vectorised. Nulls and NaN are never compared (not_null counts them).
+    """
     from whylogs.core.constraints.factories import no_missing_values
     from whylogs.core.metrics.condition_count_metric import Condition
 
     plan = _ColumnPlan()
     name = col.name
-    family = type_family(col.type)
+    present = values.present
+
+    def condition(key: str, relation: Callable[[Any], bool], mask: pa.ChunkedArray) -> None:
+        plan.conditions[key] = Condition(relation=relation)
+        plan.matches[key] = int(pc.sum(mask).as_py() or 0) if len(mask) else 0
+
     if not col.nullable:
         plan.rules.append(
             _WhylogsRule(
@@ -141,14 +195,9 @@ def _plan_column(spec: TableSpec, col: Column, expected_latest: date | None) -> 
             )
         )
 
-    # Conditions are violation predicates, counted with condition_never_meets: whylogs updates
-    # a counter per *matching* value, so matching the rare bad values instead of the common
-    # good ones halves the cost. The predicates cannot raise on what they are given (numbers
-    # against numbers, hashable strings against a set; nulls never reach them), which matters
-    # because whylogs swallows a predicate's exception and would count the value as valid.
-    numeric = family in ("integer", "floating")
+    numeric = type_family(col.type) in ("integer", "floating")
     if numeric and col.min is not None:
-        plan.conditions["below_min"] = Condition(relation=partial(operator.gt, col.min))
+        condition("below_min", partial(operator.gt, col.min), _compare(pc.less, present, col.min))
         plan.rules.append(
             _never_rule(
                 name,
@@ -159,7 +208,9 @@ def _plan_column(spec: TableSpec, col: Column, expected_latest: date | None) -> 
             )
         )
     if numeric and col.max is not None:
-        plan.conditions["above_max"] = Condition(relation=partial(operator.lt, col.max))
+        condition(
+            "above_max", partial(operator.lt, col.max), _compare(pc.greater, present, col.max)
+        )
         plan.rules.append(
             _never_rule(
                 name,
@@ -170,22 +221,20 @@ def _plan_column(spec: TableSpec, col: Column, expected_latest: date | None) -> 
             )
         )
     if col.allowed is not None:
-        offenders: list[Any] = []
-        plan.conditions["not_allowed"] = Condition(
-            relation=_not_allowed(frozenset(col.allowed), offenders)
-        )
+        allowed = frozenset(col.allowed)
+        condition("not_allowed", partial(_not_in, allowed), _not_allowed(present, allowed))
         plan.rules.append(
             _never_rule(
                 name,
                 "allowed_values",
                 "not_allowed",
                 f"{name} in allowed values {sorted(col.allowed)}",
-                lambda _view: _examples(sorted(map(str, offenders))),
+                lambda _view: _offenders(present, allowed),
             )
         )
     if name == spec.date_column and expected_latest is not None:
         day = _day_number(expected_latest)
-        plan.conditions["after_expected"] = Condition(relation=partial(operator.lt, day))
+        condition("after_expected", partial(operator.lt, day), pc.greater(present, day))
         plan.rules.append(_freshness_rule(name, expected_latest))
     return plan
 
@@ -204,21 +253,36 @@ def _never_rule(
     return _WhylogsRule(column, rule, constraint, count=lambda s: s[condition], detail=detail)
 
 
-def _not_allowed(allowed: frozenset[str], offenders: list[Any]) -> Callable[[Any], bool]:
-    """Violation predicate for ``allowed_values`` that also keeps the first few offenders.
+def _not_in(allowed: frozenset[str], value: Any) -> bool:
+    """The ``allowed_values`` violation predicate (``_not_allowed`` is its vectorised form)."""
+    return value not in allowed
 
-    A closure, not a ``partial``: whylogs deep-copies its schema, which would copy a partial's
-    list argument, while functions are copied by reference and keep filling ``offenders``.
+
+def _compare(
+    op: Callable[..., pa.ChunkedArray], present: pa.ChunkedArray, bound: float
+) -> pa.ChunkedArray:
+    """``present <op> bound`` compared exactly, as Python compares a number with the bound.
+
+    Floats are compared as float64 (a float32 value widened, never the bound narrowed); integers
+    with the bound rounded toward them (``x < 0.5`` ⇔ ``x < 1``), so no integer is ever rounded.
     """
+    if pa.types.is_integer(present.type) and math.isfinite(bound):
+        rounded = math.ceil(bound) if op is pc.less else math.floor(bound)
+        return op(present.cast(pa.int64()), pa.scalar(rounded, pa.int64()))
+    return op(present.cast(pa.float64(), safe=False), pa.scalar(float(bound), pa.float64()))
 
-    def not_allowed(value: Any) -> bool:
-        if value in allowed:
-            return False
-        if len(offenders) < MAX_EXAMPLES and value not in offenders:
-            offenders.append(value)
-        return True
 
-    return not_allowed
+def _not_allowed(present: pa.ChunkedArray, allowed: frozenset[str]) -> pa.ChunkedArray:
+    """True where a present value is not one of ``allowed`` (anything but a string never is)."""
+    if not pa.types.is_string(present.type):
+        return pc.is_valid(present)  # numbers are never equal to the allowed strings
+    return pc.invert(pc.is_in(present, value_set=pa.array(sorted(allowed), pa.string())))
+
+
+def _offenders(present: pa.ChunkedArray, allowed: frozenset[str]) -> str:
+    """'e.g. ...' with the first few distinct values outside ``allowed``, in row order."""
+    offending = pc.unique(present.filter(_not_allowed(present, allowed)))
+    return _examples(sorted(map(str, offending.slice(0, MAX_EXAMPLES).to_pylist())))
 
 
 def _freshness_rule(column: str, expected: date) -> _WhylogsRule:
@@ -295,48 +359,113 @@ def _examples(values: list[str]) -> str:
     return "e.g. " + ", ".join(repr(v) for v in values[:MAX_EXAMPLES]) if values else ""
 
 
-def _profile_frame(checked: dict[str, pa.ChunkedArray]) -> pd.DataFrame:
-    """The checked columns as a pandas frame whylogs can profile quickly and exactly.
+def _split(array: pa.ChunkedArray) -> _Values:
+    """The column as whylogs profiles it (day numbers, 0/1, strings), split into present values
+    and counts of the missing ones (see :class:`_Values`).
 
-    * strings → ``StringDtype("python")``: whylogs takes its vectorised path for str dtypes
-      (object columns go through six per-value ``apply`` calls: 7x slower);
-    * dates and timestamps → day numbers (days since 1970-01-01) and booleans → int8: whylogs
-      1.6.4 cannot type datetime/bool dtypes under NumPy 2 (``np.unicode_``) and treats
-      integers vectorised; freshness compares day numbers.
+    whylogs 1.6.4 cannot type datetime/bool dtypes under NumPy 2 (``np.unicode_``), hence day
+    numbers and int8; freshness compares day numbers.
     """
-    data = {}
-    for name, array in checked.items():
-        family = type_family(array.type)
-        if family == "string":
-            data[name] = array.cast(pa.string()).to_pandas(
-                types_mapper={pa.string(): pd.StringDtype("python")}.get
+    family = type_family(array.type)
+    if family == "string":
+        array = array.cast(pa.string())
+    elif family in ("date", "timestamp"):
+        array = day_numbers(array)
+    elif family == "boolean":
+        array = array.cast(pa.int8())
+    inf = 0
+    if pa.types.is_floating(array.type):
+        present = array.filter(pc.invert(pc.is_nan(array)))  # a null mask entry drops the row
+        inf = int(pc.sum(pc.is_inf(present)).as_py() or 0) if len(present) else 0
+    else:
+        present = array.drop_null()
+    missing = len(array) - len(present)
+    string = family == "string"
+    return _Values(
+        present=present,
+        missing=missing,
+        # pandas holds a numeric column's nulls as NaN, and whylogs counts those NaN as NaN.
+        nan=0 if string else missing,
+        inf=inf,
+        floating=not string and (pa.types.is_floating(array.type) or missing > 0),
+    )
+
+
+def _profile(values: dict[str, _Values]) -> DatasetProfileView:
+    """whylogs' profile of the present values: each column tracked alone as a homogeneous one."""
+    from whylogs.core import DatasetProfile
+
+    profile = DatasetProfile(_schema(values))
+    for name, column in values.items():
+        if len(column.present):
+            profile.track(pandas=pd.DataFrame({name: _series(column)}))
+    return profile.view()
+
+
+def _series(column: _Values) -> pd.Series:
+    """Present values with a fresh RangeIndex (whylogs' homogeneous path reads ``series[0]``).
+
+    Strings as ``StringDtype("python")`` (whylogs' vectorised str path); numbers as float64 or
+    int64, the dtype whylogs' pandas path would have typed them by (``types`` counts the same).
+    """
+    if column.string:
+        return column.present.to_pandas(types_mapper={pa.string(): _dtype(column)}.get)
+    return pd.Series(column.present.to_numpy().astype(_dtype(column), copy=False))
+
+
+def _dtype(column: _Values) -> Any:
+    if column.string:
+        return pd.StringDtype("python")
+    return np.dtype(np.float64 if column.floating else np.int64)
+
+
+def _counted_view(values: dict[str, _Values], plans: dict[str, _ColumnPlan]) -> DatasetProfileView:
+    """A view of what the homogeneous path leaves uncounted, counted with pyarrow, as whylogs
+    metrics: the missing values (``counts``) and the conditions' matches (``condition_count``)."""
+    from whylogs.core.metrics.column_metrics import ColumnCountsMetric
+    from whylogs.core.metrics.condition_count_metric import ConditionCountMetric
+    from whylogs.core.metrics.metric_components import IntegralComponent
+    from whylogs.core.view.column_profile_view import ColumnProfileView
+    from whylogs.core.view.dataset_profile_view import DatasetProfileView
+
+    columns = {}
+    for name, column in values.items():
+        metrics: dict[str, Any] = {
+            "counts": ColumnCountsMetric(
+                n=IntegralComponent(column.missing),
+                null=IntegralComponent(column.missing),
+                nan=IntegralComponent(column.nan),
+                inf=IntegralComponent(column.inf),
             )
-        elif family in ("date", "timestamp"):
-            data[name] = day_numbers(array).to_pandas()
-        elif family == "boolean":
-            data[name] = array.cast(pa.int8()).to_pandas()
-        else:
-            data[name] = array.to_pandas()
-    return pd.DataFrame(data)
+        }
+        plan = plans[name]
+        if plan.conditions:
+            metrics["condition_count"] = ConditionCountMetric(
+                conditions=dict(plan.conditions),
+                total=IntegralComponent(len(column.present)),
+                matches={key: IntegralComponent(n) for key, n in plan.matches.items()},
+            )
+        columns[name] = ColumnProfileView(metrics=metrics)
+    return DatasetProfileView(columns=columns, dataset_timestamp=None, creation_timestamp=None)
 
 
-def _schema(plans: dict[str, _ColumnPlan], checked: dict[str, pa.ChunkedArray]) -> Any:
-    """A whylogs ``DeclarativeSchema`` with only the metrics the rules read (plus types)."""
+def _schema(values: dict[str, _Values]) -> Any:
+    """A whylogs ``DeclarativeSchema`` with only the metrics the rules read (plus types), every
+    column declared homogeneous (no missing values: those are counted apart)."""
     from whylogs.core.metrics import StandardMetric
+    from whylogs.core.preprocessing import ColumnProperties
     from whylogs.core.resolvers import MetricSpec, ResolverSpec
     from whylogs.core.schema import DeclarativeSchema
-    from whylogs.core.specialized_resolvers import ConditionCountMetricSpec
 
-    resolvers = []
-    for name, plan in plans.items():
+    resolvers, types = [], {}
+    for name, column in values.items():
         metrics = [MetricSpec(StandardMetric.counts.value), MetricSpec(StandardMetric.types.value)]
-        if type_family(checked[name].type) != "string":
+        if not column.string:
             # Exact min/max (KLL keeps both extremes exactly) for the details and monitoring.
             metrics.append(MetricSpec(StandardMetric.distribution.value))
-        if plan.conditions:
-            metrics.append(ConditionCountMetricSpec(dict(plan.conditions)))
         resolvers.append(ResolverSpec(column_name=name, metrics=metrics))
-    return DeclarativeSchema(resolvers, type_mapper=_type_mapper())
+        types[name] = (_dtype(column), ColumnProperties.homogeneous)
+    return DeclarativeSchema(resolvers, types=types, type_mapper=_type_mapper())
 
 
 @lru_cache(maxsize=1)

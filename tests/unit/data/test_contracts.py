@@ -396,3 +396,44 @@ def test_source_dir_reads_parquet_types_back(tmp_path: Path) -> None:
     _write_source_dir(tmp_path, {DAY: 3})
     written = pq.read_table(table_path(tmp_path, SUBSCRIBERS))
     assert check_table(SUBSCRIBERS, written).passed
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # whylogs' variance of a column with inf
+def test_profile_counts_missing_values_and_extremes() -> None:
+    # the profile behind the report counts every row: present values, nulls, NaN and inf
+    spec = TableSpec(
+        name="features_y",
+        grain="one row per subscriber",
+        keys=("subscriber_id",),
+        columns=(
+            Column("subscriber_id", pa.int64(), min=1, max=10),
+            Column("score", pa.float32(), nullable=True, min=0.0, max=1.0),
+            Column("calls", pa.int32(), nullable=True, max=5),
+        ),
+    )
+    data = pa.table(
+        {
+            "subscriber_id": pa.array([1, 2, 3, 4, 11], pa.int64()),
+            "score": pa.array([0.5, None, float("nan"), float("inf"), -0.5], pa.float32()),
+            "calls": pa.array([1, None, 7, 2, 3], pa.int32()),
+        }
+    )
+    report = check_table(spec, data)
+    found = {(v.column, v.rule, v.count) for v in report.violations}
+    assert found == {
+        ("subscriber_id", "max", 1),  # 11
+        ("score", "min", 1),  # -0.5; NaN and null are not compared
+        ("score", "max", 1),  # inf
+        ("calls", "max", 1),  # 7
+    }
+    assert report.profile is not None
+    score = report.profile.get_column("score")
+    counts = score.get_metric("counts").to_summary_dict()
+    assert (counts["n"], counts["null"], counts["nan"], counts["inf"]) == (5, 2, 2, 1)
+    distribution = score.get_metric("distribution")
+    assert (distribution.min, distribution.max) == (-0.5, float("inf"))
+    # an integer column with a null is a float column to pandas, and typed so, as whylogs did
+    calls = report.profile.get_column("calls").get_metric("types").to_summary_dict()
+    ids = report.profile.get_column("subscriber_id").get_metric("types").to_summary_dict()
+    assert (calls["fractional"], calls["integral"]) == (4, 0)
+    assert (ids["fractional"], ids["integral"]) == (0, 5)
