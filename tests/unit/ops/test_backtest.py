@@ -172,6 +172,23 @@ def test_every_policy_named_in_the_issue_and_the_deployed_default():
     )
 
 
+def _noisy_nights(shift: date, gap: float, rng: np.random.Generator) -> pd.DataFrame:
+    """130 nights from ``shift``: ``nightly`` ``gap`` above ``none``, ``deployed`` 80 % of it, each
+    with its own noise on top of a shared nightly level."""
+    rows = []
+    for i in range(130):
+        day = shift + timedelta(days=i)
+        base = 0.11 + rng.normal(0, 0.01)
+        noise = rng.normal(0, 0.01, size=2)
+        for policy, p in (
+            ("none", base),
+            ("nightly", base + gap + noise[0]),
+            ("deployed", base + 0.8 * gap + noise[1]),
+        ):
+            rows.append({"policy": policy, "score_date": day, "precision_at_k": p})
+    return pd.DataFrame(rows)
+
+
 def test_recovered_share_interval_says_when_the_gap_is_noise():
     shift = date(2026, 8, 6)
     exact = recovered_share_interval(_realized(shift), "drift-matured", shift)
@@ -182,18 +199,7 @@ def test_recovered_share_interval_says_when_the_gap_is_noise():
     rng = np.random.default_rng(1)
 
     def world(gap: float) -> pd.DataFrame:
-        rows = []
-        for i in range(130):
-            day = shift + timedelta(days=i)
-            base = 0.11 + rng.normal(0, 0.01)
-            noise = rng.normal(0, 0.01, size=2)
-            for policy, p in (
-                ("none", base),
-                ("nightly", base + gap + noise[0]),
-                ("deployed", base + 0.8 * gap + noise[1]),
-            ):
-                rows.append({"policy": policy, "score_date": day, "precision_at_k": p})
-        return pd.DataFrame(rows)
+        return _noisy_nights(shift, gap, rng)
 
     clear = recovered_share_interval(world(0.03), "deployed", shift)
     assert clear.gap_credible and clear.low < clear.share < clear.high
@@ -211,20 +217,7 @@ def test_recovered_share_interval_pools_worlds_without_mixing_their_nights():
     rng = np.random.default_rng(3)
 
     def world(seed: int, gap: float) -> pd.DataFrame:
-        rows = []
-        for i in range(130):
-            day = shift + timedelta(days=i)
-            base = 0.11 + rng.normal(0, 0.01)
-            noise = rng.normal(0, 0.01, size=2)
-            for policy, p in (
-                ("none", base),
-                ("nightly", base + gap + noise[0]),
-                ("deployed", base + 0.8 * gap + noise[1]),
-            ):
-                rows.append(
-                    {"world": seed, "policy": policy, "score_date": day, "precision_at_k": p}
-                )
-        return pd.DataFrame(rows)
+        return _noisy_nights(shift, gap, rng).assign(world=seed)
 
     one = recovered_share_interval(world(7, 0.01), "deployed", shift)
     three = recovered_share_interval(
