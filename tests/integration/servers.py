@@ -118,6 +118,16 @@ class RedisServer:
         self.process = None
 
 
+def _running(server, directory: Path):
+    """Start ``server``, hand it to the session, then stop it and remove its folder."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A real Redis on 127.0.0.1 (password set), for the session."""
@@ -127,13 +137,7 @@ def redis_server() -> Iterator[RedisServer]:
             "redis-server is not installed (`.ci/run` installs it: apt-get install redis-server)"
         )
     directory = Path(tempfile.mkdtemp(prefix="churn-redis-"))
-    server = RedisServer(binary, directory)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from _running(RedisServer(binary, directory), directory)
 
 
 # ----------------------------------------------------------------------------- PostgreSQL
@@ -255,9 +259,4 @@ def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer(bin_dir, directory, run_as)
     server._own(directory)
     server.init()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from _running(server, directory)
