@@ -20,7 +20,7 @@ import time
 from collections.abc import Collection, Iterable
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -99,6 +99,47 @@ def peak_rss_bytes() -> int:
     if Path("/proc/self/status").exists():
         return _proc_status_bytes("VmHWM")["VmHWM"]
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class TreePeakRss:
+    """Samples the resident memory of this process and all its descendants together (every
+    50 ms, in a thread), for work done in other processes such as Dask workers, whose memory
+    VmHWM does not see; keeps the maximum of the sum."""
+
+    def __init__(self, every_s: float = 0.05) -> None:
+        import threading
+
+        import psutil
+
+        self._process = psutil.Process()
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.peak = 0
+
+    def _total(self) -> int:
+        import psutil
+
+        total = 0
+        for proc in [self._process, *self._process.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:  # gone between the listing and the reading
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._total())
+            self._stop.wait(self._every_s)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def memory_now() -> tuple[int, int]:

@@ -15,7 +15,14 @@ its own:
                   windows step from it (``usage_windows_step.sql``), reading five days of usage;
 * previous code — with ``--previous DIR``: the same day built by an earlier version of the code
                   imported from DIR (``git archive <rev> tasks sql feature_repo | tar -x -C DIR``),
-                  e.g. the running totals and ASOF joins over 90 days that came before the state.
+                  e.g. the running totals and ASOF joins over 90 days that came before the state;
+* incremental, N shards / on Dask, W workers — with ``--shards N`` (and ``--dask-workers W...``):
+                  the incremental day split into N subscriber-id ranges
+                  (``CHURN_FEATURE_SHARD_SUBSCRIBERS``), built one after the other in the process,
+                  then on a LocalCluster of W worker processes (``CHURN_FEATURE_RUNNER=dask``,
+                  DuckDB threads = cores / W each). The cluster starts inside the timed build, as
+                  a night's does. Peak RSS there is the sampled sum over the process and its
+                  descendants (the workers, the nannies), not VmHWM.
 
 Every build is the whole ``build_feature_tables``: all five tables of feature service v2, their
 contracts (whylogs) and the publish; "of which contracts" is the time spent checking contracts.
@@ -39,6 +46,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from common import (
     START,
+    TreePeakRss,
     gib,
     new_table,
     peak_rss_bytes,
@@ -72,7 +80,8 @@ def child(step: str, home: Path, day: date) -> None:
     load_before = os.getloadavg()[0]
     began = time.perf_counter()
     cpu_began = time.process_time()
-    summary = build_feature_tables(settings, day, day)
+    with TreePeakRss() as tree:
+        summary = build_feature_tables(settings, day, day)
     seconds = time.perf_counter() - began
     report_to_parent(
         {
@@ -80,7 +89,7 @@ def child(step: str, home: Path, day: date) -> None:
             "cpu_seconds": time.process_time() - cpu_began,
             "contract_seconds": sum(r.seconds for r in summary.contracts),
             "rows": summary.rows["subscriber_profile"],
-            "peak_rss": peak_rss_bytes(),
+            "peak_rss": max(peak_rss_bytes(), tree.peak),
             "load": [load_before, os.getloadavg()[0]],
         }
     )
@@ -137,15 +146,21 @@ def _fresh_root(root: Path, world: Path) -> None:
         source.symlink_to((world / "source").resolve(), target_is_directory=True)
 
 
+def _folder(path: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in path)
+
+
 def _same(equal: bool | None) -> str:
     return "—" if equal is None else ("yes" if equal else "NO")
 
 
-def _run(step: str, home: Path, day: date, code: Path | None = None) -> dict:
-    """``step`` in a child; with ``code``, the child imports ``tasks`` from there instead."""
-    saved = os.environ.get("PYTHONPATH")
-    if code is not None:
-        os.environ["PYTHONPATH"] = str(code.resolve())
+def _run(
+    step: str, home: Path, day: date, code: Path | None = None, env: dict[str, str] | None = None
+) -> dict:
+    """``step`` in a child with ``env`` set; with ``code``, the child imports ``tasks`` from there."""
+    env = {**(env or {}), **({"PYTHONPATH": str(code.resolve())} if code is not None else {})}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         return run_child(
             __file__,
@@ -153,10 +168,34 @@ def _run(step: str, home: Path, day: date, code: Path | None = None) -> dict:
             failure=f"{step} failed at {home}",
         )
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _split_paths(world: Path, shards: int, workers: list[int]) -> dict[str, dict[str, str]]:
+    """The sharded incremental paths and the settings each runs with: ``shards`` equal ranges
+    of the world's ids (arrivals included)."""
+    if shards < 2:
+        return {}
+    import pyarrow.compute as pc
+
+    from tasks.core.layout import table_path
+    from tasks.core.schema import SOURCE_TABLES
+
+    path = table_path(world / "source", SOURCE_TABLES["subscribers"])
+    max_id = pc.max(pq.read_table(path, columns=["subscriber_id"])["subscriber_id"]).as_py()
+    split = {"CHURN_FEATURE_SHARD_SUBSCRIBERS": str(-(-max_id // shards))}
+    paths = {f"incremental, {shards} shards": split}
+    for w in workers:
+        paths[f"incremental, {shards} shards on Dask, {w} worker{'s' if w > 1 else ''}"] = {
+            **split,
+            "CHURN_FEATURE_RUNNER": "dask",
+            "CHURN_MODEL_THREADS": str(w),
+        }
+    return paths
 
 
 def main() -> None:
@@ -173,6 +212,12 @@ def main() -> None:
         type=Path,
         help="a copy of an earlier version's tasks/, sql/, feature_repo/ (e.g. `git archive "
         "<rev> tasks sql feature_repo | tar -x -C DIR`): its build of the day is measured too",
+    )
+    parser.add_argument(
+        "--shards", type=int, default=1, help="also the incremental day in N shards"
+    )
+    parser.add_argument(
+        "--dask-workers", type=int, nargs="*", default=[], help="with --shards: on Dask, W workers"
     )
     parser.add_argument("--child")
     parser.add_argument("--home", type=Path)
@@ -206,22 +251,25 @@ def main() -> None:
         day = args.day or START + timedelta(days=args.days - 1)
         base = args.workdir / f"feature_day_{size}"
         results, same = {}, {}
-        paths = [*PATHS, *(["previous code"] if args.previous else [])]
+        split = _split_paths(world, args.shards, args.dask_workers)
+        paths = [*PATHS, *(["previous code"] if args.previous else []), *split]
         for path in paths:
-            root = base / path.replace(" ", "_")
+            root = base / _folder(path)
             code = args.previous if path == "previous code" else None
             _fresh_root(root, world)
+            prepare = "prepare incremental" if path.startswith("incremental") else "prepare"
             with console.status(f"{path} at {size:,}: preparing"):
-                _run("prepare incremental" if path == "incremental" else "prepare", root, day, code)
+                _run(prepare, root, day, code)
             with console.status(f"{path} at {size:,}: building {day}"):
-                results[path] = _run("build", root, day, code)
+                results[path] = _run("build", root, day, code, split.get(path))
         scratch_root = base / "from_scratch" / "features"
         same["from scratch"] = "as the world's: " + _same(
             same_partitions(scratch_root, world / "features", day, ordered=False)
         )
         for path in paths[1:]:
-            root = base / path.replace(" ", "_") / "features"
-            same[path] = _same(same_partitions(scratch_root, root, day, ordered=path in PATHS))
+            root = base / _folder(path) / "features"
+            ordered = path.startswith("incremental")  # the shards' files read in name order
+            same[path] = _same(same_partitions(scratch_root, root, day, ordered=ordered))
         scratch = results["from scratch"]
         for path, r in results.items():
             table.add_row(

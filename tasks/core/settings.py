@@ -51,6 +51,19 @@ class Settings(BaseSettings):
         default="4GB",
         description="Memory DuckDB may use while building feature tables; beyond it, it spills to disk.",
     )
+    feature_shard_subscribers: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="Subscriber ids per shard of a feature build (contiguous ranges, built apart "
+        "and published together); peak memory follows this, not the base size.",
+    )
+    feature_runner: str = Field(
+        default="local",
+        pattern="^(local|dask)$",
+        description="Build a feature chunk's shards in this process, one after the other, or on "
+        "the Dask cluster at CHURN_DASK_ADDRESS (a LocalCluster when unset; workers need "
+        "CHURN_HOME at the same path).",
+    )
     feature_state_days: int = Field(
         default=3,
         ge=1,

@@ -22,17 +22,20 @@ def load_sql(name: str) -> str:
 
 
 def connect(
-    memory_limit: str | None = None, spill_dir: Path | None = None
+    memory_limit: str | None = None, spill_dir: Path | None = None, threads: int | None = None
 ) -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB session in UTC.
 
     Mixed naive/aware timestamps are interpreted in the session time zone; pinning it to
     UTC keeps as-of joins identical on every machine whatever its local zone. With a memory
-    limit, DuckDB spills to ``spill_dir`` instead of growing.
+    limit, DuckDB spills to ``spill_dir`` instead of growing. ``threads``: DuckDB's default is
+    every core, too many where several sessions share a machine.
     """
     config: dict[str, str] = {}
     if memory_limit is not None:
         config["memory_limit"] = memory_limit
+    if threads is not None:
+        config["threads"] = str(threads)
     if spill_dir is not None:
         spill_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(spill_dir)

@@ -33,8 +33,14 @@ def source_date_range(source_dir: Path) -> tuple[date, date]:
     return date.fromisoformat(manifest["start"]), date.fromisoformat(manifest["end"])
 
 
-def register_sources(con: duckdb.DuckDBPyConnection, source_dir: Path) -> None:
-    """Expose each source table, and the plan catalog, as a view named after the table."""
+def register_sources(
+    con: duckdb.DuckDBPyConnection, source_dir: Path, subscribers: str | None = None
+) -> None:
+    """Expose each source table, and the plan catalog, as a view named after the table.
+
+    ``subscribers``: a condition on ``subscriber_id`` (a shard's id range) applied to every table
+    that has the column; DuckDB pushes it into the Parquet scans.
+    """
     for spec in SOURCE_TABLES.values():
         pattern = Path(table_glob(source_dir, spec))
         if not list(pattern.parent.glob(pattern.name)):
@@ -42,7 +48,10 @@ def register_sources(con: duckdb.DuckDBPyConnection, source_dir: Path) -> None:
                 f"source table {spec.name} is missing ({pattern}): "
                 "run `churn simulate` or `churn import` first"
             )
-        con.read_parquet(str(pattern)).create_view(spec.name)
+        relation = con.read_parquet(str(pattern))
+        if subscribers and "subscriber_id" in relation.columns:
+            relation = relation.filter(subscribers)
+        relation.create_view(spec.name)
     con.register(
         "plan_catalog", pa.table({"plan": list(PLANS), "list_price": list(PLANS.values())})
     )

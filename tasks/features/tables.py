@@ -33,26 +33,23 @@ from feast import FeatureStore, FeatureView
 from tasks.core.errors import DataContractError, SourceDataMissing
 from tasks.core.schema import Column, TableSpec
 from tasks.core.settings import Settings
-from tasks.core.sql import connect, load_sql, used_params
+from tasks.core.sql import connect
 from tasks.data.contracts import ContractReport, check_table
-from tasks.data.sources import create_spine, register_sources, source_date_range
+from tasks.data.sources import register_sources, source_date_range
 from tasks.features.feast_offline import PARTITION_KEY, partition_files
 from tasks.features.redis_online import materialize_views
+from tasks.features.shards import FEATURE_TABLES, ShardJob, shard_runner
 from tasks.features.store import check_online_store, open_store
-from tasks.features.windows import WINDOW_TABLES, UsageWindows, write_relation
+from tasks.features.windows import (
+    id_ranges,
+    log_scratch,
+    plan_windows,
+    prune_states,
+    publish_states,
+)
 
 logger = logging.getLogger(__name__)
 
-FEATURE_TABLES = (
-    "subscriber_profile",
-    "subscriber_usage_30d",
-    "subscriber_support_30d",
-    "subscriber_billing_90d",
-    "subscriber_usage_90d",
-)
-"""Feature tables in build order; each is built by ``sql/features/<name>.sql`` and read by the Feast view of that name."""
-CHUNK_TABLES = tuple(name for name in FEATURE_TABLES if name not in WINDOW_TABLES)
-"""Feature tables recomputed from the source for a whole chunk of days in one query."""
 LOOKBACK_DAYS = 91
 """Days of source history the longest feature window needs (90 days before the snapshot day, and the day itself)."""
 
@@ -163,9 +160,11 @@ def build_feature_tables(
     Grain of each table: one row per (subscriber_id, snapshot_ts) for subscribers in service that
     day. ``start``/``end`` default to the source's first/last day. ``specs`` are the contracts to
     enforce (default: from the Feast registry; ``{}`` skips them, for tests of the SQL alone).
-    Days are built in chunks of ``chunk_days`` so memory follows the chunk, not the history; the
-    usage views step from the day before (``tasks/features/windows.py``), so their cost per day
-    does not grow with the window either.
+    Days are built in chunks of ``chunk_days``, and each chunk in shards of
+    ``feature_shard_subscribers`` ids (``tasks/features/shards.py``: here or on Dask), so memory
+    follows the chunk and the shard, not the history or the base; the usage views step from the
+    day before (``tasks/features/windows.py``), so their cost per day does not grow with the
+    window either.
 
     Raises:
         DataContractError: a table broke its contract on a chunk's newest day; nothing of that
@@ -184,114 +183,102 @@ def build_feature_tables(
         specs = feature_table_specs(open_store(settings))
     rows = {name: 0 for name in FEATURE_TABLES}
     reports: list[ContractReport] = []
-    con = connect(
-        memory_limit=settings.duckdb_memory_limit, spill_dir=settings.home / "tmp" / "duckdb"
-    )
-    register_sources(con, settings.source_dir)
-    windows = UsageWindows(con, settings, start, end)
-    chunk_start = start
-    while chunk_start <= end:
-        chunk_end = min(end, chunk_start + timedelta(days=chunk_days - 1))
-        staging = settings.home / "tmp" / "staging" / uuid.uuid4().hex
-        try:
-            counts = _stage_chunk(con, chunk_start, chunk_end, staging, windows)
-            reports += _check_day(
-                settings,
-                specs,
-                chunk_end,
-                [staging, settings.features_dir],
-                " (nothing of this chunk was published)",
-            )
-            for name in FEATURE_TABLES:
-                _publish(staging / name, settings.features_dir / name)
-                rows[name] += counts[name]
-            # States last: a crash in between leaves partitions without a state (a scratch
-            # build next time), never a state ahead of the tables.
-            windows.publish(staging)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        if progress:
-            progress((chunk_end - chunk_start).days + 1)
-        chunk_start = chunk_end + timedelta(days=1)
-    windows.prune()
+    build = uuid.uuid4().hex
+    work = settings.home / "tmp" / "staging" / build
+    con = connect(memory_limit=settings.duckdb_memory_limit)
+    try:
+        register_sources(con, settings.source_dir)
+        plan = plan_windows(con, settings, start, end, build)
+        max_id = con.execute("SELECT COALESCE(MAX(subscriber_id), 0) FROM subscribers").fetchone()[
+            0
+        ]
+    finally:
+        con.close()
+    shards = id_ranges(max_id, settings.feature_shard_subscribers)
+    carry: dict[int, Path] = {}
+    scratch_logged = False
+    try:
+        with shard_runner(settings, len(shards)) as (run, threads):
+            chunk_start = start
+            while chunk_start <= end:
+                chunk_end = min(end, chunk_start + timedelta(days=chunk_days - 1))
+                staging = work / chunk_start.isoformat()
+                jobs = [
+                    ShardJob(
+                        settings=settings,
+                        shard=shard,
+                        start=chunk_start,
+                        end=chunk_end,
+                        staging=staging / str(shard.index),
+                        windows=plan,
+                        carry_in=carry.get(shard.index),
+                        carry_out=work / "carry" / chunk_end.isoformat() / f"{shard.index}.parquet",
+                        duckdb_threads=threads,
+                    )
+                    for shard in shards
+                ]
+                results = run(jobs)
+                if results[0].scratch_days and not scratch_logged:
+                    log_scratch(results[0].scratch_days[0])
+                    scratch_logged = True
+                roots = [job.staging for job in jobs]
+                reports += _check_day(
+                    settings,
+                    specs,
+                    chunk_end,
+                    roots,
+                    settings.features_dir,
+                    " (nothing of this chunk was published)",
+                )
+                for name in FEATURE_TABLES:
+                    _publish([root / name for root in roots], settings.features_dir / name)
+                    rows[name] += sum(r.rows[name] for r in results)
+                # States last: a crash in between leaves partitions without a state (a scratch
+                # build next time), never a state ahead of the tables.
+                publish_states(settings, roots)
+                shutil.rmtree(staging, ignore_errors=True)
+                for old in set(carry.values()):
+                    shutil.rmtree(old.parent, ignore_errors=True)
+                carry = {job.shard.index: job.carry_out for job in jobs}
+                if progress:
+                    progress((chunk_end - chunk_start).days + 1)
+                chunk_start = chunk_end + timedelta(days=1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    prune_states(settings)
     return BuildSummary(start, end, rows, settings.features_dir, reports)
 
 
-def _stage_chunk(
-    con, start: date, end: date, staging: Path, windows: UsageWindows
-) -> dict[str, int]:
-    """Write every table's partitions of ``[start, end]`` (and the usage states to keep) to ``staging``."""
-    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
-    staging.mkdir(parents=True)
-    create_spine(con, days)
-    params = {"start_date": start, "end_date": end}
-    counts = dict.fromkeys(FEATURE_TABLES, 0)
-    for name in CHUNK_TABLES:
-        query = load_sql(f"features/{name}").strip().rstrip(";")
-        relation = con.sql(
-            f"SELECT * FROM ({query}) ORDER BY snapshot_date, subscriber_id",
-            params=used_params(query, params),
-        )
-        relation.write_parquet(
-            str(staging / name),
-            compression="zstd",
-            partition_by=["snapshot_date"],
-            filename_pattern="part_{i}",
-            overwrite=True,
-        )
-        counts[name] = sum(
-            pq.ParquetFile(f).metadata.num_rows for f in (staging / name).glob("*/*.parquet")
-        )
-    for day in days:
-        windows.advance_to(day)
-        windows.stage(day, staging)
-        for name in WINDOW_TABLES:
-            counts[name] += _write_day(con, name, day, staging / name)
-    return counts
-
-
-def _write_day(con, name: str, day: date, table_dir: Path) -> int:
-    """One day's partition of a table built from ``usage_windows``, rows ordered by subscriber_id;
-    a day with nobody in service gets no partition (as a partitioned write gives none)."""
-    query = load_sql(f"features/{name}").strip().rstrip(";")
-    path = table_dir / f"{PARTITION_KEY}={day.isoformat()}" / "part_0.parquet"
-    path.parent.mkdir(parents=True)
-    rows = write_relation(
-        con.sql(
-            f"SELECT * EXCLUDE ({PARTITION_KEY}) FROM ({query}) ORDER BY subscriber_id",
-            params={"snapshot_date": day},
-        ),
-        path,
-    )
-    if not rows:
-        shutil.rmtree(path.parent)
-    return rows
+def _day_files(staged: list[Path], published: Path, name: str, day: date) -> list[str]:
+    """A table's files of ``day``: every shard's staged files if any shard staged it, else the
+    published partition's."""
+    files = [f for root in staged for f in partition_files(root / name, day, day)]
+    return files or partition_files(published / name, day, day)
 
 
 def _check_day(
     settings: Settings,
     specs: dict[str, TableSpec],
     day: date,
-    roots: list[Path],
+    staged: list[Path],
+    published: Path,
     context: str = "",
 ) -> list[ContractReport]:
-    """Contracts of every table on ``day``, read from the first root that holds it (staging, then
-    the published table); one error lists every failing table."""
+    """Contracts of every table on ``day``, read from the staging folders of the build's shards
+    (else the published table); one error lists every failing table."""
     reports = []
     for name, spec in specs.items():
-        files = next((f for root in roots if (f := partition_files(root / name, day, day))), [])
+        files = _day_files(staged, published, name, day)
         # A day with nobody in service has no partition: check an empty table (volume catches it).
         table = pq.read_table(files) if files else spec.arrow_schema.empty_table()
-        previous = day - timedelta(days=1)
-        previous_rows = next(
-            (n for root in roots if (n := _day_rows(root / name, previous)) is not None), None
-        )
+        previous = _day_files(staged, published, name, day - timedelta(days=1))
+        previous_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in previous)
         reports.append(
             check_table(
                 spec,
                 table,
                 volume_tolerance=settings.volume_tolerance if previous_rows else None,
-                previous_day_rows=previous_rows,
+                previous_day_rows=previous_rows or None,
             )
         )
     failed = [r for r in reports if not r.passed]
@@ -303,17 +290,21 @@ def _check_day(
     return reports
 
 
-def _publish(staged_table: Path, table_dir: Path) -> None:
-    """Move staged partitions into the table, file by file with ``os.replace``."""
-    for staged_day in sorted(staged_table.glob(f"{PARTITION_KEY}=*")):
-        target = table_dir / staged_day.name
+def _publish(staged_tables: list[Path], table_dir: Path) -> None:
+    """Move every shard's staged partitions into the table, file by file with ``os.replace``;
+    then a day's files that this build did not write (an earlier split) are removed."""
+    by_day: dict[str, list[Path]] = {}
+    for staged_table in staged_tables:
+        for staged_file in sorted(staged_table.glob(f"{PARTITION_KEY}=*/*.parquet")):
+            by_day.setdefault(staged_file.parent.name, []).append(staged_file)
+    for day_dir, files in sorted(by_day.items()):
+        target = table_dir / day_dir
         target.mkdir(parents=True, exist_ok=True)
-        new_names = set()
-        for staged_file in sorted(staged_day.glob("*.parquet")):
+        for staged_file in files:
             os.replace(staged_file, target / staged_file.name)
-            new_names.add(staged_file.name)
+        names = {f.name for f in files}
         for old in target.glob("*.parquet"):
-            if old.name not in new_names:
+            if old.name not in names:
                 old.unlink()
 
 
@@ -323,7 +314,7 @@ def check_feature_tables(settings: Settings, day: date) -> list[ContractReport]:
         if not partition_files(settings.features_dir / name, day, day):
             raise _missing_day(name, day)
     specs = feature_table_specs(open_store(settings))
-    return _check_day(settings, specs, day, [settings.features_dir])
+    return _check_day(settings, specs, day, [], settings.features_dir)
 
 
 def materialize_online(settings: Settings, day: date) -> dict[str, int]:

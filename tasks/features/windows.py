@@ -23,21 +23,26 @@ totals of doubles before gave results that moved in the last bits with the chunk
 in; the 1M world's last day came out identical to them, every value of every row.)
 
 State on disk: ``<features_dir>/_state/usage_windows/snapshot_date=D/part_0.parquet``, the windows
-of day D, kept for the newest ``feature_state_days`` days (and only written for those). Its
-Parquet key-value metadata says what it was built from:
+of day D, kept for the newest ``feature_state_days`` days (and only written for those); a build
+split by subscriber-id range (``tasks/features/shards.py``) writes one file per shard,
+``part_<shard>_0.parquet``, and any later build reads its own ids from them, however it is split.
+Each file's Parquet key-value metadata says what it was built from:
 
 * ``churn.state.code``: a fingerprint of every ``sql/features/*.sql`` file, :data:`STATE_FORMAT`
   and the DuckDB version;
-* ``churn.state.source_days``: the fingerprint of each usage day in its window (below).
+* ``churn.state.source_days``: the fingerprint of each usage day in its window (below);
+* ``churn.state.shards``: the build that wrote it, its shard and the build's number of shards, so
+  a state that lacks a shard's file (a crash while publishing) is never read as a whole one.
 
-At the start of a build every stored state is checked against both. One from another code version,
-or whose window holds a usage day that changed since (a late or corrected day), is removed and
-logged once: a late day x removes exactly the states of x .. x+89, the ones whose window holds it
-(a state after x+89 does not read x, and exact sums carry nothing of it forward), and the next
-build that needs one of those windows recomputes it. A day is built by stepping from the windows
-of the day before (in memory within a build, or a stored state up to :data:`MAX_STEPS` days back,
-or a stored state of the day itself); otherwise its windows are summed from scratch, logged once
-per build. Neither is an error.
+At the start of a build every stored state is checked against them, once, before any shard runs.
+One from another code version, incomplete, or whose window holds a usage day that changed since
+(a late or corrected day), is removed and logged once: a late day x removes exactly the states of
+x .. x+89, the ones whose window holds it (a state after x+89 does not read x, and exact sums
+carry nothing of it forward), and the next build that needs one of those windows recomputes it.
+A day is built by stepping from the windows of the day before (in memory within a chunk, the
+file a shard's previous chunk of the same build left, or a stored state up to :data:`MAX_STEPS`
+days back, or a stored state of the day itself); otherwise its windows are summed from scratch,
+logged once per build. Neither is an error.
 
 Source-day fingerprint: rows and the sum of DuckDB's ``hash`` of every usage row of that day, over
 all usage files. Hashing 90 days costs 2 s at 1M, so per-file results are cached in
@@ -48,7 +53,8 @@ the rows are split into files.
 Crash safety: states are written to the build's staging folder and moved into place with one
 ``os.replace`` each, after the chunk's feature partitions (a crash in between leaves partitions
 without a state, which only means a scratch build later); metadata lives in the same file, so a
-state is whole or absent. The cache file is replaced the same way.
+state file is whole or absent, and a state missing one of its shards' files is removed by the next
+build. The cache file is replaced the same way.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -86,6 +93,7 @@ MAX_STEPS = 4
 """Farthest a stored state is stepped forward: a step costs about a quarter of a scratch sum at 1M."""
 CODE_KEY = b"churn.state.code"
 SOURCE_KEY = b"churn.state.source_days"
+SHARDS_KEY = b"churn.state.shards"
 
 
 def code_fingerprint() -> str:
@@ -205,107 +213,257 @@ class SourceDays:
         }
 
 
-class UsageWindows:
-    """The usage windows of one day at a time, in the DuckDB temp table ``usage_windows``.
+@dataclass(frozen=True)
+class IdRange:
+    """A contiguous range of subscriber ids, one shard of a build (``first``/``last`` None: open).
 
-    One per build: it checks the stored states when made, moves from day to day with
-    :meth:`advance_to`, stages the states worth keeping and publishes them after the features.
+    A build with one shard names its files ``part_0.parquet``; shard ``index`` of ``count`` names
+    them ``part_<index:04d>_<i>.parquet``, so a partition's files, read in name order, hold the
+    subscribers in id order.
+    """
+
+    index: int = 0
+    count: int = 1
+    first: int | None = None
+    last: int | None = None
+
+    def predicate(self) -> str | None:
+        """The SQL condition on ``subscriber_id`` that keeps this range (None: everyone)."""
+        bounds = []
+        if self.first is not None:
+            bounds.append(f"subscriber_id >= {int(self.first)}")
+        if self.last is not None:
+            bounds.append(f"subscriber_id <= {int(self.last)}")
+        return " AND ".join(bounds) or None
+
+    @property
+    def stem(self) -> str:
+        """File name stem before the file's own number: ``part_`` or ``part_<index>_``."""
+        return "part_" if self.count == 1 else f"part_{self.index:04d}_"
+
+
+def id_ranges(max_id: int, per_shard: int) -> list[IdRange]:
+    """Ranges of ``per_shard`` ids covering 1 .. ``max_id``; the first and last are open-ended,
+    so every id (0 or below, or above ``max_id``) falls in exactly one."""
+    count = max(1, -(-max_id // per_shard))
+    return [
+        IdRange(
+            index=k,
+            count=count,
+            first=None if k == 0 else k * per_shard + 1,
+            last=None if k == count - 1 else (k + 1) * per_shard,
+        )
+        for k in range(count)
+    ]
+
+
+@dataclass(frozen=True)
+class WindowsPlan:
+    """What every shard of one build knows of the stored states: checked once, before the shards."""
+
+    build: str
+    """This build's id, recorded in each state file it writes (a state is the files of one build)."""
+    code: str
+    sources: dict[date, str]
+    keep: frozenset[date]
+    """Days whose state survives this build: only those are written."""
+
+
+def state_root(settings: Settings) -> Path:
+    return settings.features_dir / STATE_DIR / STATE_NAME
+
+
+def state_files(root: Path, day: date) -> list[Path]:
+    """The files of the stored state of ``day`` (one per shard of the build that wrote it)."""
+    return sorted((root / f"{PARTITION_KEY}={day.isoformat()}").glob("*.parquet"))
+
+
+def stored_state_days(root: Path) -> list[date]:
+    """Days with a stored state, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        date.fromisoformat(p.name.split("=", 1)[1])
+        for p in root.glob(f"{PARTITION_KEY}=*")
+        if any(p.glob("*.parquet"))
+    )
+
+
+def _source_days(sources: dict[date, str], day: date) -> dict[str, str]:
+    return {d.isoformat(): sources[d] for d in _window(day) if d in sources}
+
+
+def plan_windows(
+    con: duckdb.DuckDBPyConnection, settings: Settings, start: date, end: date, build: str
+) -> WindowsPlan:
+    """Check the stored states (removing the stale and the incomplete) and plan what to keep."""
+    root = state_root(settings)
+    stored = stored_state_days(root)
+    first = min([start, *stored]) - timedelta(days=WINDOW_DAYS + MAX_STEPS)
+    sources = SourceDays(con, settings).fingerprints(first, max([end, *stored]))
+    code = code_fingerprint()
+    _sweep(settings, root, stored, code, sources)
+    build_days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    newest = sorted(set(stored_state_days(root)) | set(build_days))
+    keep = frozenset(newest[-settings.feature_state_days :])
+    return WindowsPlan(build=build, code=code, sources=sources, keep=keep)
+
+
+def _file_metadata(path: Path) -> dict[bytes, bytes]:
+    try:
+        return pq.read_metadata(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return {}
+
+
+def _complete(metadata: list[dict[bytes, bytes]]) -> bool:
+    """Whether the files are every shard of one build (a state written before shards is one)."""
+    shards = [
+        json.loads(m.get(SHARDS_KEY, b'{"build": "", "count": 1, "index": 0}')) for m in metadata
+    ]
+    return len({s["build"] for s in shards}) == 1 and sorted(s["index"] for s in shards) == list(
+        range(shards[0]["count"])
+    )
+
+
+def _sweep(
+    settings: Settings, root: Path, stored: list[date], code: str, sources: dict[date, str]
+) -> None:
+    """Remove stored states from another code version, incomplete, or whose window's usage changed."""
+    other_code, incomplete, changed = [], [], {}
+    for day in stored:
+        metadata = [_file_metadata(f) for f in state_files(root, day)]
+        if any(m.get(CODE_KEY, b"").decode() != code for m in metadata):
+            other_code.append(day)
+            continue
+        if not _complete(metadata):
+            incomplete.append(day)
+            continue
+        now = set(_source_days(sources, day).items())
+        moved = {
+            d for m in metadata for d, _ in set(json.loads(m.get(SOURCE_KEY, b"{}")).items()) ^ now
+        }
+        if moved:
+            changed[day] = sorted(moved)
+    for day in [*other_code, *incomplete, *changed]:
+        shutil.rmtree(root / f"{PARTITION_KEY}={day.isoformat()}", ignore_errors=True)
+    if other_code:
+        logger.info(
+            "usage-window states of %d day(s) (%s .. %s) are from another sql/features "
+            "version: removed, to be rebuilt from the source",
+            len(other_code),
+            other_code[0],
+            other_code[-1],
+        )
+    if incomplete:
+        logger.info(
+            "usage-window states of %d day(s) (%s .. %s) lack some of their shards' files (a "
+            "build stopped while publishing them): removed, to be rebuilt from the source",
+            len(incomplete),
+            incomplete[0],
+            incomplete[-1],
+        )
+    if changed:
+        _log_changed(settings, changed)
+
+
+def _log_changed(settings: Settings, changed: dict[date, list[str]]) -> None:
+    sources = sorted({d for days in changed.values() for d in days})
+    days = sorted(changed)
+    logger.info(
+        "usage of %s changed after the usage-window states of %d day(s) (%s .. %s) were "
+        "built: those states are removed and recomputed when next needed",
+        ", ".join(sources),
+        len(days),
+        days[0],
+        days[-1],
+    )
+    published = [
+        d
+        for d in days
+        if any(
+            (settings.features_dir / t / f"{PARTITION_KEY}={d.isoformat()}").is_dir()
+            for t in WINDOW_TABLES
+        )
+    ]
+    if published:
+        logger.warning(
+            "the usage feature partitions of %d day(s) between %s and %s were built "
+            "before that usage changed: rebuild them (churn features build --start %s "
+            "--end %s) to pick it up",
+            len(published),
+            published[0],
+            published[-1],
+            published[0],
+            published[-1],
+        )
+
+
+def log_scratch(day: date) -> None:
+    """Said once per build, by the build (every shard makes the same choice)."""
+    logger.info(
+        "no usage-window state of %s or the %d days before: its windows are summed "
+        "from scratch (%d days of usage), later days step from it",
+        day,
+        MAX_STEPS,
+        WINDOW_DAYS,
+    )
+
+
+def publish_states(settings: Settings, staged_roots: list[Path]) -> None:
+    """Move the staged states of every shard into place, one ``os.replace`` each; a day's files
+    from an earlier build that this one did not write are removed after (the sweep of the next
+    build removes a day left half-moved by a crash)."""
+    root = state_root(settings)
+    by_day: dict[str, list[Path]] = {}
+    for staged_root in staged_roots:
+        for staged in sorted(
+            (staged_root / STATE_DIR / STATE_NAME).glob(f"{PARTITION_KEY}=*/*.parquet")
+        ):
+            by_day.setdefault(staged.parent.name, []).append(staged)
+    for day_dir, files in sorted(by_day.items()):
+        target = root / day_dir
+        target.mkdir(parents=True, exist_ok=True)
+        for staged in files:
+            os.replace(staged, target / staged.name)
+        names = {f.name for f in files}
+        for old in target.glob("*.parquet"):
+            if old.name not in names:
+                old.unlink()
+
+
+def prune_states(settings: Settings) -> None:
+    """Keep the states of the newest ``feature_state_days`` days only."""
+    root = state_root(settings)
+    stored = stored_state_days(root)
+    for day in stored[: max(0, len(stored) - settings.feature_state_days)]:
+        shutil.rmtree(root / f"{PARTITION_KEY}={day.isoformat()}", ignore_errors=True)
+
+
+class UsageWindows:
+    """The usage windows of one shard, one day at a time, in the DuckDB temp table ``usage_windows``.
+
+    One per shard of a chunk: it starts from the windows the shard's previous chunk left
+    (``carry``), a stored state, or a scratch sum; moves from day to day with :meth:`advance_to`;
+    and stages the states worth keeping. The build publishes them after the features.
     """
 
     def __init__(
-        self, con: duckdb.DuckDBPyConnection, settings: Settings, start: date, end: date
+        self,
+        con: duckdb.DuckDBPyConnection,
+        settings: Settings,
+        plan: WindowsPlan,
+        shard: IdRange = IdRange(),
+        carry: tuple[date, Path] | None = None,
     ) -> None:
         self.con = con
-        self.settings = settings
-        self.root = settings.features_dir / STATE_DIR / STATE_NAME
-        self.code = code_fingerprint()
+        self.plan = plan
+        self.shard = shard
+        self.carry = carry
+        self.root = state_root(settings)
         self.day: date | None = None  # the day whose windows usage_windows holds
-        self._scratch_logged = False
+        self.scratch_days: list[date] = []
         con.execute("CREATE OR REPLACE TEMP VIEW usage_nano AS " + load_sql("features/usage_nano"))
-        stored = self.stored_days()
-        first = min([start, *stored]) - timedelta(days=WINDOW_DAYS + MAX_STEPS)
-        self.sources = SourceDays(con, settings).fingerprints(first, max([end, *stored]))
-        self._sweep(stored)
-        build_days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
-        newest = sorted(set(self.stored_days()) | set(build_days))
-        self.keep = set(newest[-settings.feature_state_days :])
-        """Days whose state survives this build: only those are written."""
-
-    # --- stored states -----------------------------------------------------------------------
-
-    def path(self, day: date, root: Path | None = None) -> Path:
-        return (root or self.root) / f"{PARTITION_KEY}={day.isoformat()}" / "part_0.parquet"
-
-    def stored_days(self) -> list[date]:
-        """Days with a stored state, oldest first."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            date.fromisoformat(p.parent.name.split("=", 1)[1])
-            for p in self.root.glob(f"{PARTITION_KEY}=*/part_0.parquet")
-        )
-
-    def _source_days(self, day: date) -> dict[str, str]:
-        return {d.isoformat(): self.sources[d] for d in _window(day) if d in self.sources}
-
-    def _sweep(self, stored: list[date]) -> None:
-        """Remove stored states from another code version or whose window's usage changed."""
-        other_code, changed = [], {}
-        for day in stored:
-            try:
-                meta = pq.read_metadata(self.path(day)).metadata or {}
-            except (OSError, pa.ArrowInvalid):
-                meta = {}
-            if meta.get(CODE_KEY, b"").decode() != self.code:
-                other_code.append(day)
-                continue
-            recorded = json.loads(meta.get(SOURCE_KEY, b"{}"))
-            now = self._source_days(day)
-            moved = sorted(set(recorded.items()) ^ set(now.items()))
-            if moved:
-                changed[day] = sorted({d for d, _ in moved})
-        for day in [*other_code, *changed]:
-            shutil.rmtree(self.path(day).parent, ignore_errors=True)
-        if other_code:
-            logger.info(
-                "usage-window states of %d day(s) (%s .. %s) are from another sql/features "
-                "version: removed, to be rebuilt from the source",
-                len(other_code),
-                other_code[0],
-                other_code[-1],
-            )
-        if changed:
-            sources = sorted({d for days in changed.values() for d in days})
-            days = sorted(changed)
-            logger.info(
-                "usage of %s changed after the usage-window states of %d day(s) (%s .. %s) were "
-                "built: those states are removed and recomputed when next needed",
-                ", ".join(sources),
-                len(days),
-                days[0],
-                days[-1],
-            )
-            published = [
-                d
-                for d in days
-                if any(
-                    (self.settings.features_dir / t / f"{PARTITION_KEY}={d.isoformat()}").is_dir()
-                    for t in WINDOW_TABLES
-                )
-            ]
-            if published:
-                logger.warning(
-                    "the usage feature partitions of %d day(s) between %s and %s were built "
-                    "before that usage changed: rebuild them (churn features build --start %s "
-                    "--end %s) to pick it up",
-                    len(published),
-                    published[0],
-                    published[-1],
-                    published[0],
-                    published[-1],
-                )
-
-    # --- moving from day to day --------------------------------------------------------------
 
     def advance_to(self, day: date) -> None:
         """Fill ``usage_windows`` with the windows of ``day``, by the cheapest exact way."""
@@ -313,17 +471,22 @@ class UsageWindows:
             return
         if self.day is not None and self.day < day <= self.day + timedelta(days=MAX_STEPS):
             start = self.day
+        elif self.carry and self.carry[0] < day <= self.carry[0] + timedelta(days=MAX_STEPS):
+            start = self.carry[0]
+            self._load([self.carry[1]])
         else:
-            near = [d for d in self.stored_days() if day - timedelta(days=MAX_STEPS) <= d <= day]
-            if near:
-                start = near[-1]
-                self._replace(
-                    "SELECT * FROM read_parquet($path, hive_partitioning = false)",
-                    {"path": str(self.path(start))},
-                )
-            else:
-                self._scratch(day)
+            near = [
+                d
+                for d in stored_state_days(self.root)
+                if day - timedelta(days=MAX_STEPS) <= d <= day
+            ]
+            if not near:
+                self._replace(load_sql("features/usage_windows"), {"snapshot_date": day})
+                self.day = day
+                self.scratch_days.append(day)
                 return
+            start = near[-1]
+            self._load(state_files(self.root, start))
         self.day = start
         while self.day < day:
             self.day += timedelta(days=1)
@@ -332,18 +495,14 @@ class UsageWindows:
             self._replace(load_sql("features/usage_windows_step"), {"snapshot_date": self.day})
         self.con.execute("DROP TABLE IF EXISTS usage_windows_before")
 
-    def _scratch(self, day: date) -> None:
-        if not self._scratch_logged:
-            logger.info(
-                "no usage-window state of %s or the %d days before: its windows are summed "
-                "from scratch (%d days of usage), later days step from it",
-                day,
-                MAX_STEPS,
-                WINDOW_DAYS,
-            )
-            self._scratch_logged = True
-        self._replace(load_sql("features/usage_windows"), {"snapshot_date": day})
-        self.day = day
+    def _load(self, files: list[Path]) -> None:
+        """This shard's rows of a state, whichever shards wrote it."""
+        where = self.shard.predicate()
+        self._replace(
+            "SELECT * FROM read_parquet($files, hive_partitioning = false)"
+            + (f" WHERE {where}" if where else ""),
+            {"files": [str(f) for f in files]},
+        )
 
     def _replace(self, query: str, params: dict) -> None:
         self.con.execute("CREATE OR REPLACE TEMP TABLE usage_windows AS " + query, params)
@@ -351,32 +510,30 @@ class UsageWindows:
     # --- writing -----------------------------------------------------------------------------
 
     def stage(self, day: date, staging: Path) -> None:
-        """Write the windows of ``day`` (held now) under ``staging`` if its state is to be kept."""
-        if day not in self.keep:
+        """Write this shard's windows of ``day`` (held now) under ``staging`` if its state is kept."""
+        if day not in self.plan.keep:
             return
-        if self.day != day:
-            raise RuntimeError(f"usage_windows holds the windows of {self.day}, not of {day}")
-        path = self.path(day, staging / STATE_DIR / STATE_NAME)
-        path.parent.mkdir(parents=True)
+        self._check_holds(day)
+        path = staging / STATE_DIR / STATE_NAME / f"{PARTITION_KEY}={day.isoformat()}"
+        path.mkdir(parents=True)
+        shards = {"build": self.plan.build, "count": self.shard.count, "index": self.shard.index}
         metadata = {
-            CODE_KEY: self.code.encode(),
-            SOURCE_KEY: json.dumps(self._source_days(day), sort_keys=True).encode(),
+            CODE_KEY: self.plan.code.encode(),
+            SOURCE_KEY: json.dumps(_source_days(self.plan.sources, day), sort_keys=True).encode(),
+            SHARDS_KEY: json.dumps(shards, sort_keys=True).encode(),
         }
         write_relation(
-            self.con.sql("SELECT * FROM usage_windows ORDER BY subscriber_id"), path, metadata
+            self.con.sql("SELECT * FROM usage_windows ORDER BY subscriber_id"),
+            path / f"{self.shard.stem}0.parquet",
+            metadata,
         )
 
-    def publish(self, staging: Path) -> None:
-        """Move the staged states into place, one ``os.replace`` each."""
-        for staged in sorted(
-            (staging / STATE_DIR / STATE_NAME).glob(f"{PARTITION_KEY}=*/*.parquet")
-        ):
-            target = self.root / staged.parent.name / staged.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, target)
+    def save_carry(self, day: date, path: Path) -> None:
+        """Leave the windows of ``day`` for this shard's next chunk (a file of this build only)."""
+        self._check_holds(day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_relation(self.con.sql("SELECT * FROM usage_windows"), path)
 
-    def prune(self) -> None:
-        """Keep the states of the newest ``feature_state_days`` days only."""
-        stored = self.stored_days()
-        for day in stored[: max(0, len(stored) - self.settings.feature_state_days)]:
-            shutil.rmtree(self.path(day).parent, ignore_errors=True)
+    def _check_holds(self, day: date) -> None:
+        if self.day != day:
+            raise RuntimeError(f"usage_windows holds the windows of {self.day}, not of {day}")

@@ -58,7 +58,8 @@ def train_model(split: TimeSplit, features: list[str], settings: Settings) -> Tr
     """
     if settings.trainer == "dask":
         # Imported here: the local trainer never loads dask.
-        from tasks.training.train_dask import dask_client, train_model_dask
+        from tasks.core.cluster import dask_client
+        from tasks.training.train_dask import train_model_dask
 
         with dask_client(settings) as client:
             return train_model_dask(split, features, settings, client)

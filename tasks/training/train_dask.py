@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from tasks.core.errors import ChurnError
+from tasks.core.cluster import DaskClusterError
 from tasks.core.settings import Settings
 from tasks.training.model_spec import TrainedModel, model_inputs, model_params, model_spec
 from tasks.training.time_split import LABEL, TimeSplit
@@ -47,70 +45,6 @@ logger = logging.getLogger(__name__)
 
 # LightGBM clips probabilities this far from 0 and 1 in its binary log loss.
 _EPSILON = 1e-15
-
-
-class DaskClusterError(ChurnError):
-    """The Dask cluster to train on cannot be reached or has no workers."""
-
-
-@contextmanager
-def dask_client(settings: Settings, *, connect_timeout: float = 30.0) -> Iterator[Client]:
-    """A Dask client for training: the scheduler at ``settings.dask_address``, else a LocalCluster.
-
-    The LocalCluster runs ``settings.model_threads`` worker processes of one thread each, without
-    dashboard, and is closed on exit; a client of an existing cluster is closed, the cluster kept.
-
-    Raises:
-        DaskClusterError: the scheduler at ``dask_address`` does not answer within
-            ``connect_timeout`` seconds, or the address is malformed.
-    """
-    from dask.distributed import Client, LocalCluster
-
-    address = settings.dask_address
-    if address:
-        try:
-            client = Client(address, timeout=connect_timeout)
-        except (OSError, ValueError) as exc:
-            raise DaskClusterError(
-                f"cannot reach the Dask scheduler at {address} (CHURN_DASK_ADDRESS) "
-                f"within {connect_timeout:g} s: {exc}"
-            ) from exc
-        with client:
-            yield client
-        return
-    with (
-        _quiet_logs("distributed"),
-        LocalCluster(
-            n_workers=settings.model_threads,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            # Without a dashboard the scheduler still serves /health on 8787 by default, and
-            # warns when a second cluster finds that port taken: a free local port instead.
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
-@contextmanager
-def _quiet_logs(name: str) -> Iterator[None]:
-    """Keep logger ``name`` at WARNING or above for the duration.
-
-    The scheduler and nannies of a LocalCluster live in this process and log every worker start,
-    connection and stop at INFO; ``silence_logs`` only quiets Dask's own handler, not the root
-    handlers an application (Prefect) installs, to which these records propagate.
-    """
-    log = logging.getLogger(name)
-    level = log.level
-    if log.getEffectiveLevel() < logging.WARNING:
-        log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def train_model_dask(

@@ -10,19 +10,14 @@ import numpy as np
 import pytest
 from dask.distributed import Client, LocalCluster
 
+from tasks.core.cluster import DaskClusterError, dask_client
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings
 from tasks.training.evaluate import holdout_metrics
 from tasks.training.model_spec import TrainedModel, model_inputs, model_params, model_spec
 from tasks.training.time_split import LABEL, TimeSplit, split_by_time
 from tasks.training.train import predict_proba, train_model
-from tasks.training.train_dask import (
-    DaskClusterError,
-    best_iteration,
-    dask_client,
-    train_model_dask,
-    validation_log_loss,
-)
+from tasks.training.train_dask import best_iteration, train_model_dask, validation_log_loss
 from tests.unit.training.test_train import FEATURES, make_frame
 
 pytestmark = pytest.mark.integration

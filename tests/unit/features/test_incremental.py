@@ -360,7 +360,7 @@ def test_crash_while_writing_leaves_no_partial_partition_or_state(
             raise Crash("killed after the partition's temp file was written")
         return rows
 
-    monkeypatch.setattr("tasks.features.tables.write_relation", write_then_crash)
+    monkeypatch.setattr("tasks.features.shards.write_relation", write_then_crash)
     with pytest.raises(Crash):
         build_feature_tables(churn_home, day(102), day(104), specs={})
     # Nothing of the chunk reached the tables or the states; the staging area is gone.
