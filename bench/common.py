@@ -104,7 +104,8 @@ def peak_rss_bytes() -> int:
 class TreePeakRss:
     """Samples the resident memory of this process and all its descendants together (every
     50 ms, in a thread), for work done in other processes such as Dask workers, whose memory
-    VmHWM does not see; keeps the maximum of the sum."""
+    VmHWM does not see; keeps the maximum of the sum, and each descendant's last CPU seconds
+    (a worker that has exited is counted as of its last sample)."""
 
     def __init__(self, every_s: float = 0.05) -> None:
         import threading
@@ -115,15 +116,22 @@ class TreePeakRss:
         self._every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._cpu: dict[int, float] = {}
         self.peak = 0
+
+    @property
+    def descendants_cpu_seconds(self) -> float:
+        return sum(self._cpu.values())
 
     def _total(self) -> int:
         import psutil
 
-        total = 0
-        for proc in [self._process, *self._process.children(recursive=True)]:
+        total = self._process.memory_info().rss
+        for proc in self._process.children(recursive=True):
             try:
                 total += proc.memory_info().rss
+                times = proc.cpu_times()
+                self._cpu[proc.pid] = times.user + times.system
             except psutil.Error:  # gone between the listing and the reading
                 pass
         return total

@@ -22,7 +22,8 @@ its own:
                   then on a LocalCluster of W worker processes (``CHURN_FEATURE_RUNNER=dask``,
                   DuckDB threads = cores / W each). The cluster starts inside the timed build, as
                   a night's does. Peak RSS there is the sampled sum over the process and its
-                  descendants (the workers, the nannies), not VmHWM.
+                  descendants (the workers, the nannies), not VmHWM, and CPU s adds the
+                  descendants' CPU seconds.
 
 Every build is the whole ``build_feature_tables``: all five tables of feature service v2, their
 contracts (whylogs) and the publish; "of which contracts" is the time spent checking contracts.
@@ -86,7 +87,7 @@ def child(step: str, home: Path, day: date) -> None:
     report_to_parent(
         {
             "seconds": seconds,
-            "cpu_seconds": time.process_time() - cpu_began,
+            "cpu_seconds": time.process_time() - cpu_began + tree.descendants_cpu_seconds,
             "contract_seconds": sum(r.seconds for r in summary.contracts),
             "rows": summary.rows["subscriber_profile"],
             "peak_rss": max(peak_rss_bytes(), tree.peak),
@@ -273,7 +274,7 @@ def main() -> None:
         scratch = results["from scratch"]
         for path, r in results.items():
             table.add_row(
-                f"{size:,}",
+                args.world.name if args.world else f"{size:,}",
                 path,
                 f"{r['rows']:,}",
                 f"{r['seconds']:.1f}",
