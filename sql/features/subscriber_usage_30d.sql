@@ -30,5 +30,9 @@ SELECT
     CAST(voice_minutes_30d AS FLOAT) AS voice_minutes_30d,
     CAST(dropped_calls_30d AS INTEGER) AS dropped_calls_30d,
     CAST(active_days_30d AS INTEGER) AS active_days_30d,
+    -- Network quality as the subscriber meets it, apart from how much they call: dropped calls
+    -- per 100 call minutes (NULL without a call minute, where there is nothing to drop).
+    CAST(CASE WHEN voice_minutes_30d > 0 THEN 100.0 * dropped_calls_30d / voice_minutes_30d END AS FLOAT)
+        AS dropped_call_rate_30d,
     snapshot_date
 FROM windows

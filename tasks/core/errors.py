@@ -50,3 +50,26 @@ class ImportMappingError(ChurnError):
 
 class ImportFileError(ChurnError):
     """A file to import is missing, of an unsupported kind, empty, corrupt or unreadable."""
+
+
+@dataclass(frozen=True)
+class DefinitionProblem:
+    """One thing wrong with a feature definition: the file, what (feature, view or service), why."""
+
+    file: str
+    subject: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.subject}: {self.problem}"
+
+
+class FeatureDefinitionError(ChurnError):
+    """``feature_repo/features.yaml`` does not agree with itself or with the SQL; carries every problem."""
+
+    def __init__(self, problems: list[DefinitionProblem]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"feature definitions refused: {len(problems)} problem(s), nothing applied\n{lines}"
+        )

@@ -52,6 +52,18 @@ def register_sources(
         if subscribers and "subscriber_id" in relation.columns:
             relation = relation.filter(subscribers)
         relation.create_view(spec.name)
+    _register_plan_catalog(con)
+
+
+def register_empty_sources(con: duckdb.DuckDBPyConnection) -> None:
+    """Every source table as an empty table of its schema, and the plan catalog: what the feature
+    SQL reads, for learning its output columns and types without data."""
+    for spec in SOURCE_TABLES.values():
+        con.register(spec.name, spec.arrow_schema.empty_table())
+    _register_plan_catalog(con)
+
+
+def _register_plan_catalog(con: duckdb.DuckDBPyConnection) -> None:
     con.register(
         "plan_catalog", pa.table({"plan": list(PLANS), "list_price": list(PLANS.values())})
     )

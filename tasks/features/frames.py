@@ -251,7 +251,9 @@ def _latest_within_ttl(
     keys = list(read.keys)
 
     def scan(paths: list[str]) -> pl.LazyFrame:
-        frame = pl.scan_parquet(paths, hive_partitioning=False)
+        # A table that gained a column for a newer service holds days with and without it; a
+        # read names its columns, so the others are ignored (a missing one still fails).
+        frame = pl.scan_parquet(paths, hive_partitioning=False, extra_columns="ignore")
         return frame.select([*keys, ts, *read.columns]).filter(condition)
 
     if len(files) > ANTI_JOIN_MAX_FILES:

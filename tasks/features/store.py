@@ -22,10 +22,12 @@ import yaml
 from feast import FeatureService, FeatureStore, FeatureView
 from feast.repo_config import RepoConfig
 
-from tasks.core.errors import FeatureStoreError
+from tasks.core.errors import FeatureDefinitionError, FeatureStoreError
 from tasks.core.probe import BackendUnreachable, probe
 from tasks.core.settings import Settings, reset_settings
 from tasks.core.urls import location
+from tasks.features.definitions import DEFINITIONS_FILE, load_definitions
+from tasks.features.sql_outputs import sql_problems
 
 REDIS_TIMEOUT_S = 5
 """Socket timeouts of Feast's Redis client: a dead Redis fails a request, never hangs it."""
@@ -219,12 +221,30 @@ def _inside_repo(repo: Path) -> Iterator[None]:
             sys.modules.pop(name, None)
 
 
-def apply_feature_repo(settings: Settings) -> ApplyResult:
-    """Register every object declared in ``feature_repo/`` (``feast apply``), removing stale ones."""
+def check_feature_repo(repo: Path) -> None:
+    """The repo's feature definitions (``features.yaml``) agree with themselves and with the SQL.
+
+    Raises:
+        FeatureDefinitionError: every problem, each naming its file and feature, view or service.
+    """
+    problems = sql_problems(load_definitions(repo / DEFINITIONS_FILE))
+    if problems:
+        raise FeatureDefinitionError(problems)
+
+
+def apply_feature_repo(settings: Settings, repo: Path | None = None) -> ApplyResult:
+    """Check the feature definitions, then register every object declared in ``feature_repo/``
+    (``feast apply``), removing stale ones. ``repo``: another copy of the repo (tests).
+
+    Raises:
+        FeatureDefinitionError: a definition is wrong (:func:`check_feature_repo`); nothing is
+            written, the registry stays as it was.
+    """
     from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
+    repo = repo or settings.feature_repo_dir
+    check_feature_repo(repo)  # before anything is opened or written
     store = open_store(settings)
-    repo = settings.feature_repo_dir
     with _home_in_environment(settings), _inside_repo(repo):
         contents = parse_repo(repo)
         out = io.StringIO()

@@ -159,6 +159,34 @@ def test_usage_windows_count_missing_days_as_no_use(churn_home: Settings) -> Non
     assert rows[2]["data_gb_30d"] == 0 and rows[2]["data_trend_7d_30d"] is None
 
 
+def test_dropped_call_rate_is_per_100_call_minutes_of_the_30_days(churn_home: Settings) -> None:
+    def use(sid: int, offset: int, voice: float, dropped: int) -> dict:
+        return {
+            "subscriber_id": sid,
+            "usage_date": day(offset),
+            "data_gb": 1.0,
+            "voice_minutes": voice,
+            "dropped_calls": dropped,
+        }
+
+    usage = [
+        use(1, -30, 500.0, 50),  # the day before the 30-day window: never counted
+        use(1, -29, 100.0, 1),
+        use(1, 0, 100.0, 2),
+        use(1, 1, 500.0, 50),  # the next day: not known on D
+        use(2, -3, 0.0, 0),  # data only: no call minute, nothing to drop
+    ]
+    write_sources(
+        churn_home,
+        subscribers=[subscriber(1, START), subscriber(2, START), subscriber(3, START)],
+        usage_daily=usage,
+    )
+    rows = features_on(churn_home, "subscriber_usage_30d")
+    assert rows[1]["dropped_call_rate_30d"] == pytest.approx(100 * 3 / 200)
+    assert rows[2]["dropped_call_rate_30d"] is None
+    assert rows[3]["dropped_call_rate_30d"] is None  # no usage row at all
+
+
 def test_profile_takes_plan_and_charge_as_of_the_day(churn_home: Settings) -> None:
     def change(sid: int, offset: int, old: float, new: float, plan: str = "premium") -> dict:
         return {

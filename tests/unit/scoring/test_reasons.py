@@ -217,6 +217,8 @@ def test_top_reasons_with_every_contribution_tied_follow_column_order(monkeypatc
         ("data_gb_30d", 12.345, "12.3 GB of data in 30 days"),
         ("tenure_days", 40.0, "joined 40 days ago"),
         ("active_days_30d", 12, "active on 12 of the last 30 days"),
+        # churn_model_v3's feature (README "Add a feature")
+        ("dropped_call_rate_30d", 1.26, "1.3 dropped calls per 100 call minutes in 30 days"),
         # a feature without words of its own
         ("loyalty_points", 3, "loyalty_points = 3"),
         ("loyalty_tier", "gold", "loyalty_tier = gold"),
