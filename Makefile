@@ -50,6 +50,7 @@ bench: setup
 	$(PY) bench/score.py
 	$(PY) bench/monitor.py
 	$(PY) bench/online.py
+	$(PY) bench/night.py --sizes 1000000
 
 lint: setup
 	$(VENV)/bin/ruff check flows tasks tests bench feature_repo
