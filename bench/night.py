@@ -370,16 +370,10 @@ def child_materialize(home: Path, store: str) -> dict:
 
 def _empty_sqlite(path: Path) -> None:
     """Every table of the SQLite online store emptied (Feast created them at apply)."""
-    import sqlite3
+    from materialize import empty_sqlite
 
-    if not path.exists():
-        return
-    with sqlite3.connect(path) as connection:
-        tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        for (name,) in tables.fetchall():
-            connection.execute(f'DELETE FROM "{name}"')
-    with sqlite3.connect(path) as connection:
-        connection.execute("VACUUM")
+    if path.exists():
+        empty_sqlite(path)
 
 
 def child_score(home: Path) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from tasks.features.store import check_online_store, open_store
 from tasks.features.windows import (
     id_ranges,
     log_scratch,
+    move_partitions,
     plan_windows,
     prune_states,
     publish_states,
@@ -231,7 +231,7 @@ def build_feature_tables(
                     " (nothing of this chunk was published)",
                 )
                 for name in FEATURE_TABLES:
-                    _publish([root / name for root in roots], settings.features_dir / name)
+                    move_partitions([root / name for root in roots], settings.features_dir / name)
                     rows[name] += sum(r.rows[name] for r in results)
                 # States last: a crash in between leaves partitions without a state (a scratch
                 # build next time), never a state ahead of the tables.
@@ -288,24 +288,6 @@ def _check_day(
             [v for r in failed for v in r.violations],
         )
     return reports
-
-
-def _publish(staged_tables: list[Path], table_dir: Path) -> None:
-    """Move every shard's staged partitions into the table, file by file with ``os.replace``;
-    then a day's files that this build did not write (an earlier split) are removed."""
-    by_day: dict[str, list[Path]] = {}
-    for staged_table in staged_tables:
-        for staged_file in sorted(staged_table.glob(f"{PARTITION_KEY}=*/*.parquet")):
-            by_day.setdefault(staged_file.parent.name, []).append(staged_file)
-    for day_dir, files in sorted(by_day.items()):
-        target = table_dir / day_dir
-        target.mkdir(parents=True, exist_ok=True)
-        for staged_file in files:
-            os.replace(staged_file, target / staged_file.name)
-        names = {f.name for f in files}
-        for old in target.glob("*.parquet"):
-            if old.name not in names:
-                old.unlink()
 
 
 def check_feature_tables(settings: Settings, day: date) -> list[ContractReport]:

@@ -410,19 +410,16 @@ def log_scratch(day: date) -> None:
     )
 
 
-def publish_states(settings: Settings, staged_roots: list[Path]) -> None:
-    """Move the staged states of every shard into place, one ``os.replace`` each; a day's files
-    from an earlier build that this one did not write are removed after (the sweep of the next
-    build removes a day left half-moved by a crash)."""
-    root = state_root(settings)
+def move_partitions(staged_dirs: list[Path], target_dir: Path) -> None:
+    """Move the ``snapshot_date=D/*.parquet`` files of every staged folder (one per shard) into
+    ``target_dir``, one ``os.replace`` each; then a day's files that these did not bring (an
+    earlier split) are removed. Used for the feature tables and for the usage states alike."""
     by_day: dict[str, list[Path]] = {}
-    for staged_root in staged_roots:
-        for staged in sorted(
-            (staged_root / STATE_DIR / STATE_NAME).glob(f"{PARTITION_KEY}=*/*.parquet")
-        ):
+    for staged_dir in staged_dirs:
+        for staged in sorted(staged_dir.glob(f"{PARTITION_KEY}=*/*.parquet")):
             by_day.setdefault(staged.parent.name, []).append(staged)
     for day_dir, files in sorted(by_day.items()):
-        target = root / day_dir
+        target = target_dir / day_dir
         target.mkdir(parents=True, exist_ok=True)
         for staged in files:
             os.replace(staged, target / staged.name)
@@ -430,6 +427,12 @@ def publish_states(settings: Settings, staged_roots: list[Path]) -> None:
         for old in target.glob("*.parquet"):
             if old.name not in names:
                 old.unlink()
+
+
+def publish_states(settings: Settings, staged_roots: list[Path]) -> None:
+    """Move the staged states of every shard into place (the sweep of the next build removes a
+    day left half-moved by a crash)."""
+    move_partitions([root / STATE_DIR / STATE_NAME for root in staged_roots], state_root(settings))
 
 
 def prune_states(settings: Settings) -> None:
