@@ -148,6 +148,7 @@ class TreePeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.peak = max(self.peak, self._total())
 
 
 def memory_now() -> tuple[int, int]:

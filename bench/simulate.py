@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Self
 
 import psutil
-from common import mib, new_table, per_second
+from common import TreePeakRss, mib, new_table, per_second
 from rich.console import Console
 
 from tasks.core.schema import USAGE_DAILY
@@ -44,31 +42,6 @@ class Run:
         return self.summary.rows[USAGE_DAILY.name]
 
 
-class PeakRss:
-    """Samples this process's resident memory in a background thread; keeps the maximum."""
-
-    def __init__(self, every_s: float = 0.01):
-        self._process = psutil.Process()
-        self._every_s = every_s
-        self._stop = threading.Event()
-        self.peak = 0
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            self._stop.wait(self._every_s)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-
 def _disk_bytes(*roots: Path) -> int:
     return sum(p.stat().st_size for root in roots for p in root.rglob("*") if p.is_file())
 
@@ -77,7 +50,7 @@ def run_once(label: str, spec: WorldSpec, chunk_days: int) -> Run:
     """Simulate ``spec`` into a temporary directory and measure it."""
     with tempfile.TemporaryDirectory(prefix="churn-bench-") as tmp:
         source, truth = Path(tmp) / "source", Path(tmp) / "truth"
-        with PeakRss() as rss:
+        with TreePeakRss(every_s=0.01) as rss:
             started = time.perf_counter()
             summary = simulate_world(spec, source, truth, chunk_days=chunk_days)
             seconds = time.perf_counter() - started
