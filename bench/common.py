@@ -279,6 +279,18 @@ def prepare_world(
     return timings
 
 
+def feature_repo_fingerprint() -> str:
+    """SHA-256 of the feature declarations (``feature_repo/*.py`` and ``*.yaml``, where the
+    features themselves are declared): a world prepared under other declarations is stale."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    repo = ROOT / "feature_repo"
+    for path in sorted([*repo.glob("*.py"), *repo.glob("*.yaml")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def stamp_matches(marker: Path, stamp: dict) -> bool:
     """Whether ``marker`` records exactly ``stamp``: the world there can be reused."""
     return marker.exists() and json.loads(marker.read_text()) == stamp

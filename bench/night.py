@@ -75,7 +75,6 @@ spill); ``--prepare-duckdb-memory 14GB`` gives that one build more memory (about
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -91,6 +90,7 @@ from common import (
     ROOT,
     SEED,
     START,
+    feature_repo_fingerprint,
     gib,
     new_table,
     peak_rss_bytes,
@@ -561,15 +561,12 @@ def world_stamp(size: int, chunk_days: int) -> dict:
 
 def prepared_stamp(trees: int) -> dict:
     """What the prepared state depends on: another feature service or repo means a fresh one."""
-    repo = hashlib.sha256()
-    for path in sorted((ROOT / "feature_repo").glob("*.py")):
-        repo.update(path.read_bytes())
     return {
         "trees": trees,
         "train_rows": TRAIN_ROWS,
         "night": NIGHT.isoformat(),
         "feature_service": os.environ.get("CHURN_FEATURE_SERVICE", "(default)"),
-        "feature_repo_sha256": repo.hexdigest(),
+        "feature_repo_sha256": feature_repo_fingerprint(),
     }
 
 

@@ -6,7 +6,6 @@ Imported by bench/score.py, whose ``setup`` child runs :func:`setup_world`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from common import ROOT, settings_for, strings, train_booster, v1_features
+from common import feature_repo_fingerprint, settings_for, strings, train_booster, v1_features
 
 DAY = date(2026, 6, 30)
 GENERATOR_VERSION = 1
@@ -106,16 +105,13 @@ def churn_logit(f: dict[str, pa.Array]) -> np.ndarray:
 
 def world_marker(subscribers: int, trees: int) -> dict:
     """What a world was made from; another feature service or repo means a new world."""
-    repo = hashlib.sha256()
-    for path in sorted((ROOT / "feature_repo").glob("*.py")):
-        repo.update(path.read_bytes())
     return {
         "subscribers": subscribers,
         "trees": trees,
         "score_date": DAY.isoformat(),
         "generator_version": GENERATOR_VERSION,
         "feature_service": os.environ.get("CHURN_FEATURE_SERVICE", "(default)"),
-        "feature_repo_sha256": repo.hexdigest(),
+        "feature_repo_sha256": feature_repo_fingerprint(),
     }
 
 
