@@ -100,6 +100,17 @@ def score_nightly_flow(score_date: date | None = None) -> ScoreSummary:
         f"{summary.subscribers:,}",
         summary.high_risk_csv,
     )
+    # tasks.scoring logs a warning per model and feature; the flow run's own log gets one line.
+    unseen = {
+        f"{role} {feature}": count
+        for role, features in summary.unseen_categories.items()
+        for feature, count in features.items()
+    }
+    if unseen:
+        logger.warning(
+            "values unseen in training, scored as missing: %s (see the artifact)",
+            ", ".join(f"{name} {count:,}" for name, count in unseen.items()),
+        )
     create_markdown_artifact(
         key="nightly-scoring",
         description=f"Nightly scoring {day}",

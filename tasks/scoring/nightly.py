@@ -42,6 +42,13 @@ from tasks.scoring.shards import (
     explain_candidates,
     plan_shards,
 )
+from tasks.scoring.unseen import (
+    UnseenCounts,
+    UnseenExamples,
+    add_unseen,
+    unseen_markdown,
+    warn_unseen,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +89,11 @@ class ScoreSummary:
     predictors: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per role, how many shards each predictor scored (``compiled`` unless it was off or refused)."""
     top: list[dict] = field(default_factory=list)
+    unseen_categories: UnseenCounts = field(default_factory=dict)
+    """Per role, per categorical feature: scored subscribers whose value was unseen in training
+    (scored as missing)."""
+    unseen_examples: UnseenExamples = field(default_factory=dict)
+    """Per role, per categorical feature: up to five of those values."""
 
     def markdown(self) -> str:
         versions = ", ".join(f"v{v} ({role})" for v, role in self.models)
@@ -108,6 +120,12 @@ class ScoreSummary:
                 for reason, count in self.not_scored.items()
             ]
             lines.append("")
+        lines += unseen_markdown(
+            self.unseen_categories,
+            self.unseen_examples,
+            {role: version for version, role in self.models},
+            self.scored,
+        )
         predicted = "; ".join(
             f"{role}: " + ", ".join(f"{name} ({count} shard(s))" for name, count in used.items())
             for role, used in self.predictors.items()
@@ -173,6 +191,8 @@ def run_scoring(
     tiers = {m.role: dict.fromkeys(TIERS, 0) for m in models}
     predictors: dict[str, dict[str, int]] = {m.role: {} for m in models}
     candidates: list[pa.Table] = []
+    unseen: UnseenCounts = {}
+    unseen_examples: UnseenExamples = {}
     scored = 0
     stage_seconds: dict[str, float] = {}
     with ExitStack() as stack:
@@ -204,11 +224,13 @@ def run_scoring(
             for role, counts in result.tiers.items():
                 for tier, count in counts.items():
                     tiers[role][tier] += count
+            add_unseen(unseen, unseen_examples, result.unseen, result.unseen_examples)
             for role, predictor in result.predictors.items():
                 predictors[role][predictor] = predictors[role].get(predictor, 0) + 1
             for stage, seconds in result.seconds.items():
                 stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
             logger.info("shard %d of %d scored", result.index + 1, len(shards))
+        warn_unseen(unseen, unseen_examples, {m.role: m.version for m in models}, scored)
         # The night's top: explained once, then logged with the rows the shards held back.
         explain_began = time.perf_counter()
         champion = models[0]
@@ -251,6 +273,8 @@ def run_scoring(
         timings=timings,
         predictors=predictors,
         top=rows.slice(0, 10).to_pylist(),
+        unseen_categories=unseen,
+        unseen_examples=unseen_examples,
     )
     logger.info(
         "scored %s: %d of %d subscribers, %d in the high-risk file",

@@ -34,6 +34,7 @@ from tasks.scoring.compiled import (
 )
 from tasks.scoring.models import ScoringModel
 from tasks.scoring.reasons import top_reasons
+from tasks.scoring.unseen import UnseenCounts, UnseenExamples, unseen_values
 from tasks.training.model_spec import ModelSpec, model_inputs
 
 CHARGE = "monthly_charge"
@@ -121,6 +122,10 @@ class ShardResult:
     seconds: dict[str, float] = field(default_factory=dict)
     predictors: dict[str, str] = field(default_factory=dict)
     """Per role, what computed the probabilities (``compiled``, ``lightgbm``, or why not compiled)."""
+    unseen: UnseenCounts = field(default_factory=dict)
+    """Per role and categorical feature, scored subscribers whose value was unseen in training."""
+    unseen_examples: UnseenExamples = field(default_factory=dict)
+    """Per role and categorical feature, up to five of those values."""
 
 
 def risk_tiers(p: np.ndarray, medium: float, high: float) -> pa.Array:
@@ -213,12 +218,19 @@ def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
     tiers: dict[str, dict[str, int]] = {}
     predictors: dict[str, str] = {}
     candidates = candidate_schema(encoded.type).empty_table()
-    matrices: list[tuple[ModelSpec, np.ndarray]] = []
+    unseen: UnseenCounts = {}
+    unseen_examples: UnseenExamples = {}
+    prepared: list[tuple[ModelSpec, np.ndarray, tuple[dict[str, int], dict[str, list[str]]]]] = []
     for model in ctx.models:
-        matrix = next((m for spec, m in matrices if spec == model.spec), None)
-        if matrix is None:
-            matrix = model_matrix(scored, model.spec)
-            matrices.append((model.spec, matrix))
+        # A shadow with the champion's spec shares its matrix and its unseen values.
+        same = next((entry for entry in prepared if entry[0] == model.spec), None)
+        if same is None:
+            same = (model.spec, model_matrix(scored, model.spec), unseen_values(scored, model.spec))
+            prepared.append(same)
+        _, matrix, (counts, values) = same
+        if counts:
+            unseen[model.role] = dict(counts)
+            unseen_examples[model.role] = {f: list(v) for f, v in values.items()}
         p, predictors[model.role] = model.predict(matrix, ctx.threads)
         lap("predict")
         tier = risk_tiers(p, ctx.medium_threshold, ctx.high_threshold)
@@ -252,6 +264,8 @@ def score_shard(ctx: ScoringContext, shard: Shard) -> ShardResult:
         tiers=tiers,
         seconds=seconds,
         predictors=predictors,
+        unseen=unseen,
+        unseen_examples=unseen_examples,
     )
 
 
