@@ -21,6 +21,10 @@ TICKET_CATEGORIES = ("network", "billing", "device", "other")
 PLAN_CHANGE_REASONS = ("upgrade", "downgrade", "price_change")
 CANCEL_REASONS = ("price", "service", "competitor", "moved", "other")
 
+UNSPECIFIED = "unspecified"
+"""A fairness group the data does not give (a telco export has no region or age band). Allowed in
+``region``/``age_band`` but not in REGIONS/AGE_BANDS, which the simulator draws from."""
+
 PROTECTED_ATTRIBUTES = ("age_band", "gender", "region")
 """Used only to evaluate fairness: never a model input."""
 
@@ -75,8 +79,8 @@ SUBSCRIBERS = TableSpec(
         Column("contract_type", pa.string(), allowed=CONTRACT_TYPES),
         Column("payment_method", pa.string(), allowed=PAYMENT_METHODS),
         Column("monthly_charge", pa.float64(), min=0.0, max=500.0),
-        Column("region", pa.string(), allowed=REGIONS),
-        Column("age_band", pa.string(), allowed=AGE_BANDS),
+        Column("region", pa.string(), allowed=(*REGIONS, UNSPECIFIED)),
+        Column("age_band", pa.string(), allowed=(*AGE_BANDS, UNSPECIFIED)),
         Column("gender", pa.string(), allowed=GENDERS),
     ),
 )

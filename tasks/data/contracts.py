@@ -226,12 +226,15 @@ def check_source_dir(
     days: int = 1,
     volume_tolerance: float | None = None,
     specs: Iterable[TableSpec] | None = None,
+    allow_empty_daily: bool = False,
 ) -> list[ContractReport]:
     """Check every source table under ``source_dir``: the newest ``days`` days of daily tables,
     the whole of the others.
 
     Freshness (``expected_latest``) and volume apply to daily tables only: a day without
     sign-ups or bills is normal. ``volume_tolerance`` defaults to ``CHURN_VOLUME_TOLERANCE``.
+    ``allow_empty_daily``: a daily table without a single row is not held to freshness (a source
+    that is one snapshot export has no daily data at all); a daily table with rows always is.
     Raises :class:`SourceDataMissing` when a table is absent.
     """
     if days < 1:
@@ -247,11 +250,12 @@ def check_source_dir(
             raise SourceDataMissing(f"source table {spec.name} not found at {path}")
         if is_daily(spec):
             data, previous = _read_newest_days(source_dir, spec, days)
+            empty_allowed = allow_empty_daily and data.num_rows == 0
             reports.append(
                 check_table(
                     spec,
                     data,
-                    expected_latest=expected_latest,
+                    expected_latest=None if empty_allowed else expected_latest,
                     volume_tolerance=volume_tolerance,
                     previous_day_rows=previous,
                 )

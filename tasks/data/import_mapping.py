@@ -21,7 +21,8 @@ import yaml
 from tasks.core.errors import (
     ImportMappingError,
 )
-from tasks.core.schema import SOURCE_TABLES, Column, TableSpec
+from tasks.core.schema import CANCEL_REASONS, SOURCE_TABLES, Column, TableSpec
+from tasks.data.attributes import AttributeMapping, parse_attributes
 from tasks.data.contract_values import type_family
 
 MAPPING_KEYS = (
@@ -32,12 +33,17 @@ MAPPING_KEYS = (
     "snapshot_date",
     "tenure",
     "date_format",
+    "attributes",
+    "churn",
 )
 MAX_EXAMPLES = 5
 TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_TEXT = frozenset({"false", "f", "no", "n", "0"})
 
 TENURE_TARGETS = {"subscribers": "signup_date"}
+EXPORT_TABLE = "subscribers"
+"""The table whose mapping may carry ``attributes:`` and ``churn:`` (a snapshot export)."""
+CHURN_KINDS = ("flag", "cancel_date")
 TENURE_UNIT_DAYS = {"months": 30.4375, "days": 1.0}
 
 
@@ -55,6 +61,16 @@ class Tenure:
 
 
 @dataclass(frozen=True)
+class Churn:
+    """``churn:``: who left, from a yes/no ``flag`` column or a ``cancel_date`` column."""
+
+    kind: str
+    """``flag`` or ``cancel_date``."""
+    column: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ImportMapping:
     """A validated mapping file."""
 
@@ -68,6 +84,8 @@ class ImportMapping:
     """The day the file was observed."""
     date_format: str | None
     tenure: Tenure | None = None
+    attributes: tuple[AttributeMapping, ...] = ()
+    churn: Churn | None = None
 
     @property
     def sources(self) -> dict[str, str]:
@@ -78,8 +96,12 @@ class ImportMapping:
     def file_columns(self) -> list[str]:
         """Every file column the mapping reads, in mapping order."""
         names = list(self.columns)
-        if self.tenure is not None and self.tenure.column not in names:
-            names.append(self.tenure.column)
+        extra = [self.tenure.column] if self.tenure is not None else []
+        extra += [a.column for a in self.attributes]
+        extra += [self.churn.column] if self.churn is not None else []
+        for name in extra:
+            if name not in names:
+                names.append(name)
         return names
 
     @property
@@ -146,7 +168,11 @@ def load_mapping(mapping_path: Path) -> ImportMapping:
         doc.get("snapshot_date"), spec, columns, constants, date_format, where
     )
     tenure = _tenure(doc.get("tenure"), spec, columns, constants, snapshot, where)
-    mapping = ImportMapping(spec, columns, values, constants, snapshot, date_format, tenure)
+    attributes = _attributes(doc.get("attributes"), spec, snapshot, where)
+    churn = _churn(doc.get("churn"), spec, snapshot, where)
+    mapping = ImportMapping(
+        spec, columns, values, constants, snapshot, date_format, tenure, attributes, churn
+    )
 
     filled = set(columns.values()) | set(constants)
     filled |= {mapping.snapshot_fills} - {None}
@@ -319,6 +345,60 @@ def _tenure(
             f"{target} = snapshot_date - tenure"
         )
     return Tenure(column=column, unit=unit, target=target)
+
+
+def _needs_export(key: str, spec: TableSpec, snapshot: date | None, where: str) -> None:
+    """``attributes``/``churn`` describe a subscribers export observed on ``snapshot_date``."""
+    if spec.name != EXPORT_TABLE:
+        raise ImportMappingError(
+            f"{where}: '{key}' is only allowed with table: {EXPORT_TABLE}, not {spec.name}"
+        )
+    if snapshot is None:
+        raise ImportMappingError(
+            f"{where}: '{key}' needs snapshot_date: the day the export was taken "
+            f"(the day its {'attributes were observed' if key == 'attributes' else 'churn is known'})"
+        )
+
+
+def _attributes(
+    value: Any, spec: TableSpec, snapshot: date | None, where: str
+) -> tuple[AttributeMapping, ...]:
+    if value is None:
+        return ()
+    _needs_export("attributes", spec, snapshot, where)
+    return tuple(
+        AttributeMapping(a.declaration, a.column, {as_text(k): v for k, v in a.values.items()})
+        for a in parse_attributes(value, where)
+    )
+
+
+def _churn(value: Any, spec: TableSpec, snapshot: date | None, where: str) -> Churn | None:
+    if value is None:
+        return None
+    _needs_export("churn", spec, snapshot, where)
+    usage = (
+        "churn must look like {flag: FILE_COLUMN} or {cancel_date: FILE_COLUMN}, "
+        "optionally with reason: other"
+    )
+    if not isinstance(value, dict):
+        raise ImportMappingError(f"{where}: {usage}")
+    unknown = sorted(set(map(str, value)) - {*CHURN_KINDS, "reason"})
+    if unknown:
+        raise ImportMappingError(f"{where}: churn: unknown key(s) {', '.join(unknown)}; {usage}")
+    kinds = [k for k in CHURN_KINDS if k in value]
+    if len(kinds) != 1:
+        raise ImportMappingError(
+            f"{where}: churn needs exactly one of flag or cancel_date; {usage}"
+        )
+    column = value[kinds[0]]
+    if not isinstance(column, str) or not column:
+        raise ImportMappingError(f"{where}: churn.{kinds[0]} must name a file column")
+    reason = value.get("reason", "other")
+    if reason not in CANCEL_REASONS:
+        raise ImportMappingError(
+            f"{where}: churn.reason {reason!r} unknown; use one of {', '.join(CANCEL_REASONS)}"
+        )
+    return Churn(kind=kinds[0], column=column, reason=reason)
 
 
 def as_text(value: Any) -> str:

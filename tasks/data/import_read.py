@@ -108,13 +108,17 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def warn_label_columns(path: Path, available: list[str], mapping: ImportMapping) -> None:
-    """Warn about unmapped columns that look like a churn label: they are not imported."""
+    """Warn about unmapped columns that look like a churn label: they are not imported.
+
+    A column the mapping reads (``churn:`` included) is not warned about.
+    """
     read = set(mapping.file_columns)
     labels = [c for c in available if c not in read and LABEL_LIKE.search(c)]
     if labels:
         logger.warning(
             "%s: column(s) %s look like a churn label and are not imported; churn is recorded "
-            "as cancellations rows (import them with table: cancellations and a cancel_date)",
+            "as cancellations rows (declare it in this mapping with churn: {flag: COLUMN}, or "
+            "import them with table: cancellations and a cancel_date)",
             path.name,
             ", ".join(labels),
         )

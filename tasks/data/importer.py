@@ -14,21 +14,47 @@ source table the file fills and how its columns become that table's columns::
     snapshot_date: 2026-01-31     # optional: the day the file was observed (exported)
     tenure: {column: tenure, unit: months}  # subscribers only: signup_date from a tenure column
     date_format: "%Y-%m-%d"       # optional: strftime format of string dates (default: inferred)
+    churn: {flag: Churn}          # subscribers + snapshot_date only: who had left (see below)
+    attributes:                   # subscribers + snapshot_date only: extra typed columns
+      internet_service: {column: InternetService, type: categorical, allowed: [dsl, none]}
+      total_charges: {column: TotalCharges, type: numeric, min: 0, nullable: true}
 
 What a usable source needs: all six source tables, ``subscribers``, ``usage_daily``,
 ``billing``, ``support_tickets``, ``plan_changes`` and ``cancellations`` (the feature build
 refuses a source directory that lacks one), each imported with its own mapping. The event
 tables (``billing``, ``support_tickets``, ``plan_changes``, ``cancellations``) may be imported
 from a file with a header and no rows when there is nothing to record; ``subscribers`` and
-``usage_daily`` need rows, and ``usage_daily`` sets the days the source covers.
+``usage_daily`` need rows, and ``usage_daily`` sets the days the source covers. Or a single
+*snapshot export*: a subscribers import with ``churn:`` (below) is a whole source.
 
-Churn is not a column: a subscriber churned when a ``cancellations`` row (``subscriber_id``,
-``cancel_date`` = first day without service, ``reason``) says so. A file column such as
-``Churn``/``Exited`` is therefore never mapped (the importer ignores it with a warning); import
-the churned subscribers as their own file with ``table: cancellations`` and a ``cancel_date``.
-Labels are only as mature as the cancellations data reaches: the 30-day label of a snapshot
-day is known only once cancellations are recorded through the 30 days that follow it, so
-cancellations that stop earlier make the newest labels look like "stayed".
+Churn is a ``cancellations`` row (``subscriber_id``, ``cancel_date`` = first day without
+service, ``reason``), imported either as its own file with ``table: cancellations``, or from
+the subscribers export itself with ``churn:`` (needs ``snapshot_date``):
+
+* ``churn: {flag: Churn}``: a yes/no column (yes/no, y/n, true/false, t/f, 1/0, any case);
+  each "yes" is a cancellation on ``snapshot_date`` (they had left when the export was taken).
+  Any other value, empty included, is a ``yes_no`` violation of that file column;
+* ``churn: {cancel_date: LeftOn}``: a date column (``date_format`` applies), empty = still a
+  customer; a date after ``snapshot_date`` is a ``max`` violation, one before the subscriber's
+  ``signup_date`` a ``min`` violation (both of ``cancellations.cancel_date``);
+* ``reason``: optional, one of CANCEL_REASONS, default ``other``.
+
+The rows are upserted by ``subscriber_id`` and checked by the cancellations contract, with the
+subscribers rows. Then every source table not there yet is written empty (``usage_daily`` as
+``usage_daily/part-empty.parquet``), existing tables are never touched, and the manifest's
+``snapshot_export`` records ``snapshot_date``, ``subscribers``, ``churned`` and ``file`` (the
+export with the latest ``snapshot_date``). A file column such as ``Churn``/``Exited`` that the
+mapping does not read is ignored with a warning. Labels are only as mature as the cancellations
+data reaches: the 30-day label of a snapshot day is known only once cancellations are recorded
+through the 30 days that follow it, so cancellations that stop earlier make the newest labels
+look like "stayed".
+
+``attributes``: extra subscriber attributes, kept in ``subscriber_attributes`` (keys
+``subscriber_id``, ``observed_date`` = ``snapshot_date``); the entry syntax, the merging of
+declarations across imports and the table are in :mod:`tasks.data.attributes`. Their contract
+(``type``, ``allowed_values``, ``min``, ``max``, ``not_null``, column = the attribute's name) is
+checked with the subscribers rows. All violations of every table are raised together, and
+nothing (no table, no manifest) is written unless all pass.
 
 ``snapshot_date`` and ``tenure`` (a snapshot export is an observation on ``snapshot_date``):
 
@@ -45,8 +71,9 @@ Rules of the mapping (any breach raises :class:`~tasks.core.errors.ImportMapping
 
 * ``table`` must be a source table; every target column must belong to it; a target is filled
   once (from ``columns``, ``constants``, ``snapshot_date`` or ``tenure``), and every
-  non-nullable column of the table must be filled. File columns named in ``columns`` or
-  ``tenure`` must exist in the file; other file columns are ignored.
+  non-nullable column of the table must be filled. File columns named in ``columns``,
+  ``tenure``, ``churn`` or ``attributes`` must exist in the file; other file columns are
+  ignored. ``churn`` and ``attributes`` need ``table: subscribers`` and ``snapshot_date``.
 * ``values`` keys are compared with the file's text (CSV) or the value's text form (Parquet);
   values without an entry pass through unchanged (and the contract judges them). Booleans are
   YAML 1.2 ``true``/``false`` only, so ``Yes``/``No`` keys stay strings.
@@ -71,12 +98,15 @@ Writing (each file atomically, rows sorted by the table's keys, exactly the spec
   another producer wrote the directory), ``start``/``end`` (the days covered: the range of the
   daily table ``usage_daily`` once it exists, else the union of the tables' ranges),
   ``tables.<table>`` (rows, date column, first and last date of the whole table after the
-  import) and ``imports`` (one entry per input file and table, with its ``snapshot_date`` if
-  the mapping gave one). Keys written by other code are kept.
+  import, for every table it wrote) and ``imports`` (one entry per input file and table, with
+  its ``snapshot_date`` if the mapping gave one), ``attributes`` and ``snapshot_export``. When
+  ``usage_daily`` has no rows and there is a snapshot export, ``start``/``end`` are the day
+  before the export and its day. Keys written by other code are kept.
 
 This module runs the import and writes the table; the mapping's rules are checked in
 :mod:`tasks.data.import_mapping`, and reading, trimming, casting, the tenure derivation and the
-churn-label warning are :mod:`tasks.data.import_read`.
+churn-label warning are :mod:`tasks.data.import_read`; attributes and churn rows are built in
+:mod:`tasks.data.import_export`.
 """
 
 from __future__ import annotations
@@ -84,8 +114,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +132,25 @@ from tasks.core.errors import (
 )
 from tasks.core.files import atomic_path, write_parquet_atomic
 from tasks.core.layout import MANIFEST_NAME, table_glob, table_path
-from tasks.core.schema import SOURCE_TABLES, TableSpec
+from tasks.core.schema import CANCELLATIONS, SOURCE_TABLES, TableSpec
 from tasks.core.sql import connect
+from tasks.data.attributes import (
+    AttributeDeclaration,
+    attribute_declarations,
+    attributes_path,
+    attributes_table_spec,
+    merge_declarations,
+    upsert_attributes,
+)
 from tasks.data.contracts import check_table, is_daily, violation_sort_key
-from tasks.data.import_mapping import load_mapping
+from tasks.data.import_export import (
+    attribute_violations,
+    build_attributes,
+    build_cancellations,
+    check_export_columns,
+    write_missing_tables,
+)
+from tasks.data.import_mapping import ImportMapping, load_mapping
 from tasks.data.import_read import build_table, input_columns, read_input, warn_label_columns
 
 logger = logging.getLogger(__name__)
@@ -119,6 +165,8 @@ class ImportSummary:
     table: str
     rows: int
     written: list[Path]
+    churned: int | None = None
+    """Cancellations rows a ``churn:`` mapping gave (None without ``churn:``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,7 +179,14 @@ def import_file(path: Path, mapping_path: Path, source_dir: Path) -> ImportSumma
     path, source_dir = Path(path), Path(source_dir)
     mapping = load_mapping(Path(mapping_path))
     spec = mapping.spec
+    # A type clash with an earlier import is a mapping error: found before reading any data.
+    declarations = merge_declarations(
+        attribute_declarations(source_dir),
+        tuple(a.declaration for a in mapping.attributes),
+        str(mapping_path),
+    )
     available = input_columns(path)
+    check_export_columns(mapping, available, path, str(mapping_path))
     warn_label_columns(path, available, mapping)
     raw = read_input(path, mapping.file_columns, available)
     if raw.num_rows == 0 and spec.name not in EVENT_TABLES:
@@ -148,20 +203,90 @@ def import_file(path: Path, mapping_path: Path, source_dir: Path) -> ImportSumma
     target = _target_file(source_dir, spec, digest)
     if spec.partitioned:
         violations += _overlap_with_other_parts(spec, table, target)
-    if violations:
-        violations.sort(key=lambda v: violation_sort_key(spec, v))
-        raise DataContractError(spec.name, violations)
+    violations.sort(key=lambda v: violation_sort_key(spec, v))
+    extras = _build_extras(mapping, raw, table)
+    # Every table's violations in one error: the subscribers rows first, then what they bring.
+    by_table = {spec.name: violations}
+    for name, found in extras.violations.items():
+        by_table[name] = by_table.get(name, []) + found
+    failing = {name: found for name, found in by_table.items() if found}
+    if failing:
+        raise DataContractError(", ".join(failing), [v for f in failing.values() for v in f])
 
     # It passed, so no non-nullable column holds a null: the exact schema now applies.
     data = table.cast(spec.arrow_schema).sort_by([(k, "ascending") for k in spec.keys])
     if not spec.partitioned:
         data = _upsert(spec, data, target)
     write_parquet_atomic(data, target)
+    written, refreshed = [target], []
+    if extras.attributes is not None:
+        declarations = upsert_attributes(source_dir, extras.attributes, declarations)
+        written.append(attributes_path(source_dir))
+        refreshed.append(attributes_table_spec(declarations))
+    export = None
+    if extras.cancellations is not None:
+        written.append(_write_cancellations(source_dir, extras.cancellations))
+        refreshed.append(CANCELLATIONS)
+        for empty, empty_path in write_missing_tables(source_dir):
+            written.append(empty_path)
+            refreshed.append(empty)
+        assert mapping.snapshot_date is not None  # load_mapping requires it with churn
+        export = {
+            "snapshot_date": mapping.snapshot_date.isoformat(),
+            "subscribers": table.num_rows,
+            "churned": extras.cancellations.num_rows,
+            "file": path.name,
+        }
     manifest = update_manifest(
-        source_dir, spec, path, digest, table, snapshot_date=mapping.snapshot_date
+        source_dir,
+        spec,
+        path,
+        digest,
+        table,
+        snapshot_date=mapping.snapshot_date,
+        refreshed=refreshed,
+        attributes=declarations if mapping.attributes else None,
+        snapshot_export=export,
     )
     logger.info("imported %d %s rows from %s into %s", table.num_rows, spec.name, path, target)
-    return ImportSummary(table=spec.name, rows=table.num_rows, written=[target, manifest])
+    churned = extras.cancellations.num_rows if extras.cancellations is not None else None
+    return ImportSummary(spec.name, table.num_rows, [*written, manifest], churned)
+
+
+@dataclass(frozen=True)
+class _Extras:
+    """What a subscribers export brings besides subscribers (see :mod:`tasks.data.import_export`)."""
+
+    attributes: pa.Table | None
+    cancellations: pa.Table | None
+    violations: dict[str, list[ContractViolation]]
+    """Table name → its violations, in report order."""
+
+
+def _build_extras(mapping: ImportMapping, raw: pa.Table, subscribers: pa.Table) -> _Extras:
+    attributes = cancellations = None
+    violations: dict[str, list[ContractViolation]] = {}
+    if mapping.attributes:
+        attributes, cast_failures = build_attributes(mapping, raw, subscribers["subscriber_id"])
+        spec = attributes_table_spec(
+            {a.declaration.name: a.declaration for a in mapping.attributes}
+        )
+        found = _merge(spec, cast_failures, attribute_violations(mapping, attributes))
+        violations[spec.name] = sorted(found, key=lambda v: violation_sort_key(spec, v))
+    if mapping.churn is not None:
+        cancellations, found = build_cancellations(mapping, raw, subscribers)
+        # A bad flag is a subscribers column's violation; the rest are the cancellations'.
+        flags = [v for v in found if v.table == mapping.spec.name]
+        violations["cancellations"] = [v for v in found if v.table == CANCELLATIONS.name]
+        violations[mapping.spec.name] = flags
+    return _Extras(attributes, cancellations, violations)
+
+
+def _write_cancellations(source_dir: Path, incoming: pa.Table) -> Path:
+    """Upsert by subscriber_id, exactly like a ``table: cancellations`` import."""
+    target = table_path(source_dir, CANCELLATIONS)
+    data = incoming.cast(CANCELLATIONS.arrow_schema)
+    return write_parquet_atomic(_upsert(CANCELLATIONS, data, target), target)
 
 
 def _merge(
@@ -255,8 +380,17 @@ def update_manifest(
     imported: pa.Table,
     *,
     snapshot_date: date | None = None,
+    refreshed: Iterable[TableSpec] = (),
+    attributes: dict[str, AttributeDeclaration] | None = None,
+    snapshot_export: dict[str, Any] | None = None,
 ) -> Path:
-    """Record the import in ``_manifest.json``, keeping every key other code wrote."""
+    """Record the import in ``_manifest.json``, keeping every key other code wrote.
+
+    ``refreshed``: other tables the import wrote, whose ``tables`` stats are recomputed.
+    ``attributes``: the merged attribute declarations, stored under ``"attributes"``.
+    ``snapshot_export``: this import's export record; it replaces the stored one unless that
+    observed a later day (an older export imported afterwards does not move the source back).
+    """
     manifest_path = source_dir / MANIFEST_NAME
     manifest: dict[str, Any] = {}
     if manifest_path.exists():
@@ -274,9 +408,20 @@ def update_manifest(
     if not isinstance(entry, dict):
         raise ChurnError(f"{manifest_path}: 'tables.{spec.name}' is not a JSON object")
     entry.update(_table_stats(source_dir, spec) | {"source": "import"})
-    # Top-level start/end are the days the source tables cover (what the feature build reads):
-    # the daily table's range when it exists, else the union of the tables' ranges.
-    manifest.update(_covered_days(source_dir, tables))
+    for other in refreshed:
+        tables.setdefault(other.name, {}).update(
+            _table_stats(source_dir, other) | {"source": "import"}
+        )
+    if attributes is not None:
+        manifest["attributes"] = {name: d.to_json() for name, d in attributes.items()}
+    stored_export = manifest.get("snapshot_export")
+    if snapshot_export is not None and not (
+        isinstance(stored_export, dict)
+        and str(stored_export.get("snapshot_date", "")) > snapshot_export["snapshot_date"]
+    ):
+        manifest["snapshot_export"] = snapshot_export
+    # Top-level start/end are the days the source tables cover (what the feature build reads).
+    manifest.update(_covered_days(source_dir, tables, manifest.get("snapshot_export")))
 
     first, last = _date_range(imported, spec.date_column)
     record = {
@@ -323,13 +468,24 @@ def _table_stats(source_dir: Path, spec: TableSpec) -> dict[str, Any]:
     return stats
 
 
-def _covered_days(source_dir: Path, tables: dict[str, Any]) -> dict[str, str]:
-    """``{"start", "end"}`` of the source directory, or nothing if no table has dates."""
+def _covered_days(
+    source_dir: Path, tables: dict[str, Any], snapshot_export: Any = None
+) -> dict[str, str]:
+    """``{"start", "end"}`` of the source directory, or nothing if no table has dates.
+
+    The daily table's range when it has rows. Else, after a snapshot export, the day before the
+    export and its day: the export says who was in service on the day before (everyone in it,
+    churned or not) and on its day (those who had not left). Else the union of the tables'
+    ranges.
+    """
     for spec in SOURCE_TABLES.values():
         if is_daily(spec) and any(table_path(source_dir, spec).glob("*.parquet")):
             stats = _table_stats(source_dir, spec)
             if stats["first_date"]:
                 return {"start": stats["first_date"], "end": stats["last_date"]}
+    if isinstance(snapshot_export, dict) and snapshot_export.get("snapshot_date"):
+        day = date.fromisoformat(snapshot_export["snapshot_date"])
+        return {"start": (day - timedelta(days=1)).isoformat(), "end": day.isoformat()}
     firsts = [
         t["first_date"] for t in tables.values() if isinstance(t, dict) and t.get("first_date")
     ]
