@@ -3,7 +3,7 @@
     python bench/contracts.py [--world PATH] [--day YYYY-MM-DD] [--before REV] [--tables ...]
 
 Reads each feature table's partition of ``--day`` from the world (read only) and checks it with
-the project's contract specs (``feature_table_specs(open_store(settings))``, as
+the project's contract specs (``feature_table_specs(open_store(settings), settings)``, as
 ``tasks/features/tables.py`` does, over a copy of the world's Feast registry in a temporary home)
 the way ``_check_day`` calls ``check_table``. "before" is the contract code of ``--before``
 (default ``HEAD``: ``git show REV:tasks/data/contract*.py``, imported under another name), "after"
@@ -83,7 +83,7 @@ def main() -> None:
         from tasks.features.store import open_store
         from tasks.features.tables import feature_table_specs
 
-        specs = feature_table_specs(open_store(settings))
+        specs = feature_table_specs(open_store(settings), settings)
         before = load_before(args.before)
         console = Console(width=120)
         table = new_table(

@@ -21,11 +21,15 @@ from data_sources import (
 from entities import subscriber
 from feast import FeatureView
 
-from tasks.features.definitions import DEFINITIONS_FILE, load_definitions
+from tasks.core.settings import get_settings
+from tasks.features.definitions import ATTRIBUTES_VIEW, DEFINITIONS_FILE, load_definitions
 
 _OWNER = "ml-platform@churn-ops"
 _TTL = timedelta(days=1)
-DEFINITIONS = load_definitions(Path(__file__).with_name(DEFINITIONS_FILE))
+# CHURN_FEATURE_DEFINITIONS may name a file of your own that includes this one.
+DEFINITIONS = load_definitions(
+    get_settings().feature_definitions or Path(__file__).with_name(DEFINITIONS_FILE)
+)
 
 
 subscriber_profile = FeatureView(
@@ -96,3 +100,25 @@ subscriber_usage_90d = FeatureView(
     tags={"topic": "usage", "window": "90d"},
     schema=DEFINITIONS.fields("subscriber_usage_90d"),
 )
+
+
+# Only where the definitions use the attributes an import declared (`attributes:` in a mapping):
+# a source without them has no such table to read.
+if ATTRIBUTES_VIEW in DEFINITIONS.views:
+    subscriber_attributes = FeatureView(
+        name=ATTRIBUTES_VIEW,
+        entities=[subscriber],
+        ttl=_TTL,
+        source=_daily_table(
+            ATTRIBUTES_VIEW, "Daily imported subscriber attributes, as last observed."
+        ),
+        online=True,
+        description=(
+            "Subscriber attributes declared by an import (services, add-ons, household, …), "
+            "as observed on or before the snapshot day (before the first observation: as first "
+            "observed)."
+        ),
+        owner=_OWNER,
+        tags={"topic": "attributes", "window": "point"},
+        schema=DEFINITIONS.fields(ATTRIBUTES_VIEW),
+    )

@@ -20,10 +20,17 @@ model_app = typer.Typer(
 
 
 def train(
-    as_of: Annotated[str, typer.Option("--as-of", help="Training day (YYYY-MM-DD).")],
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Training day (YYYY-MM-DD); with --cold-start, optional (default: the newest "
+            "export with a churn column).",
+        ),
+    ] = None,
     reason: Annotated[
-        str, typer.Option(help="Why this retraining runs (recorded as lineage).")
-    ] = "manual",
+        str | None, typer.Option(help="Why this retraining runs (recorded as lineage).")
+    ] = None,
     wait: Annotated[
         bool,
         typer.Option(
@@ -31,17 +38,44 @@ def train(
             "--no-wait leaves the candidate as challenger."
         ),
     ] = True,
+    cold_start: Annotated[
+        bool,
+        typer.Option(
+            "--cold-start",
+            help="A first model from one labelled snapshot (an imported export with a churn "
+            "column), split by subscriber rather than by time: a weaker guarantee, said in the "
+            "model card and the MLflow tags.",
+        ),
+    ] = False,
 ) -> None:
     """Run the retrain flow at AS_OF: train, evaluate, gate, and register/promote only if every gate passes."""
+    if as_of is None and not cold_start:
+        raise typer.BadParameter(
+            "give the training day with --as-of YYYY-MM-DD", param_hint="--as-of"
+        )
     use_prefect()
     from flows.retrain import retrain_flow
 
-    result = retrain_flow(as_of=parse_day(as_of, "--as-of"), reason=reason, wait_for_approval=wait)
+    day = parse_day(as_of, "--as-of") if as_of is not None else None
+    result = retrain_flow(
+        as_of=day,
+        reason=reason or ("cold start" if cold_start else "manual"),
+        wait_for_approval=wait,
+        cold_start=cold_start,
+    )
+    if result is None:
+        print_summary(
+            f"Retraining at {as_of}: waiting for history",
+            [("decision", "the cold-start champion stays (see the run's log for the first day)")],
+        )
+        return
     m = result.challenger.metrics
+    split = "by subscriber (cold start)" if cold_start else "by time"
     print_summary(
-        f"Retraining at {as_of}: {result.decision.verdict}",
+        f"Retraining at {result.as_of}: {result.decision.verdict}",
         [
             ("decision", result.decision.summary()),
+            ("split", split),
             ("holdout ROC-AUC", f"{m['roc_auc']:.4f}"),
             (
                 "best achievable",

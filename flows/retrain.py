@@ -24,11 +24,14 @@ from flows.alerting import alert_on_failure, notify
 from flows.common import dated_run_name, one_at_a_time, run_day
 from tasks.alerting.alerts import flow_run_url, gate_alert
 from tasks.alerting.incident_alerts import send_due
-from tasks.core.errors import ChurnError
+from tasks.core.errors import ChurnError, InsufficientHistory
 from tasks.core.settings import get_settings
 from tasks.monitoring.follow_up import finish_follow_up
 from tasks.monitoring.incident import record_retraining, retraining_from
 from tasks.training.approval import ApprovalOutcome, apply_approval, pause_key
+from tasks.training.cold_start import COLD_START_TAG
+from tasks.training.mlflow_store import CHAMPION
+from tasks.training.registry import current_alias
 from tasks.training.retrain import RetrainResult, retrain
 
 
@@ -55,16 +58,49 @@ def retrain_flow(
     reason: str = "scheduled",
     wait_for_approval: bool = True,
     follow_up_of: date | None = None,
-) -> RetrainResult:
+    cold_start: bool = False,
+) -> RetrainResult | None:
     """Retrain at ``as_of`` (default: the day before the run's scheduled time); in approval mode
     wait for a person unless ``wait_for_approval`` is off. ``follow_up_of``: this is the drift
-    follow-up of that day's incident (its outcome is recorded with the follow-up)."""
+    follow-up of that day's incident (its outcome is recorded with the follow-up).
+    ``cold_start``: a first model from one labelled snapshot, split by subscriber
+    (``tasks/training/cold_start.py``; ``as_of`` defaults to the newest export's day).
+
+    Returns None, without failing, when the champion is a cold-start model and the source does
+    not yet reach back far enough for a time-split retraining: the champion stays, and the run
+    says from which day the time-split retraining can take over.
+    """
     logger = get_run_logger()
     settings = get_settings()
-    as_of = as_of or run_day(settings)
+    as_of = as_of or (None if cold_start else run_day(settings))
     # One retraining at a time across deployments (a no-op where the limit is not defined).
     with one_at_a_time("churn-retrain"):
-        result = retrain(settings, as_of, reason, flow_run_id=str(runtime.flow_run.id))
+        try:
+            result = retrain(
+                settings,
+                as_of,
+                reason,
+                flow_run_id=str(runtime.flow_run.id),
+                cold_start=cold_start,
+            )
+        except InsufficientHistory as exc:
+            champion = current_alias(settings, CHAMPION)
+            if cold_start or champion is None or champion.tags.get(COLD_START_TAG) != "true":
+                raise
+            # Until the history exists the cold-start champion is the model there is; a red
+            # weekly run for months would teach people to ignore the retraining's failures.
+            waiting = (
+                f"Cold-start champion v{champion.version} stays: not enough history yet for a "
+                f"time-split retraining ({exc})."
+            )
+            logger.info("%s", waiting)
+            create_markdown_artifact(
+                key="retrain-decision",
+                description=f"Retraining at {as_of}: waiting for history",
+                markdown=f"# Retraining at {as_of}: waiting for history\n\n{waiting}\n",
+            )
+            return None
+    as_of = result.as_of
     logger.info("%s", result.decision.summary())
     if follow_up_of is not None:
         finish_follow_up(settings, follow_up_of, result.version, result.decision.verdict)

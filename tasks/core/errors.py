@@ -40,6 +40,11 @@ class SourceDataMissing(ChurnError):
     """An expected input (source table, feature table, registry) is not there yet."""
 
 
+class InsufficientHistory(SourceDataMissing):
+    """The source does not reach far enough back for a time-split training at this as-of day
+    (the message names the first as-of day that has enough)."""
+
+
 class FeatureStoreError(ChurnError):
     """Feast was asked for something it cannot answer (unknown service, no registry, …)."""
 

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     feature_service: str = Field(
         default="churn_model_v2", description="Feast feature service of model inputs."
     )
+    feature_definitions: Path | None = Field(
+        default=None,
+        description="Feature definitions file to use instead of feature_repo/features.yaml "
+        "(for example one that includes it and adds your own features and services).",
+    )
 
     # Feast.
     online_write_batch_size: int = Field(
@@ -340,6 +345,13 @@ class Settings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         # Feast's registry stores absolute paths; resolve once so every component agrees.
         return value.expanduser().resolve()
+
+    @field_validator("feature_definitions")
+    @classmethod
+    def _absolute_definitions(cls, value: Path | None) -> Path | None:
+        # `feast apply` imports the repo from inside feature_repo/: a relative path must not
+        # change meaning there.
+        return value.expanduser().resolve() if value is not None else None
 
     @field_validator("timezone")
     @classmethod

@@ -27,9 +27,11 @@ from feast import Field
 from feast.types import Bool, Float32, Float64, Int32, Int64, PrimitiveFeastType, String
 
 from tasks.core.errors import DefinitionProblem, FeatureDefinitionError
-from tasks.core.settings import PROJECT_ROOT
+from tasks.core.settings import PROJECT_ROOT, Settings, get_settings
 
 DEFINITIONS_FILE = "features.yaml"
+ATTRIBUTES_VIEW = "subscriber_attributes"
+"""The optional view over the attributes an import declared (source table of the same name)."""
 DEFINITIONS_PATH = PROJECT_ROOT / "feature_repo" / DEFINITIONS_FILE
 """The project's feature definitions."""
 
@@ -188,10 +190,20 @@ def display(path: Path) -> str:
         return str(path)
 
 
+def definitions_path(settings: Settings | None = None) -> Path:
+    """The definitions in use: ``CHURN_FEATURE_DEFINITIONS``, else ``feature_repo/features.yaml``."""
+    chosen = (settings or get_settings()).feature_definitions
+    return chosen if chosen is not None else DEFINITIONS_PATH
+
+
+def feature_definitions(settings: Settings | None = None) -> Definitions:
+    """The definitions in use (:func:`definitions_path`), each file read once per process."""
+    return _definitions_at(definitions_path(settings))
+
+
 @cache
-def feature_definitions() -> Definitions:
-    """The project's definitions (``feature_repo/features.yaml``), read once per process."""
-    return load_definitions(DEFINITIONS_PATH)
+def _definitions_at(path: Path) -> Definitions:
+    return load_definitions(path)
 
 
 def load_definitions(path: Path) -> Definitions:
@@ -202,21 +214,68 @@ def load_definitions(path: Path) -> Definitions:
             view or service.
     """
     file = display(path)
+    raw = _read(path, ())
+    problems: list[DefinitionProblem] = []
+    features, declared = _features(raw["views"], file, problems)
+    services = _services(raw["services"], features, declared, file, problems)
+    if problems:
+        raise FeatureDefinitionError(problems)
+    return Definitions(path, features, services)
+
+
+def _read(path: Path, including: tuple[Path, ...]) -> dict[str, Any]:
+    """The file's ``views`` and ``services``, after those of the file it includes.
+
+    ``include: OTHER.yaml`` (relative to the including file) starts from another definitions
+    file, so your own features and services live in a file of your own while the project's stay
+    where they are: a view of the included file gains the features listed under it, a new view
+    is added, and a service must have a name of its own.
+    """
+    file = display(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise FeatureDefinitionError(
             [DefinitionProblem(file, "file", f"cannot be read: {exc}")]
         ) from None
-    problems: list[DefinitionProblem] = []
-    if not isinstance(raw, dict) or set(raw) != {"views", "services"}:
-        problems.append(DefinitionProblem(file, "file", "must have `views:` and `services:`"))
-        raise FeatureDefinitionError(problems)
-    features, declared = _features(raw["views"], file, problems)
-    services = _services(raw["services"], features, declared, file, problems)
-    if problems:
-        raise FeatureDefinitionError(problems)
-    return Definitions(path, features, services)
+    if not isinstance(raw, dict) or not {"views", "services"} <= set(raw) <= {
+        "include",
+        "views",
+        "services",
+    }:
+        raise FeatureDefinitionError(
+            [
+                DefinitionProblem(
+                    file, "file", "must have `views:` and `services:` (and may `include:`)"
+                )
+            ]
+        )
+    if raw.get("include") is None:
+        return raw
+    target = (path.parent / str(raw["include"])).resolve()
+    if target in including or target == path.resolve():
+        raise FeatureDefinitionError(
+            [DefinitionProblem(file, "include", f"includes {display(target)} in a circle")]
+        )
+    base = _read(target, (*including, path.resolve()))
+    views, services = raw["views"], raw["services"]
+    if not isinstance(views, dict) or not isinstance(services, dict):
+        return raw  # _features / _services say what is wrong with them
+    clashes = sorted(set(services) & set(base["services"]))
+    if clashes:
+        raise FeatureDefinitionError(
+            [
+                DefinitionProblem(
+                    file, f"service {name}", f"is already declared in {display(target)}"
+                )
+                for name in clashes
+            ]
+        )
+    merged = {view: list(entries) for view, entries in base["views"].items()}
+    for view, entries in views.items():
+        extra = entries if isinstance(entries, list) else [entries]
+        merged[view] = merged.get(view, []) + extra
+    return {"views": merged, "services": {**base["services"], **services}}
 
 
 def _features(

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from feast import FeatureStore, FeatureView
 
-from tasks.core.errors import FeatureStoreError, SourceDataMissing
+from tasks.core.errors import FeatureStoreError, InsufficientHistory, SourceDataMissing
 from tasks.core.files import write_parquet_atomic
 from tasks.core.schema import PROTECTED_ATTRIBUTES, TableSpec
 from tasks.core.settings import Settings
@@ -70,11 +70,17 @@ def training_entities(settings: Settings, as_of: date) -> pd.DataFrame:
     if warm_from < source_first:
         # Truncated 90-day windows in early snapshots would train on values scoring never sees.
         earliest = as_of + (source_first - warm_from)
-        raise SourceDataMissing(
+        raise InsufficientHistory(
             f"the training window at {as_of} starts on {days[0]}, whose {LOOKBACK_DAYS}-day feature "
             f"history starts on {warm_from}, before the source data ({source_first}): "
             f"use an as-of day on or after {earliest}"
         )
+    return labelled_entities(settings, days)
+
+
+def labelled_entities(settings: Settings, days: list[date]) -> pd.DataFrame:
+    """Entity rows of ``days`` (every subscriber in service on each) with ``churned_30d`` and the
+    protected attributes; whether the labels are mature is the caller's rule."""
     con = connect()
     register_sources(con, settings.source_dir)
     create_spine(con, days)
@@ -118,12 +124,18 @@ def build_training_frame(
     ``churned_30d``, then the protected attributes. Rows ordered by snapshot_date, subscriber_id.
     """
     store = store or open_store(settings)
-    service = feature_service(store, settings.feature_service)
     entities = training_entities(settings, as_of)
-    _require_built_days(
-        settings, service_views(store, service), training_snapshot_days(settings, as_of)
-    )
-    logger.info("training frame at %s: %d entity rows", as_of, len(entities))
+    return frame_of(settings, store, entities, training_snapshot_days(settings, as_of))
+
+
+def frame_of(
+    settings: Settings, store: FeatureStore, entities: pd.DataFrame, days: list[date]
+) -> pa.Table:
+    """The service's features of labelled ``entities`` (of ``days``) by point-in-time retrieval:
+    keys, event_timestamp, features, ``churned_30d``, protected attributes; by day, then id."""
+    service = feature_service(store, settings.feature_service)
+    _require_built_days(settings, service_views(store, service), days)
+    logger.info("training frame of %s .. %s: %d entity rows", days[0], days[-1], len(entities))
     job = store.get_historical_features(entity_df=entities, features=service)
     del entities  # the job holds what it needs; at 1M subscribers this frame is half a gigabyte
     features = job.to_arrow()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -31,6 +31,13 @@ import pyarrow.parquet as pq
 from tasks.core.settings import Settings
 from tasks.core.sql import connect, load_sql, used_params
 from tasks.data.sources import create_spine, register_sources
+from tasks.features.attribute_view import (
+    attribute_query,
+    declared_attributes,
+    register_attributes,
+    uses_attributes,
+)
+from tasks.features.definitions import ATTRIBUTES_VIEW, feature_definitions
 from tasks.features.feast_offline import PARTITION_KEY
 from tasks.features.windows import (
     WINDOW_TABLES,
@@ -50,6 +57,13 @@ FEATURE_TABLES = (
 """Feature tables in build order; each is built by ``sql/features/<name>.sql`` and read by the Feast view of that name."""
 CHUNK_TABLES = tuple(name for name in FEATURE_TABLES if name not in WINDOW_TABLES)
 """Feature tables recomputed from the source for a whole chunk of days in one query."""
+
+
+def feature_tables(settings: Settings) -> tuple[str, ...]:
+    """The feature tables a build writes: :data:`FEATURE_TABLES`, and the imported attributes'
+    view where the feature definitions in use declare features of it."""
+    extra = (ATTRIBUTES_VIEW,) if uses_attributes(feature_definitions(settings)) else ()
+    return FEATURE_TABLES + extra
 
 
 @dataclass(frozen=True)
@@ -86,9 +100,13 @@ def build_shard(job: ShardJob) -> ShardResult:
     )
     try:
         register_sources(con, settings.source_dir, job.shard.predicate())
+        definitions = feature_definitions(settings)
+        attributes = declared_attributes(definitions) if uses_attributes(definitions) else []
+        if attributes:
+            register_attributes(con, settings.source_dir, job.shard.predicate())
         carry = (job.start - timedelta(days=1), job.carry_in) if job.carry_in else None
         windows = UsageWindows(con, settings, job.windows, job.shard, carry)
-        rows = stage_chunk(con, job.start, job.end, job.staging, windows, job.shard)
+        rows = stage_chunk(con, job.start, job.end, job.staging, windows, job.shard, attributes)
         windows.save_carry(job.end, job.carry_out)
         return ShardResult(job.shard, rows, windows.scratch_days)
     finally:
@@ -96,16 +114,26 @@ def build_shard(job: ShardJob) -> ShardResult:
 
 
 def stage_chunk(
-    con, start: date, end: date, staging: Path, windows: UsageWindows, shard: IdRange
+    con,
+    start: date,
+    end: date,
+    staging: Path,
+    windows: UsageWindows,
+    shard: IdRange,
+    attributes: Sequence[str] = (),
 ) -> dict[str, int]:
-    """Write every table's partitions of ``[start, end]`` (and the usage states to keep) to ``staging``."""
+    """Write every table's partitions of ``[start, end]`` (and the usage states to keep) to
+    ``staging``; ``attributes``: the imported attributes the definitions use (none: no such table)."""
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     staging.mkdir(parents=True)
     create_spine(con, days)
     params = {"start_date": start, "end_date": end}
-    counts = dict.fromkeys(FEATURE_TABLES, 0)
-    for name in CHUNK_TABLES:
+    chunk_tables = CHUNK_TABLES + ((ATTRIBUTES_VIEW,) if attributes else ())
+    counts = dict.fromkeys(FEATURE_TABLES + chunk_tables, 0)
+    for name in chunk_tables:
         query = load_sql(f"features/{name}").strip().rstrip(";")
+        if name == ATTRIBUTES_VIEW:
+            query = attribute_query(query, attributes)
         relation = con.sql(
             f"SELECT * FROM ({query}) ORDER BY snapshot_date, subscriber_id",
             params=used_params(query, params),

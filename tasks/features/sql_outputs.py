@@ -19,7 +19,8 @@ import duckdb
 from tasks.core.errors import DefinitionProblem
 from tasks.core.sql import SQL_ROOT, connect, used_params
 from tasks.data.sources import create_spine, register_empty_sources
-from tasks.features.definitions import Definitions, display
+from tasks.features.attribute_view import register_empty_attributes, uses_attributes
+from tasks.features.definitions import ATTRIBUTES_VIEW, Definitions, display
 from tasks.features.shards import FEATURE_TABLES
 
 DUCKDB_TYPES = {
@@ -46,9 +47,13 @@ def output_types(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, str]:
     return {name: str(kind) for name, kind in zip(relation.columns, relation.types, strict=True)}
 
 
-def _prepared(sql_dir: Path) -> duckdb.DuckDBPyConnection:
+def _prepared(
+    sql_dir: Path, definitions: Definitions, source_dir: Path | None
+) -> duckdb.DuckDBPyConnection:
     con = connect()
     register_empty_sources(con)
+    if uses_attributes(definitions):
+        register_empty_attributes(con, definitions, source_dir)
     create_spine(con, [])
     con.execute("CREATE TEMP VIEW usage_nano AS " + (sql_dir / "usage_nano.sql").read_text())
     con.execute(
@@ -61,13 +66,18 @@ def _prepared(sql_dir: Path) -> duckdb.DuckDBPyConnection:
 def sql_problems(
     definitions: Definitions,
     sql_dir: Path = SQL_ROOT / "features",
-    tables: Sequence[str] = FEATURE_TABLES,
+    tables: Sequence[str] | None = None,
+    source_dir: Path | None = None,
 ) -> list[DefinitionProblem]:
     """Every disagreement between the definitions and the SQL of their views (none: ``[]``).
 
-    ``tables`` are the feature tables the build writes: every view with definitions must be one,
-    and every one must have definitions.
+    ``tables`` are the feature tables the build writes (default: :data:`FEATURE_TABLES`, and the
+    imported attributes' view where the definitions use it): every view with definitions must be
+    one, and every one must have definitions. ``source_dir``: the source whose imported
+    attributes the attributes' view reads (their declared types are what its SQL gives).
     """
+    if tables is None:
+        tables = FEATURE_TABLES + ((ATTRIBUTES_VIEW,) if uses_attributes(definitions) else ())
     here = display(definitions.path)
     problems = [
         DefinitionProblem(
@@ -84,7 +94,7 @@ def sql_problems(
         for table in tables
         if table not in definitions.views
     ]
-    con = _prepared(sql_dir)
+    con = _prepared(sql_dir, definitions, source_dir)
     try:
         for view in definitions.views:
             problems += _view_problems(con, definitions, view, sql_dir / f"{view}.sql")
@@ -133,6 +143,8 @@ def _view_problems(
                 )
             )
     names = {f.name for f in declared}
+    if view == ATTRIBUTES_VIEW:
+        return problems  # its SQL gives every imported attribute; the build keeps the declared
     problems += [
         DefinitionProblem(
             file,

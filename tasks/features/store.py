@@ -40,18 +40,24 @@ def _home_in_environment(settings: Settings) -> Iterator[None]:
     """``CHURN_HOME`` = ``settings.home`` while Feast reads the repo, then as it was.
 
     feature_store.yaml names its paths through ``${CHURN_HOME}`` (Feast expands environment
-    variables) and the repo's data sources read the settings when Feast imports them.
+    variables) and the repo's data sources read the settings when Feast imports them. The
+    feature definitions file goes the same way, absolute: Feast imports the repo from inside
+    ``feature_repo/``, where a relative path would name another file.
     """
-    saved = os.environ.get("CHURN_HOME")
-    os.environ["CHURN_HOME"] = str(settings.home)
+    pinned = {"CHURN_HOME": str(settings.home)}
+    if settings.feature_definitions is not None:
+        pinned["CHURN_FEATURE_DEFINITIONS"] = str(settings.feature_definitions)
+    saved = {name: os.environ.get(name) for name in pinned}
+    os.environ.update(pinned)
     reset_settings()
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("CHURN_HOME", None)
-        else:
-            os.environ["CHURN_HOME"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         reset_settings()
 
 
@@ -221,13 +227,18 @@ def _inside_repo(repo: Path) -> Iterator[None]:
             sys.modules.pop(name, None)
 
 
-def check_feature_repo(repo: Path) -> None:
-    """The repo's feature definitions (``features.yaml``) agree with themselves and with the SQL.
+def check_feature_repo(repo: Path, settings: Settings | None = None) -> None:
+    """The feature definitions in use (``CHURN_FEATURE_DEFINITIONS``, else the repo's
+    ``features.yaml``) agree with themselves and with the SQL.
 
     Raises:
         FeatureDefinitionError: every problem, each naming its file and feature, view or service.
     """
-    problems = sql_problems(load_definitions(repo / DEFINITIONS_FILE))
+    chosen = settings.feature_definitions if settings is not None else None
+    problems = sql_problems(
+        load_definitions(chosen or repo / DEFINITIONS_FILE),
+        source_dir=settings.source_dir if settings is not None else None,
+    )
     if problems:
         raise FeatureDefinitionError(problems)
 
@@ -243,7 +254,7 @@ def apply_feature_repo(settings: Settings, repo: Path | None = None) -> ApplyRes
     from feast.repo_operations import apply_total_with_repo_instance, parse_repo
 
     repo = repo or settings.feature_repo_dir
-    check_feature_repo(repo)  # before anything is opened or written
+    check_feature_repo(repo, settings)  # before anything is opened or written
     store = open_store(settings)
     with _home_in_environment(settings), _inside_repo(repo):
         contents = parse_repo(repo)

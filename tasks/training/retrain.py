@@ -13,7 +13,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,20 @@ import pyarrow as pa
 
 from tasks.core.schema import PROTECTED_ATTRIBUTES
 from tasks.core.settings import Settings
-from tasks.features.frames import LABEL, build_training_frame
+from tasks.features.frames import LABEL, build_training_frame, frame_of, labelled_entities
 from tasks.features.store import feature_service, open_store, service_columns
 from tasks.monitoring.profiles import ProfileHandle, profile_frame
 from tasks.monitoring.reference import Reference, build_reference, save_reference
 from tasks.scoring.models import compile_for_scoring
 from tasks.training.approval import ApprovalOutcome
 from tasks.training.candidates import log_candidate
+from tasks.training.cold_start import (
+    COLD_START_TAG,
+    SPLIT_TAG,
+    cold_start_day,
+    cold_start_note,
+    split_by_subscriber,
+)
 from tasks.training.evaluate import best_achievable_auc, holdout_metrics, observable_oracle_auc
 from tasks.training.fairness import FairnessReport, fairness_report
 from tasks.training.fairness_compare import FairnessComparison
@@ -133,11 +140,13 @@ def model_card(
     importance: pd.DataFrame,
     capacity: int,
     fairness: FairnessComparison,
+    split_note: str | None = None,
 ) -> str:
     """Markdown for people: the decision and why, the numbers, and how far from the limit.
 
     ``fairness`` is the candidate's fairness beside the champion's on the same holdout (the
-    fairness gate's evidence): the card shows both, per attribute and per group.
+    fairness gate's evidence): the card shows both, per attribute and per group. ``split_note``:
+    a split that is not by time (a cold start) says here what its holdout can and cannot say.
     """
     m = challenger.metrics
     limit = (
@@ -159,8 +168,12 @@ def model_card(
             f"Reason for training: {reason}. Training days {split.train_days[0]} .. {split.train_days[-1]} "
             f"({len(split.train_days)}), validation {', '.join(map(str, split.validation_days))}, "
             f"out-of-time holdout {', '.join(map(str, split.holdout_days))}."
+            if split_note is None
+            else f"Reason for training: {reason}. Snapshot day {split.train_days[0]}, "
+            "split by subscriber (see below)."
         ),
         "",
+        *([split_note] if split_note else []),
         "| holdout metric | challenger | champion |",
         "|---|---:|---:|",
     ]
@@ -205,25 +218,40 @@ def model_card(
 
 def retrain(
     settings: Settings,
-    as_of: date,
+    as_of: date | None,
     reason: str,
     *,
     flow_run_id: str | None = None,
     by: str = "retrain flow",
+    cold_start: bool = False,
 ) -> RetrainResult:
     """Train, evaluate and gate a challenger at ``as_of``; register and promote it only if it passes.
 
     A refused candidate stays an MLflow run with its failed gates; the champion alias and the
-    promotion history are untouched.
+    promotion history are untouched. ``cold_start``: train on one labelled snapshot day split by
+    subscriber (:mod:`tasks.training.cold_start`; ``as_of`` may then be None: the newest export).
     """
     clock = _Stopwatch()
     init_store(settings)
     store = open_store(settings)
     service = feature_service(store, settings.feature_service)
     features = service_columns(store, service)
-    frame: pa.Table = build_training_frame(settings, as_of, store)
-    clock.lap("training frame")
-    split = split_by_time(frame, settings.holdout_snapshots, settings.validation_snapshots)
+    split_note = None
+    if cold_start:
+        day = cold_start_day(settings, as_of)
+        as_of = as_of or day + timedelta(days=1)
+        window = (day, day)
+        frame: pa.Table = frame_of(settings, store, labelled_entities(settings, [day]), [day])
+        clock.lap("training frame")
+        split = split_by_subscriber(frame)
+        split_note = cold_start_note(day, split)
+    else:
+        if as_of is None:
+            raise ValueError("a time-split retraining needs its as-of day")
+        window = settings.training_window(as_of)
+        frame = build_training_frame(settings, as_of, store)
+        clock.lap("training frame")
+        split = split_by_time(frame, settings.holdout_snapshots, settings.validation_snapshots)
     clock.lap("split")
     model: TrainedModel = train_model(split, features, settings)
     clock.lap("train")
@@ -255,15 +283,16 @@ def retrain(
         importance,
         settings.retention_capacity,
         fairness,
+        split_note,
     )
     lineage = lineage_tags(
-        training_window=settings.training_window(as_of),
+        training_window=window,
         feature_service=service.name,
         feature_service_version=str((service.tags or {}).get("version", "unknown")),
         frame=frame,
         reason=reason,
         flow_run_id=flow_run_id,
-    )
+    ) | {SPLIT_TAG: "subscriber" if cold_start else "time", COLD_START_TAG: str(cold_start).lower()}
     auc = challenger.metrics["roc_auc"]
     metrics = {
         **challenger.metrics,
@@ -307,7 +336,7 @@ def retrain(
                 "summary": decision.summary(),
             },
             artifacts=artifacts,
-            run_name=f"retrain-{as_of}",
+            run_name=f"{'cold-start' if cold_start else 'retrain'}-{as_of}",
         )
     clock.lap("mlflow run")
     version, promoted = None, False

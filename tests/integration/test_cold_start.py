@@ -1,0 +1,190 @@
+"""Cold start (README "Importing your data: a cold start"): a first model from one customer export.
+
+* A telco-style export of 7,000 customers (``examples/telco/make_export.py``), imported with the
+  example's mapping, trained with ``churn train --cold-start`` and scored with ``churn score``, run
+  as an operator runs them: exit codes, the model card's words, the MLflow tags, the high-risk file
+  with reasons in words for the export's own attributes, and ``churn serve``'s answer.
+* The shared simulated world plays a base whose history reaches a full training window only
+  later: a cold start on its 30th day, then a scheduled retraining that has too little history
+  (the cold-start champion stays, the run does not fail), then one with enough, which trains the
+  time-split way and is judged against the cold-start champion.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from tasks.core.settings import PROJECT_ROOT, get_settings, reset_settings
+from tasks.training.mlflow_store import CHAMPION
+from tasks.training.registry import current_alias, list_versions
+from tasks.training.retrain import retrain
+
+from .conftest import SMALL_WORLD_GATES, WORLD_START
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = PROJECT_ROOT / "examples" / "telco"
+EXPORT_DAY = date(2026, 11, 30)  # examples/telco/subscribers_mapping.yaml: snapshot_date
+CUSTOMERS = 7000
+CHURN = [sys.executable, "-m", "flows"]
+
+
+def _make_export(out: Path, customers: int) -> Path:
+    spec = importlib.util.spec_from_file_location("make_export", EXAMPLE / "make_export.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_csv(module.make_export(customers, 7), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def telco(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The example run end to end by the CLI: import, build, cold-start training, scoring."""
+    root = tmp_path_factory.mktemp("telco")
+    export = _make_export(root / "export.csv", CUSTOMERS)
+    env = {
+        **os.environ,
+        "CHURN_HOME": str(root / "home"),
+        "CHURN_FEATURE_DEFINITIONS": str(EXAMPLE / "features.yaml"),
+        "CHURN_FEATURE_SERVICE": "telco_export_v1",
+        "COLUMNS": "200",
+    }
+
+    def churn(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*CHURN, *args], capture_output=True, text=True, env=env, timeout=600, check=False
+        )
+
+    steps = {
+        "import": churn(
+            "import", str(export), "--mapping", str(EXAMPLE / "subscribers_mapping.yaml")
+        ),
+        "build": churn("features", "build"),
+        "train": churn("train", "--cold-start"),
+        "score": churn("score", "--date", EXPORT_DAY.isoformat()),
+    }
+    return {"home": root / "home", "env": env, "steps": steps, "export": export}
+
+
+def test_every_step_of_the_cold_start_succeeds(telco: dict) -> None:
+    for name, result in telco["steps"].items():
+        assert result.returncode == 0, f"{name}: {result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    train = telco["steps"]["train"].stdout.replace("\n", " ")
+    assert "by subscriber (cold start)" in train
+    assert "registered version" in train
+
+
+def test_the_model_says_it_was_split_by_subscriber(
+    telco: dict, monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CHURN_HOME", str(telco["home"]))
+    reset_settings()
+    try:
+        settings = get_settings()
+        champion = current_alias(settings, CHAMPION)
+        assert champion is not None and champion.version == 1
+        assert champion.tags["split"] == "subscriber" and champion.tags["cold_start"] == "true"
+        day = str(EXPORT_DAY - timedelta(days=1))
+        assert champion.tags["training_window_start"] == champion.tags["training_window_end"] == day
+        assert champion.tags["feature_service"] == "telco_export_v1"
+        assert 0.70 <= champion.metrics["roc_auc"] <= 0.95, champion.metrics
+        from tasks.training.mlflow_store import connect
+
+        card = Path(
+            connect(settings).download_artifacts(champion.run_id, "model_card.md", str(tmp_path))
+        ).read_text()
+        assert "split by subscriber, not by time" in card and "weaker guarantee" in card
+    finally:
+        reset_settings()
+
+
+def test_the_high_risk_file_ranks_current_customers_with_reasons_in_words(telco: dict) -> None:
+    path = telco["home"] / "retention" / f"high_risk_{EXPORT_DAY}.csv"
+    with path.open(encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    with telco["export"].open() as handle:
+        export = {int(r["customerID"]): r for r in csv.DictReader(handle)}
+    assert rows, "an empty high-risk file"
+    # Only customers still there on the export's day: who had left is not called.
+    assert all(export[int(r["subscriber_id"])]["Churn"] == "No" for r in rows)
+    said = " ".join(r[f"reason_{i}"] for r in rows for i in (1, 2, 3))
+    attribute_words = (
+        "internet: fiber optic",
+        "tech support: no",
+        "online security: no",
+        "paperless billing: yes",
+    )
+    assert any(words in said for words in attribute_words), said[:1000]
+    assert "_" not in " ".join(r["reason_1"] for r in rows[:50])  # words, not codes
+
+
+def test_churn_serve_scores_a_customer_of_the_export(telco: dict, monkeypatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from flows.serve import create_app, open_service
+
+    for name in ("CHURN_HOME", "CHURN_FEATURE_DEFINITIONS", "CHURN_FEATURE_SERVICE"):
+        monkeypatch.setenv(name, telco["env"][name])
+    reset_settings()
+    try:
+        path = telco["home"] / "retention" / f"high_risk_{EXPORT_DAY}.csv"
+        with path.open(encoding="utf-8-sig") as handle:
+            first = next(csv.DictReader(handle))
+        with TestClient(create_app(open_service(get_settings()))) as http:
+            answer = http.post("/predict", json={"subscriber_id": int(first["subscriber_id"])})
+        assert answer.status_code == 200, answer.text
+        assert abs(answer.json()["probability"] - float(first["probability"])) < 1e-3
+    finally:
+        reset_settings()
+
+
+# ----------------------------------------------------------------------------- takeover
+
+
+@pytest.fixture
+def settings_for(retrain_world_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def make(**env: str):
+        monkeypatch.setenv("CHURN_HOME", str(retrain_world_home))
+        monkeypatch.setenv("CHURN_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+        monkeypatch.setenv("CHURN_MODEL_NAME", f"churn_{tmp_path.name}"[:60])
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        return get_settings()
+
+    yield make
+    reset_settings()
+
+
+def test_the_time_split_retraining_takes_over_once_the_history_is_there(
+    settings_for, prefect_server
+) -> None:
+    from flows.retrain import retrain_flow
+
+    settings = settings_for(**SMALL_WORLD_GATES)
+    early = WORLD_START + timedelta(days=60)
+    cold = retrain(settings, early, "cold start", cold_start=True)
+    assert cold.promoted and cold.version == 1, cold.decision.summary()
+    assert cold.split_days["holdout"] == [str(early - timedelta(days=30))]
+
+    with prefect_server.in_process():
+        waiting = retrain_flow(as_of=early + timedelta(days=40), reason="weekly schedule")
+        assert waiting is None  # too little history: the run ends without failing
+        assert current_alias(settings, CHAMPION).version == 1
+
+        later = retrain_flow(as_of=WORLD_START + timedelta(days=239), reason="weekly schedule")
+    assert later is not None and later.champion_version == 1  # judged against the cold start
+    assert len(later.split_days["holdout"]) == settings.holdout_snapshots  # by time
+    versions = {v.version: v for v in list_versions(settings)}
+    if later.version is not None:
+        assert versions[later.version].tags["split"] == "time"
+        assert versions[later.version].tags["cold_start"] == "false"
