@@ -21,6 +21,7 @@ import typer
 
 from flows import (
     backtest_cli,
+    cold_start_cli,
     demo_cli,
     features_cli,
     model_cli,
@@ -72,6 +73,7 @@ def main(
 # commands first, the local stack after them, and the features, model, audit groups last.
 features_cli.register(app)
 model_cli.register(app)
+cold_start_cli.register(app)
 score_cli.register(app)
 monitor_cli.register(app)
 demo_cli.register(app)

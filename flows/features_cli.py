@@ -102,6 +102,11 @@ def import_(
         [
             ("table", summary.table),
             ("rows", summary.rows),
+            *(
+                [("had left (cancellations)", summary.churned)]
+                if summary.churned is not None
+                else []
+            ),
             *(("wrote", str(p)) for p in summary.written),
         ],
     )

@@ -26,6 +26,7 @@ COMMANDS = [
     ["features", "training-frame"],
     ["features", "scoring-frame"],
     ["train"],
+    ["cold-start"],
     ["model"],
     ["model", "list"],
     ["model", "promote"],

@@ -64,23 +64,45 @@ def telco(tmp_path_factory: pytest.TempPathFactory) -> dict:
             [*CHURN, *args], capture_output=True, text=True, env=env, timeout=600, check=False
         )
 
+    mapping = str(EXAMPLE / "subscribers_mapping.yaml")
     steps = {
-        "import": churn(
-            "import", str(export), "--mapping", str(EXAMPLE / "subscribers_mapping.yaml")
-        ),
-        "build": churn("features", "build"),
-        "train": churn("train", "--cold-start"),
-        "score": churn("score", "--date", EXPORT_DAY.isoformat()),
+        "cold-start": churn("cold-start", str(export), "--mapping", mapping),
+        # Training the same export again, as `churn train --cold-start`: the same split and
+        # the same model, so the champion is kept.
+        "train again": churn("train", "--cold-start"),
     }
     return {"home": root / "home", "env": env, "steps": steps, "export": export}
 
 
-def test_every_step_of_the_cold_start_succeeds(telco: dict) -> None:
+def test_one_command_imports_trains_and_scores_and_training_again_keeps_the_champion(
+    telco: dict,
+) -> None:
     for name, result in telco["steps"].items():
         assert result.returncode == 0, f"{name}: {result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-    train = telco["steps"]["train"].stdout.replace("\n", " ")
-    assert "by subscriber (cold start)" in train
-    assert "registered version" in train
+    said = " ".join(telco["steps"]["cold-start"].stdout.split())
+    assert f"imported {CUSTOMERS:,} customers" in said
+    assert "split by subscriber" in said and "promote" in said
+    assert f"high_risk_{EXPORT_DAY}.csv" in said
+    again = " ".join(telco["steps"]["train again"].stdout.split())
+    assert "by subscriber (cold start)" in again
+    assert "keep" in again and "champion compared │ 1" in again, again
+
+
+def test_a_mapping_without_a_churn_column_is_refused_before_anything_is_written(
+    telco: dict, tmp_path: Path
+) -> None:
+    mapping = tmp_path / "no_churn.yaml"
+    text = (EXAMPLE / "subscribers_mapping.yaml").read_text()
+    mapping.write_text(text.replace("churn: {flag: Churn}", ""))
+    home = tmp_path / "home"
+    env = {**telco["env"], "CHURN_HOME": str(home)}
+    done = subprocess.run(
+        [*CHURN, "cold-start", str(telco["export"]), "--mapping", str(mapping)],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "needs the export's churn column" in done.stderr
+    assert not (home / "source").exists()
 
 
 def test_the_model_says_it_was_split_by_subscriber(
