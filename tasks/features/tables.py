@@ -5,7 +5,8 @@ snapshot day, so a reader touches only the days that its window and TTL can reac
 a chunk of days to a staging area, checks the contract of every table on the chunk's newest day
 (volume against the day before it), and only then moves the files into place, one
 ``os.replace`` per file: a reader sees a day's old file or its new one, never a mix, and a day
-that fails its contract is never published.
+that fails its contract is never published. (The day before is counted with the sign-ups and less
+the cancellations the source records for the day: a recorded wave is not a broken feed.)
 
 The two usage views are built one day at a time from that day's usage windows, which the build
 carries from the day before instead of re-reading 90 days of usage (``tasks/features/windows.py``:
