@@ -21,17 +21,7 @@ import pyarrow as pa
 
 from tasks.core.errors import SourceDataMissing
 from tasks.data.attributes import attribute_declarations, attributes_path
-from tasks.features.definitions import ATTRIBUTES_VIEW, Definitions
-
-KEYS = ("subscriber_id", "observed_date")
-FEAST_ARROW = {
-    "Int32": pa.int32(),
-    "Int64": pa.int64(),
-    "Float32": pa.float32(),
-    "Float64": pa.float64(),
-    "String": pa.string(),
-    "Bool": pa.bool_(),
-}
+from tasks.features.definitions import ATTRIBUTES_VIEW, FEAST_TO_ARROW, Definitions
 
 
 def uses_attributes(definitions: Definitions) -> bool:
@@ -74,7 +64,9 @@ def register_empty_attributes(
     if declared:
         columns = {name: d.arrow_type for name, d in declared.items()}
     else:
-        columns = {f.name: FEAST_ARROW[f.type] for f in definitions.view_features(ATTRIBUTES_VIEW)}
+        columns = {
+            f.name: FEAST_TO_ARROW[f.type] for f in definitions.view_features(ATTRIBUTES_VIEW)
+        }
     schema = pa.schema(
         [("subscriber_id", pa.int64()), ("observed_date", pa.date32()), *columns.items()]
     )

@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import yaml
 from feast import Field
 from feast.types import Bool, Float32, Float64, Int32, Int64, PrimitiveFeastType, String
@@ -43,6 +44,15 @@ FEAST_TYPES: dict[str, PrimitiveFeastType] = {
     "String": String,
     "Bool": Bool,
 }
+FEAST_TO_ARROW = {
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "Float32": pa.float32(),
+    "Float64": pa.float64(),
+    "String": pa.string(),
+    "Bool": pa.bool_(),
+}
+"""Arrow type of each Feast field type the feature views use."""
 NUMERIC = ("Int32", "Int64", "Float32", "Float64")
 
 PLACEHOLDERS = ("value", "n", "s", "words", "hyphenated")

@@ -36,6 +36,7 @@ from tasks.core.settings import Settings
 from tasks.core.sql import connect
 from tasks.data.contracts import ContractReport, check_table
 from tasks.data.sources import register_sources, source_date_range
+from tasks.features.definitions import FEAST_TO_ARROW
 from tasks.features.feast_offline import PARTITION_KEY, partition_files
 from tasks.features.redis_online import materialize_views
 from tasks.features.shards import (  # FEATURE_TABLES: the fixed five, re-exported for readers
@@ -78,17 +79,6 @@ class BuildSummary:
     rows: dict[str, int]
     features_dir: Path
     contracts: list[ContractReport]
-
-
-FEAST_TO_ARROW = {
-    "Int32": pa.int32(),
-    "Int64": pa.int64(),
-    "Float32": pa.float32(),
-    "Float64": pa.float64(),
-    "String": pa.string(),
-    "Bool": pa.bool_(),
-}
-"""Arrow type of each Feast field type the feature views use."""
 
 
 def feature_table_spec(view: FeatureView) -> TableSpec:

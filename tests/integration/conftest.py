@@ -122,6 +122,23 @@ def retrain_world_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def settings_for(retrain_world_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings over the shared retraining world with a fresh MLflow store per test, plus extra env."""
+
+    def make(**env: str) -> Settings:
+        monkeypatch.setenv("CHURN_HOME", str(retrain_world_home))
+        monkeypatch.setenv("CHURN_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+        monkeypatch.setenv("CHURN_MODEL_NAME", f"churn_{tmp_path.name}"[:60])
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        return get_settings()
+
+    yield make
+    reset_settings()
+
+
+@pytest.fixture
 def world_settings(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """The shared world's settings, with CHURN_HOME pointing at it for the test."""
     monkeypatch.setenv("CHURN_HOME", str(world.settings.home))

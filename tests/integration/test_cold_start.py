@@ -172,21 +172,6 @@ def test_churn_serve_scores_a_customer_of_the_export(telco: dict, monkeypatch) -
 # ----------------------------------------------------------------------------- takeover
 
 
-@pytest.fixture
-def settings_for(retrain_world_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    def make(**env: str):
-        monkeypatch.setenv("CHURN_HOME", str(retrain_world_home))
-        monkeypatch.setenv("CHURN_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-        monkeypatch.setenv("CHURN_MODEL_NAME", f"churn_{tmp_path.name}"[:60])
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        reset_settings()
-        return get_settings()
-
-    yield make
-    reset_settings()
-
-
 def test_the_time_split_retraining_takes_over_once_the_history_is_there(
     settings_for, prefect_server
 ) -> None:

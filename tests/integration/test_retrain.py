@@ -25,28 +25,6 @@ DAYS = RETRAIN_WORLD_DAYS
 AS_OF = WORLD_START + timedelta(days=DAYS - 1)
 
 
-@pytest.fixture
-def world_home(retrain_world_home):
-    return retrain_world_home
-
-
-@pytest.fixture
-def settings_for(world_home, tmp_path, monkeypatch: pytest.MonkeyPatch):
-    """Settings over the shared world with a fresh MLflow store per test, plus extra env."""
-
-    def make(**env: str):
-        monkeypatch.setenv("CHURN_HOME", str(world_home))
-        monkeypatch.setenv("CHURN_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-        monkeypatch.setenv("CHURN_MODEL_NAME", f"churn_{tmp_path.name}"[:60])
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        reset_settings()
-        return get_settings()
-
-    yield make
-    reset_settings()
-
-
 def test_refused_candidate_stays_a_run_never_a_version(settings_for) -> None:
     settings = settings_for(CHURN_GATE_MIN_AUC="0.99")  # a floor no model here can reach
     result = retrain(settings, AS_OF, "test: unreachable floor")

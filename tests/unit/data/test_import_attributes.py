@@ -288,26 +288,6 @@ def test_bad_attribute_entry_names_file_entry_and_problem(
     assert not (tmp_path / "source").exists()
 
 
-def test_attributes_need_a_subscribers_snapshot(tmp_path: Path) -> None:
-    # another table, or no snapshot_date: refused, saying why
-    export = write_export(tmp_path / "export.csv", export_row("1"))
-    other = tmp_path / "cancellations.yaml"
-    other.write_text("table: cancellations\ncolumns: {customerID: subscriber_id}\n" + ATTRIBUTES)
-    with pytest.raises(ImportMappingError, match="'attributes' is only allowed with table: subscr"):
-        import_file(export, other, tmp_path / "source")
-    no_snapshot = tmp_path / "no_snapshot.yaml"
-    no_snapshot.write_text(
-        "table: subscribers\n"
-        "columns: {customerID: subscriber_id, MonthlyCharges: monthly_charge}\n"
-        "constants: {signup_date: 2025-01-01, plan: basic, contract_type: one_year,\n"
-        "            payment_method: card, region: unspecified, age_band: unspecified,\n"
-        "            gender: unspecified}\n" + ATTRIBUTES
-    )
-    with pytest.raises(ImportMappingError, match="'attributes' needs snapshot_date"):
-        import_file(export, no_snapshot, tmp_path / "source")
-    assert not (tmp_path / "source").exists()
-
-
 def test_attribute_contract_violations_are_counted_and_nothing_is_written(tmp_path: Path) -> None:
     # every attribute rule, plus a subscribers violation and a churn one, in one error
     source = _import(tmp_path, [export_row("1")], ATTRIBUTES, CHURN_FLAG)

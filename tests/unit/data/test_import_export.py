@@ -180,11 +180,16 @@ def test_bad_churn_entry(tmp_path: Path, mapping: str, named: str) -> None:
     assert not (tmp_path / "source").exists()
 
 
-def test_churn_needs_a_subscribers_snapshot(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key, entry", [("churn", CHURN_FLAG), ("attributes", ATTRIBUTES)])
+def test_an_export_key_needs_a_subscribers_snapshot(tmp_path: Path, key: str, entry: str) -> None:
+    """`churn:` and `attributes:` describe a subscribers export observed on one day: another
+    table, or no snapshot_date, is refused, saying why, before anything is written."""
     export = write_export(tmp_path / "export.csv", export_row("1"))
     other = tmp_path / "other.yaml"
-    other.write_text("table: cancellations\ncolumns: {customerID: subscriber_id}\n" + CHURN_FLAG)
-    with pytest.raises(ImportMappingError, match="'churn' is only allowed with table: subscribers"):
+    other.write_text("table: cancellations\ncolumns: {customerID: subscriber_id}\n" + entry)
+    with pytest.raises(
+        ImportMappingError, match=f"'{key}' is only allowed with table: subscribers"
+    ):
         import_file(export, other, tmp_path / "source")
     no_snapshot = tmp_path / "no_snapshot.yaml"
     no_snapshot.write_text(
@@ -192,10 +197,11 @@ def test_churn_needs_a_subscribers_snapshot(tmp_path: Path) -> None:
         "columns: {customerID: subscriber_id, MonthlyCharges: monthly_charge}\n"
         "constants: {signup_date: 2025-01-01, plan: basic, contract_type: one_year,\n"
         "            payment_method: card, region: unspecified, age_band: unspecified,\n"
-        "            gender: unspecified}\n" + CHURN_FLAG
+        "            gender: unspecified}\n" + entry
     )
-    with pytest.raises(ImportMappingError, match="'churn' needs snapshot_date"):
+    with pytest.raises(ImportMappingError, match=f"'{key}' needs snapshot_date"):
         import_file(export, no_snapshot, tmp_path / "source")
+    assert not (tmp_path / "source").exists()
 
 
 # --------------------------------------------------------------------------------------------
