@@ -60,7 +60,8 @@ def cold_start(
     )
     built = build_features_flow()
     console.print(f"features built for {built.start} .. {built.end}" if built else "")
-    trained = retrain_flow(reason="cold start", cold_start=True)
+    # Never paused here: in approval mode the candidate waits as challenger, and this says so.
+    trained = retrain_flow(reason="cold start", cold_start=True, wait_for_approval=False)
     assert trained is not None  # a cold start never waits for history
     rows: list[tuple[str, object]] = [
         ("customers imported", imported.rows),
@@ -70,6 +71,14 @@ def cold_start(
         ("decision", trained.decision.summary()),
         ("registered version", trained.version or "not registered"),
     ]
+    if trained.version is not None and not trained.promoted:
+        print_summary("Cold start: waiting for approval", rows)
+        console.print(
+            f"version {trained.version} waits for a person (CHURN_PROMOTION_MODE=approval): "
+            f"`churn model approve {trained.version} --by NAME`, then "
+            f"`churn score --date {parsed.snapshot_date}`"
+        )
+        return
     if not trained.promoted:
         print_summary("Cold start: no champion", rows)
         raise ChurnError(

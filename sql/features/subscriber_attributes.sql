@@ -1,21 +1,18 @@
 -- Grain: one row per (subscriber_id, snapshot_date) in service; the attributes an import declared, as last observed on or before snapshot_date.
 -- Keys: subscriber_id, snapshot_ts (= snapshot_date + 1 day, 00:00 UTC: the moment the day's data is complete).
--- Inputs: spine (active_subscribers.sql), subscriber_attributes (subscriber_id, observed_date, one column per attribute).
--- Before a subscriber's first observation the first one stands in: an export describes its
--- subscribers, as the subscribers table describes their region or contract, and a model started
--- from one export (train --cold-start) learns from the day before it. Later observations take
--- over from their own day on, never earlier. Every attribute column is given; the build keeps
--- those the feature definitions declare.
-WITH firsts AS (
-    SELECT subscriber_id, MIN(observed_date) AS first_observed
-    FROM subscriber_attributes
-    GROUP BY subscriber_id
-),
-lookups AS (
+-- Inputs: spine (active_subscribers.sql), subscriber_attributes (subscriber_id, observed_date, one column per attribute; a shard's ids), subscriber_attributes_all (every id: for the source's first observation day).
+-- Strictly as of each day, with one exception: the eve of the source's first observation day
+-- (the day before its first export) takes that export's values. A cold start from one export
+-- (train --cold-start) learns from that eve, the last day on which everyone in the export, also
+-- those it records as leaving, was in service. Every other day before a subscriber's first
+-- observation has no attributes. Every attribute column is given; the build keeps those the
+-- feature definitions declare.
+WITH lookups AS (
     SELECT sp.subscriber_id, sp.snapshot_date,
-           GREATEST(sp.snapshot_date, COALESCE(f.first_observed, sp.snapshot_date)) AS looked_up
+           CASE WHEN sp.snapshot_date = f.first_day - 1 THEN f.first_day
+                ELSE sp.snapshot_date END AS looked_up
     FROM spine AS sp
-    LEFT JOIN firsts AS f USING (subscriber_id)
+    CROSS JOIN (SELECT MIN(observed_date) AS first_day FROM subscriber_attributes_all) AS f
 )
 SELECT
     l.subscriber_id,

@@ -43,7 +43,11 @@ KEYS = ("subscriber_id", "observed_date")
 ATTRIBUTE_TYPES = ("categorical", "numeric")
 ENTRY_KEYS = ("column", "type", "allowed", "values", "nullable", "min", "max")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-RESERVED_NAMES = frozenset({c.name for c in SUBSCRIBERS.columns} | set(KEYS))
+RESERVED_NAMES = frozenset(
+    {c.name for c in SUBSCRIBERS.columns} | set(KEYS) | {"snapshot_date", "snapshot_ts"}
+)
+"""Names an attribute cannot take: the subscribers' columns, this table's keys, and the keys of
+the feature view built on it (a ``snapshot_date`` attribute would shadow the view's day)."""
 
 
 @dataclass(frozen=True)
@@ -168,8 +172,8 @@ def _parse_entry(name: str, entry: Any, where: str) -> AttributeMapping:
         raise ImportMappingError(f"{at}: the name must be lower_snake_case (e.g. internet_service)")
     if name in RESERVED_NAMES:
         raise ImportMappingError(
-            f"{at}: {name} is a column of subscribers or of {ATTRIBUTES_TABLE}; map it with "
-            "'columns:' or choose another name"
+            f"{at}: {name} is a column of subscribers, of {ATTRIBUTES_TABLE} or of its feature "
+            "view; map it with 'columns:' or choose another name"
         )
     if not isinstance(entry, dict):
         raise ImportMappingError(f"{at}: expected {{column: FILE_COLUMN, type: ...}}")

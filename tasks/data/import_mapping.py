@@ -263,7 +263,9 @@ def _constants(
                 raise ImportMappingError(f"{where}: constants.{target}: {target} cannot be null")
             constants[target] = None
             continue
-        cast, failures, _ = cast_column(pa.chunked_array([[as_text(constant)]], pa.string()), column, None)
+        cast, failures, _ = cast_column(
+            pa.chunked_array([[as_text(constant)]], pa.string()), column, None
+        )
         if failures:
             raise ImportMappingError(
                 f"{where}: constants.{target}: {constant!r} is not a valid {type_family(column.type)}"

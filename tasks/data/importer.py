@@ -129,6 +129,7 @@ from tasks.core.errors import (
     ContractViolation,
     DataContractError,
     ImportFileError,
+    ImportMappingError,
 )
 from tasks.core.files import atomic_path, write_parquet_atomic
 from tasks.core.layout import MANIFEST_NAME, table_glob, table_path
@@ -152,6 +153,7 @@ from tasks.data.import_export import (
 )
 from tasks.data.import_mapping import ImportMapping, load_mapping
 from tasks.data.import_read import build_table, input_columns, read_input, warn_label_columns
+from tasks.data.sources import export_days
 
 logger = logging.getLogger(__name__)
 HASH_PREFIX = 16
@@ -179,6 +181,7 @@ def import_file(path: Path, mapping_path: Path, source_dir: Path) -> ImportSumma
     path, source_dir = Path(path), Path(source_dir)
     mapping = load_mapping(Path(mapping_path))
     spec = mapping.spec
+    _refuse_an_older_export(mapping, source_dir, mapping_path)
     # A type clash with an earlier import is a mapping error: found before reading any data.
     declarations = merge_declarations(
         attribute_declarations(source_dir),
@@ -253,6 +256,20 @@ def import_file(path: Path, mapping_path: Path, source_dir: Path) -> ImportSumma
     return ImportSummary(spec.name, table.num_rows, [*written, manifest], churned)
 
 
+def _refuse_an_older_export(mapping: ImportMapping, source_dir: Path, mapping_path: Path) -> None:
+    """An export older than the newest one imported would roll the subscribers' rows (their
+    contract, charge, sign-up) and their churn back to an older state: exports go in in order."""
+    if mapping.snapshot_date is None or not (mapping.churn or mapping.attributes):
+        return
+    days = export_days(source_dir)
+    if days and mapping.snapshot_date < days[-1]:
+        raise ImportMappingError(
+            f"{mapping_path}: snapshot_date {mapping.snapshot_date} is before the newest export "
+            f"already imported ({days[-1]}): import exports in the order they were taken (an "
+            "older one would overwrite newer subscriber rows)"
+        )
+
+
 @dataclass(frozen=True)
 class _Extras:
     """What a subscribers export brings besides subscribers (see :mod:`tasks.data.import_export`)."""
@@ -283,9 +300,26 @@ def _build_extras(mapping: ImportMapping, raw: pa.Table, subscribers: pa.Table) 
 
 
 def _write_cancellations(source_dir: Path, incoming: pa.Table) -> Path:
-    """Upsert by subscriber_id, exactly like a ``table: cancellations`` import."""
+    """Upsert by subscriber_id like a ``table: cancellations`` import, except that a subscriber
+    already recorded as leaving earlier keeps that date: a later export that still lists a
+    former customer as churned says nothing new, and moving the date would put them back in
+    service in between."""
     target = table_path(source_dir, CANCELLATIONS)
     data = incoming.cast(CANCELLATIONS.arrow_schema)
+    if target.exists():
+        existing = pq.read_table(target).select(CANCELLATIONS.arrow_schema.names)
+        earlier = existing.join(
+            data.select(["subscriber_id", "cancel_date"]).rename_columns(["subscriber_id", "new"]),
+            keys="subscriber_id",
+            join_type="inner",
+        ).filter(pc.field("cancel_date") <= pc.field("new"))
+        data = (
+            data.join(
+                earlier.select(["subscriber_id"]), keys="subscriber_id", join_type="left anti"
+            )
+            .select(CANCELLATIONS.arrow_schema.names)
+            .cast(CANCELLATIONS.arrow_schema)
+        )
     return write_parquet_atomic(_upsert(CANCELLATIONS, data, target), target)
 
 
@@ -414,6 +448,9 @@ def update_manifest(
         )
     if attributes is not None:
         manifest["attributes"] = {name: d.to_json() for name, d in attributes.items()}
+    if (snapshot_export is not None or attributes is not None) and snapshot_date is not None:
+        days = {*manifest.get("export_days", []), snapshot_date.isoformat()}
+        manifest["export_days"] = sorted(days)
     stored_export = manifest.get("snapshot_export")
     if snapshot_export is not None and not (
         isinstance(stored_export, dict)
@@ -421,7 +458,7 @@ def update_manifest(
     ):
         manifest["snapshot_export"] = snapshot_export
     # Top-level start/end are the days the source tables cover (what the feature build reads).
-    manifest.update(_covered_days(source_dir, tables, manifest.get("snapshot_export")))
+    manifest.update(_covered_days(source_dir, tables, manifest.get("export_days")))
 
     first, last = _date_range(imported, spec.date_column)
     record = {
@@ -468,24 +505,22 @@ def _table_stats(source_dir: Path, spec: TableSpec) -> dict[str, Any]:
     return stats
 
 
-def _covered_days(
-    source_dir: Path, tables: dict[str, Any], snapshot_export: Any = None
-) -> dict[str, str]:
+def _covered_days(source_dir: Path, tables: dict[str, Any], exported: Any = None) -> dict[str, str]:
     """``{"start", "end"}`` of the source directory, or nothing if no table has dates.
 
-    The daily table's range when it has rows. Else, after a snapshot export, the day before the
-    export and its day: the export says who was in service on the day before (everyone in it,
-    churned or not) and on its day (those who had not left). Else the union of the tables'
-    ranges.
+    The daily table's range when it has rows. Else, after snapshot exports, from the day before
+    the first to the day of the newest: an export says who was in service on the day before it
+    (everyone in it, churned or not) and on its day (those who had not left), so a source of
+    exports alone keeps every day since its first. Else the union of the tables' ranges.
     """
     for spec in SOURCE_TABLES.values():
         if is_daily(spec) and any(table_path(source_dir, spec).glob("*.parquet")):
             stats = _table_stats(source_dir, spec)
             if stats["first_date"]:
                 return {"start": stats["first_date"], "end": stats["last_date"]}
-    if isinstance(snapshot_export, dict) and snapshot_export.get("snapshot_date"):
-        day = date.fromisoformat(snapshot_export["snapshot_date"])
-        return {"start": (day - timedelta(days=1)).isoformat(), "end": day.isoformat()}
+    if isinstance(exported, list) and exported:
+        days = sorted(date.fromisoformat(d) for d in exported)
+        return {"start": (days[0] - timedelta(days=1)).isoformat(), "end": days[-1].isoformat()}
     firsts = [
         t["first_date"] for t in tables.values() if isinstance(t, dict) and t.get("first_date")
     ]

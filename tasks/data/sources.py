@@ -27,6 +27,14 @@ def read_manifest(source_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def export_days(source_dir: Path) -> list[date]:
+    """The snapshot days of every export imported (``churn:`` or ``attributes:`` in a
+    subscribers mapping), ascending; none before the first import."""
+    if not (source_dir / MANIFEST_NAME).is_file():
+        return []
+    return sorted(date.fromisoformat(d) for d in read_manifest(source_dir).get("export_days", []))
+
+
 def source_date_range(source_dir: Path) -> tuple[date, date]:
     """First and last day covered by the source tables."""
     manifest = read_manifest(source_dir)

@@ -4,7 +4,9 @@ An import may declare attributes of its own (``attributes:`` in a subscribers ma
 the source table of that name by :mod:`tasks.data.attributes`). A feature definitions file that
 declares features under ``views: subscriber_attributes`` makes the build write that feature table
 too (``sql/features/subscriber_attributes.sql``, which gives every attribute column; the build
-keeps the declared ones), and Feast serve it like any other view. Without such features nothing
+keeps the declared ones), and Feast serve it like any other view. Each day takes the values last
+observed on or before it; only the eve of the source's first observation day takes that day's
+(the cold start's labelled day), so no other row holds a value observed after it. Without such features nothing
 here runs, and a source without attributes is never asked for them.
 
 A categorical attribute is a ``String`` feature and a numeric one a ``Float64`` feature: the
@@ -22,6 +24,9 @@ import pyarrow as pa
 from tasks.core.errors import SourceDataMissing
 from tasks.data.attributes import attribute_declarations, attributes_path
 from tasks.features.definitions import ATTRIBUTES_VIEW, FEAST_TO_ARROW, Definitions
+
+ALL_IDS_VIEW = f"{ATTRIBUTES_VIEW}_all"
+"""The attributes of every subscriber, also in a shard's build (see the view's SQL)."""
 
 
 def uses_attributes(definitions: Definitions) -> bool:
@@ -49,6 +54,9 @@ def register_attributes(
             "subscribers mapping (see README, Importing your data)"
         )
     relation = con.read_parquet(str(path))
+    # Every id, whatever the shard: the source's first observation day is the source's, so a
+    # shard whose subscribers were all first seen later agrees with the whole build.
+    relation.create_view(ALL_IDS_VIEW)
     if subscribers:
         relation = relation.filter(subscribers)
     relation.create_view(ATTRIBUTES_VIEW)
@@ -71,6 +79,7 @@ def register_empty_attributes(
         [("subscriber_id", pa.int64()), ("observed_date", pa.date32()), *columns.items()]
     )
     con.register(ATTRIBUTES_VIEW, schema.empty_table())
+    con.register(ALL_IDS_VIEW, schema.empty_table())
 
 
 def attribute_query(query: str, features: Sequence[str]) -> str:

@@ -5,8 +5,9 @@ snapshot day, so a reader touches only the days that its window and TTL can reac
 a chunk of days to a staging area, checks the contract of every table on the chunk's newest day
 (volume against the day before it), and only then moves the files into place, one
 ``os.replace`` per file: a reader sees a day's old file or its new one, never a mix, and a day
-that fails its contract is never published. (The day before is counted with the sign-ups and less
-the cancellations the source records for the day: a recorded wave is not a broken feed.)
+that fails its contract is never published. (On an imported export's day, the day before is
+counted with the export's sign-ups and less its cancellations: its churned subscribers all leave
+on that day.)
 
 The two usage views are built one day at a time from that day's usage windows, which the build
 carries from the day before instead of re-reading 90 days of usage (``tasks/features/windows.py``:
@@ -35,7 +36,7 @@ from tasks.core.schema import Column, TableSpec
 from tasks.core.settings import Settings
 from tasks.core.sql import connect
 from tasks.data.contracts import ContractReport, check_table
-from tasks.data.sources import register_sources, source_date_range
+from tasks.data.sources import export_days, register_sources, source_date_range
 from tasks.features.definitions import FEAST_TO_ARROW
 from tasks.features.feast_offline import PARTITION_KEY, partition_files
 from tasks.features.redis_online import materialize_views
@@ -294,12 +295,16 @@ def _check_day(
 
 
 def _recorded_moves(settings: Settings, day: date) -> int:
-    """Sign-ups on ``day`` less the cancellations taking effect on it, as the source records them.
+    """On an imported export's day: its sign-ups less the cancellations taking effect on it, as
+    the source records them; on any other day, 0.
 
     A feature table holds one row per subscriber in service, so the day's volume is judged against
-    the day before plus these: a day on which a recorded wave leaves (the churned subscribers of
-    an imported export, all on its day) is not a broken feed.
+    the day before plus these: the churned subscribers of an export all leave on its day, which is
+    what the export says, not a broken feed. Only export days: elsewhere a wave of cancellations
+    is exactly what the volume rule is there to question.
     """
+    if day not in export_days(settings.source_dir):
+        return 0
     con = connect()
     try:
         register_sources(con, settings.source_dir)

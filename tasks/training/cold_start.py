@@ -34,7 +34,8 @@ from tasks.training.time_split import LABEL, TimeSplit, TrainingDataError, to_pa
 HOLDOUT_SHARE = 0.25
 VALIDATION_SHARE = 0.15
 SPLIT_SEED = 20_260_101
-"""Fixed, so training the same export twice gives the same split (and the same model)."""
+"""Fixed, so training the same export twice gives the same split (and, on the same data, the
+same model)."""
 SPLIT_TAG = "split"
 COLD_START_TAG = "cold_start"
 MIN_POSITIVES = 5
@@ -150,8 +151,11 @@ def cold_start_note(day: date, split: TimeSplit) -> str:
         f"by churn): {sizes}. This is a weaker guarantee than an out-of-time evaluation: the "
         "holdout shares its period with the training rows, so its metrics say how well the "
         "model separates the subscribers of this export, not how well it holds up as time "
-        "passes. The scheduled retraining replaces it with a time-split model once enough "
-        "history has accumulated.\n"
+        "passes. The label is who left by the export (its churn column, recorded as leaving "
+        "on the export's day) and the features are the export's, for those who left too: what "
+        "the model learns is who had left among customers who looked like this, not yet who "
+        "leaves in the next 30 days. The scheduled retraining replaces it with a time-split "
+        "model once a daily feed has built enough history.\n"
     )
 
 

@@ -43,6 +43,15 @@ from tasks.training.time_split import LABEL, TimeSplit
 logger = logging.getLogger(__name__)
 
 
+def recency_weights(train: pd.DataFrame, half_life_days: float | None) -> np.ndarray | None:
+    """0.5 ** (days before the newest training snapshot / half-life) per row; None: equal weights."""
+    if half_life_days is None:
+        return None
+    days = pd.to_datetime(train["snapshot_date"])
+    age = (days.max() - days).dt.days.to_numpy(dtype=np.float64)
+    return np.power(0.5, age / half_life_days).astype(np.float32)
+
+
 def train_model(split: TimeSplit, features: list[str], settings: Settings) -> TrainedModel:
     """Fit a LightGBM binary classifier on the train slice, early-stopped on the validation slice.
 
@@ -68,6 +77,7 @@ def train_model(split: TimeSplit, features: list[str], settings: Settings) -> Tr
     train_set = lgb.Dataset(
         model_inputs(split.train, spec),
         label=split.train[LABEL].to_numpy(dtype=np.float32),
+        weight=recency_weights(split.train, settings.training_recency_half_life_days),
         categorical_feature=spec.categorical,
         free_raw_data=True,
     )
@@ -104,6 +114,8 @@ def train_model(split: TimeSplit, features: list[str], settings: Settings) -> Tr
     # Keep exactly the trees that predict: the model text is then the model, and the training
     # data the booster still references is released.
     final = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    if settings.training_recency_half_life_days is not None:
+        params = {**params, "recency_half_life_days": settings.training_recency_half_life_days}
     return TrainedModel(booster=final, spec=spec, params=params, best_iteration=best)
 
 

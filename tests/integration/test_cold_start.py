@@ -191,7 +191,11 @@ def test_the_time_split_retraining_takes_over_once_the_history_is_there(
         later = retrain_flow(as_of=WORLD_START + timedelta(days=239), reason="weekly schedule")
     assert later is not None and later.champion_version == 1  # judged against the cold start
     assert len(later.split_days["holdout"]) == settings.holdout_snapshots  # by time
-    versions = {v.version: v for v in list_versions(settings)}
-    if later.version is not None:
-        assert versions[later.version].tags["split"] == "time"
-        assert versions[later.version].tags["cold_start"] == "false"
+    from tasks.training.mlflow_store import connect
+
+    tags = connect(settings).get_run(later.run_id).data.tags
+    assert (tags["split"], tags["cold_start"]) == ("time", "false")
+    if later.version is not None:  # promoted or not, the run says how it was split
+        assert {v.version: v for v in list_versions(settings)}[later.version].tags[
+            "split"
+        ] == "time"

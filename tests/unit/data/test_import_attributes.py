@@ -255,6 +255,13 @@ def _entry(body: str) -> str:
             "attributes.plan: plan is a column of subscribers",
             id="subscribers-column",
         ),
+        # a key of the feature view built on the table
+        pytest.param(
+            _entry("snapshot_date: {column: Partner, type: categorical, allowed: [a]}"),
+            "attributes.snapshot_date: snapshot_date is a column of subscribers, of "
+            "subscriber_attributes or of its feature view",
+            id="view-key",
+        ),
         # a name of a key of the attributes table
         pytest.param(
             _entry("observed_date: {column: Partner, type: categorical, allowed: [a]}"),

@@ -69,8 +69,9 @@ def test_churn_flag_gives_cancellations_on_the_snapshot_day(
     assert "Churn" not in caplog.text  # the column the mapping declares is not warned about
 
 
-def test_churn_is_upserted_like_a_cancellations_import(tmp_path: Path) -> None:
-    # an earlier cancellations import keeps its other rows; the export's flagged id is replaced
+def test_a_recorded_earlier_cancellation_is_kept_and_new_ones_are_added(tmp_path: Path) -> None:
+    # 1003 left on 2026-01-20 (a cancellations import); the export still flags them: moving the
+    # date to the export's day would put them back in service for eleven days.
     source = tmp_path / "source"
     import_file(
         FIXTURES / "cancellations.csv", FIXTURES / "cancellations_mapping.yaml", source
@@ -79,8 +80,39 @@ def test_churn_is_upserted_like_a_cancellations_import(tmp_path: Path) -> None:
     _import(source, rows, "churn: {flag: Churn, reason: price}\n")
     assert _cancellations(source) == [
         {"subscriber_id": 7, "cancel_date": SNAPSHOT, "reason": "price"},
-        {"subscriber_id": 1003, "cancel_date": SNAPSHOT, "reason": "price"},
+        {"subscriber_id": 1003, "cancel_date": date(2026, 1, 20), "reason": "competitor"},
     ]
+
+
+def test_exports_go_in_in_order_and_a_former_customer_keeps_the_day_they_left(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "source"
+    january = [export_row("1", churn="Yes"), export_row("2"), export_row("3")]
+    _import(source, january, CHURN_FLAG)
+    later = SNAPSHOT + timedelta(days=28)
+    february = [export_row("1", churn="Yes"), export_row("2", churn="Yes"), export_row("3")]
+    export = write_export(tmp_path / "february.csv", *february)
+    import_file(
+        export, write_mapping(tmp_path / "february.yaml", CHURN_FLAG, snapshot=later), source
+    )
+    assert _cancellations(source) == [
+        {"subscriber_id": 1, "cancel_date": SNAPSHOT, "reason": "other"},  # not moved
+        {"subscriber_id": 2, "cancel_date": later, "reason": "other"},
+    ]
+    manifest = json.loads((source / MANIFEST_NAME).read_text())
+    # A source of exports alone keeps every day since the first one's eve.
+    assert (manifest["start"], manifest["end"]) == (
+        str(SNAPSHOT - timedelta(days=1)),
+        str(later),
+    )
+    before = snapshot_files(source)
+    older = write_mapping(
+        tmp_path / "older.yaml", CHURN_FLAG, snapshot=SNAPSHOT - timedelta(days=1)
+    )
+    with pytest.raises(ImportMappingError, match="before the newest export already imported"):
+        import_file(write_export(tmp_path / "older.csv", *january), older, source)
+    assert snapshot_files(source) == before
 
 
 def test_churn_cancel_date_column(tmp_path: Path) -> None:
@@ -275,13 +307,3 @@ def test_export_never_touches_existing_tables(tmp_path: Path) -> None:
     manifest = json.loads((source / MANIFEST_NAME).read_text())
     assert (manifest["start"], manifest["end"]) == ("2026-01-30", "2026-01-31")  # usage's range
     assert "billing" not in manifest["tables"]  # not written by this import, not restated
-
-
-def test_a_later_export_moves_the_snapshot_and_an_older_one_does_not(tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    later = SNAPSHOT + timedelta(days=30)
-    _import(source, [export_row("1")], CHURN_FLAG, snapshot=later)
-    _import(source, [export_row("1"), export_row("2")], CHURN_FLAG)
-    manifest = json.loads((source / MANIFEST_NAME).read_text())
-    assert manifest["snapshot_export"]["snapshot_date"] == later.isoformat()
-    assert (manifest["start"], manifest["end"]) == ("2026-03-01", "2026-03-02")

@@ -200,69 +200,66 @@ def _built(settings: Settings, snapshot: date) -> dict[int, dict]:
     return {row["subscriber_id"]: row for row in table.to_pylist()}
 
 
-def test_the_attribute_view_holds_the_last_observation_and_the_first_before_it(
+def test_the_attribute_view_is_as_of_each_day_but_for_the_first_exports_eve(
     with_definitions: Settings,
 ) -> None:
     world = _attributes_world(with_definitions)
+    days = [day(d) for d in range(95, 126)]
+
+    def in_service(sid: int, d: date) -> bool:
+        signup = next(s["signup_date"] for s in world["subscribers"] if s["subscriber_id"] == sid)
+        gone = [c["cancel_date"] for c in world["cancellations"] if c["subscriber_id"] == sid]
+        return signup <= d and not (gone and gone[0] <= d)
+
+    always = [
+        s["subscriber_id"]
+        for s in world["subscribers"]
+        if all(in_service(s["subscriber_id"], d) for d in days)
+    ]
+    assert len(always) >= 3, "the seeded world has subscribers in service throughout"
+    a, b = always[:2]
     first, second = day(100), day(120)
+
+    def seen(sid: int, on: date, internet: str, charges: float | None) -> dict:
+        return {
+            "subscriber_id": sid,
+            "observed_date": on,
+            "internet_service": internet,
+            "total_charges": charges,
+            "partner": "yes",
+        }
+
     _write_attributes(
         with_definitions,
         [
-            {
-                "subscriber_id": 1,
-                "observed_date": first,
-                "internet_service": "dsl",
-                "total_charges": 10.0,
-                "partner": "yes",
-            },
-            {
-                "subscriber_id": 1,
-                "observed_date": second,
-                "internet_service": "fiber_optic",
-                "total_charges": 20.0,
-                "partner": "yes",
-            },
-            {
-                "subscriber_id": 2,
-                "observed_date": second,
-                "internet_service": "none",
-                "total_charges": None,
-                "partner": "no",
-            },
+            seen(a, first, "dsl", 10.0),
+            seen(a, second, "fiber_optic", 20.0),
+            seen(b, second, "none", None),
         ],
     )
-    build_feature_tables(with_definitions, day(95), day(125), specs={})
-    in_service = {
-        s["subscriber_id"]
-        for s in world["subscribers"]
-        if s["signup_date"] <= day(110)
-        and not any(
-            c["subscriber_id"] == s["subscriber_id"] and c["cancel_date"] <= day(110)
-            for c in world["cancellations"]
-        )
-    }
+    build_feature_tables(with_definitions, days[0], days[-1], specs={})
+
+    def internet(sid: int, on: date) -> str | None:
+        return _built(with_definitions, on)[sid]["internet_service"]
+
     on_110 = _built(with_definitions, day(110))
-    assert set(on_110) == in_service  # one row per subscriber in service, as every view
-    row = next(iter(on_110.values()))
-    assert list(row) == [
+    assert set(on_110) == {
+        s["subscriber_id"] for s in world["subscribers"] if in_service(s["subscriber_id"], day(110))
+    }  # one row per subscriber in service, as every view
+    assert list(on_110[a]) == [
         "subscriber_id",
         "snapshot_ts",
         "internet_service",
         "total_charges",
         "snapshot_date",
     ]  # the declared features only: partner was imported but is no feature
-    if 1 in in_service:
-        assert on_110[1]["internet_service"] == "dsl"  # last observed on or before the day
-        assert _built(with_definitions, day(96)).get(1, {}).get("internet_service") in (
-            None,
-            "dsl",
-        )  # before the first observation: the first one stands in
-        assert _built(with_definitions, day(125))[1]["internet_service"] == "fiber_optic"
-    if 2 in in_service:
-        assert on_110[2]["internet_service"] == "none"  # first observed later: stands in
-        assert on_110[2]["total_charges"] is None
-    others = [sid for sid in in_service if sid > 2]
-    assert all(on_110[sid]["internet_service"] is None for sid in others)  # never observed
+    assert internet(a, day(110)) == "dsl"  # last observed on or before the day
+    assert internet(a, day(125)) == "fiber_optic"
+    assert internet(a, day(99)) == "dsl"  # the eve of the source's first observation day
+    assert internet(a, day(98)) is None  # earlier: nothing was observed yet
+    assert internet(b, day(119)) is None  # first seen later: never before its own day
+    assert internet(b, day(121)) == "none" and on_110[b]["total_charges"] is None
+    assert all(internet(sid, day(110)) is None for sid in always[2:])  # never observed
 
 
 def test_a_source_without_attributes_is_refused_when_the_definitions_use_them(
@@ -276,9 +273,11 @@ def test_a_source_without_attributes_is_refused_when_the_definitions_use_them(
 # ----------------------------------------------------------------------------- volume
 
 
-def test_a_recorded_wave_of_cancellations_is_not_a_broken_feed(churn_home: Settings) -> None:
-    """An imported export records its churned subscribers as leaving on its day: a third of
-    the base gone overnight is what the source says, not a feed that lost rows."""
+def test_an_exports_wave_of_cancellations_is_not_a_broken_feed_and_any_other_is(
+    churn_home: Settings, tmp_path: Path
+) -> None:
+    """An imported export records its churned subscribers as leaving on its day: half the base
+    gone overnight is what the export says. The same wave on a day with no export is refused."""
     rows = random_world(np.random.default_rng(5))
     wave = day(100)
     ids = [
@@ -290,7 +289,6 @@ def test_a_recorded_wave_of_cancellations_is_not_a_broken_feed(churn_home: Setti
     rows["cancellations"] += [
         {"subscriber_id": sid, "cancel_date": wave, "reason": "other"} for sid in leaving
     ]
-    write_world(churn_home, rows)
     spec = {
         "subscriber_profile": TableSpec(
             "subscriber_profile",
@@ -302,25 +300,23 @@ def test_a_recorded_wave_of_cancellations_is_not_a_broken_feed(churn_home: Setti
             date_column="snapshot_ts",
         )
     }
+
+    def world_with(settings: Settings, export_days: list[date]) -> None:
+        write_world(settings, rows)
+        manifest = settings.source_dir / MANIFEST_NAME
+        doc = json.loads(manifest.read_text()) | {"export_days": [str(d) for d in export_days]}
+        manifest.write_text(json.dumps(doc))
+
+    world_with(churn_home, [wave])
     build_feature_tables(churn_home, wave - timedelta(1), wave, specs=spec)
+    files = {
+        d: partition_files(churn_home.features_dir / "subscriber_profile", d, d)
+        for d in (wave - timedelta(1), wave)
+    }
+    before, after = (pq.read_table(f).num_rows for f in files.values())
+    assert (before - after) / before > churn_home.volume_tolerance  # far beyond the tolerance
 
-    # Without the record the same drop is refused: drop the cancellations, fake the rows away.
-    unrecorded = rows | {"cancellations": []}
-    other = churn_home.model_copy(update={"home": churn_home.home.parent / "other"})
-    write_world(other, unrecorded)
-    build_feature_tables(other, wave - timedelta(1), wave - timedelta(1), specs=spec)
-    staged = partition_files(other.features_dir / "subscriber_profile", wave - timedelta(1), wave)
-    assert staged
-    table = pq.read_table(staged[0])
-    half = table.slice(0, max(1, table.num_rows - len(leaving)))
-    pq.write_table(half, staged[0])  # the day before now has fewer rows: a rise of a third
+    other = churn_home.model_copy(update={"home": tmp_path / "no_export"})
+    world_with(other, [])
     with pytest.raises(DataContractError, match="volume"):
-        build_feature_tables(other, wave, wave, specs=spec)
-
-    # The recorded drop is far beyond the tolerance: it passed because it was recorded.
-    def rows_on(d: date) -> int:
-        files = partition_files(churn_home.features_dir / "subscriber_profile", d, d)
-        return pq.read_table(files).num_rows
-
-    before, after = rows_on(wave - timedelta(1)), rows_on(wave)
-    assert (before - after) / before > churn_home.volume_tolerance
+        build_feature_tables(other, wave - timedelta(1), wave, specs=spec)

@@ -382,3 +382,36 @@ def test_quality_on_a_simulated_world_is_near_the_best_achievable(churn_home: Se
     assert metrics["calibration_error"] < 0.02
     assert abs(predict_proba(model, split.holdout).mean() - metrics["base_rate"]) < 0.01
     assert best_achievable_auc(Path(churn_home.home / "no-truth"), split.holdout) is None
+
+
+# ----------------------------------------------------------------------------- recency weights
+
+
+def test_recency_weights_halve_every_half_life_back_from_the_newest_snapshot(split):
+    from tasks.training.train import recency_weights
+
+    assert recency_weights(split.train, None) is None
+    weights = recency_weights(split.train, 14.0)
+    days = pd.to_datetime(split.train["snapshot_date"])
+    age = (days.max() - days).dt.days.to_numpy()
+    assert weights.dtype == np.float32 and len(weights) == len(split.train)
+    assert np.allclose(weights[age == 0], 1.0)
+    assert np.allclose(weights[age == 14], 0.5)
+    assert np.allclose(weights[age == 28], 0.25)
+
+
+def test_weighted_training_is_deterministic_recorded_and_another_model(split):
+    plain = train_model(split, FEATURES, fast_settings())
+    settings = fast_settings(training_recency_half_life_days=7.0)
+    first, second = train_model(split, FEATURES, settings), train_model(split, FEATURES, settings)
+    assert first.booster.model_to_string() == second.booster.model_to_string()
+    assert first.params["recency_half_life_days"] == 7.0
+    assert "recency_half_life_days" not in plain.params
+    assert not np.array_equal(
+        predict_proba(first, split.holdout), predict_proba(plain, split.holdout)
+    )
+
+
+def test_recency_weights_are_refused_with_the_dask_trainer() -> None:
+    with pytest.raises(ValueError, match="not supported by the Dask trainer yet"):
+        Settings(trainer="dask", training_recency_half_life_days=30.0)
