@@ -65,7 +65,7 @@ def cold_start(
     assert trained is not None  # a cold start never waits for history
     rows: list[tuple[str, object]] = [
         ("customers imported", imported.rows),
-        ("had left (the label)", imported.churned or 0),
+        ("had left by the export", imported.churned or 0),
         ("trained on", f"{trained.split_days['train'][0]}, split by subscriber"),
         ("holdout ROC-AUC", f"{trained.challenger.metrics['roc_auc']:.4f}"),
         ("decision", trained.decision.summary()),

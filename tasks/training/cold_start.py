@@ -135,7 +135,14 @@ def split_by_subscriber(
     )
 
 
-def cold_start_note(day: date, split: TimeSplit) -> str:
+def unused_leavers(settings: Settings, day: date, positives: int) -> int:
+    """How many of the newest export's leavers are not among the day's positives: with a
+    ``cancel_date`` column, those who left before ``day`` were not in service on it."""
+    export = read_manifest(settings.source_dir).get("snapshot_export") or {}
+    return max(0, int(export.get("churned", 0)) - positives)
+
+
+def cold_start_note(day: date, split: TimeSplit, unused: int = 0) -> str:
     """The model card's paragraph on what this model's holdout can and cannot say."""
     sizes = ", ".join(
         f"{name} {len(part):,} ({int(part[LABEL].sum()):,} churned)"
@@ -156,6 +163,13 @@ def cold_start_note(day: date, split: TimeSplit) -> str:
         "the model learns is who had left among customers who looked like this, not yet who "
         "leaves in the next 30 days. The scheduled retraining replaces it with a time-split "
         "model once a daily feed has built enough history.\n"
+        + (
+            f"\n{unused:,} of the export's leavers had left before {day} (dates from a "
+            "cancel_date column) and are not training rows; a churn flag column would make "
+            "them positives of this day.\n"
+            if unused
+            else ""
+        )
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.core.schema import PROTECTED_ATTRIBUTES
 from tasks.core.settings import Settings
@@ -35,6 +36,7 @@ from tasks.training.cold_start import (
     cold_start_day,
     cold_start_note,
     split_by_subscriber,
+    unused_leavers,
 )
 from tasks.training.evaluate import best_achievable_auc, holdout_metrics, observable_oracle_auc
 from tasks.training.fairness import FairnessReport, fairness_report
@@ -244,7 +246,14 @@ def retrain(
         frame: pa.Table = frame_of(settings, store, labelled_entities(settings, [day]), [day])
         clock.lap("training frame")
         split = split_by_subscriber(frame)
-        split_note = cold_start_note(day, split)
+        unused = (
+            unused_leavers(settings, day, int(pc.sum(frame.column(LABEL)).as_py() or 0))
+            if day == as_of - timedelta(days=1)  # an export's eve, not an --as-of day
+            else 0
+        )
+        if unused:
+            logger.warning("cold start: %d of the export's leavers left before %s", unused, day)
+        split_note = cold_start_note(day, split, unused)
     else:
         if as_of is None:
             raise ValueError("a time-split retraining needs its as-of day")

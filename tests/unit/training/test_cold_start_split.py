@@ -69,3 +69,10 @@ def test_the_model_card_says_the_guarantee_is_weaker() -> None:
     note = cold_start_note(DAY, split_by_subscriber(frame(2000, 0.25)))
     assert "split by subscriber, not by time" in note
     assert "weaker guarantee" in note and str(DAY) in note
+
+
+def test_the_card_counts_leavers_the_day_cannot_hold() -> None:
+    split = split_by_subscriber(frame(2000, 0.25))
+    assert "not training rows" not in cold_start_note(DAY, split)
+    note = cold_start_note(DAY, split, unused=120)
+    assert "120 of the export's leavers had left before 2026-11-29" in note
