@@ -53,7 +53,9 @@ def cold_start(
 
     began = time.perf_counter()
     settings = get_settings()
-    imported = import_file(path, mapping, settings.source_dir)
+    imported = import_file(
+        path, mapping, settings.source_dir, label_horizon_days=settings.label_horizon_days
+    )
     console.print(
         f"imported {imported.rows:,} customers, {imported.churned or 0:,} of whom had left "
         f"by {parsed.snapshot_date}"

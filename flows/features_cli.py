@@ -96,7 +96,10 @@ def import_(
     """Import your own subscriber data (CSV/Parquet) into the source schema; nothing is written unless it all passes."""
     from tasks.data.importer import import_file
 
-    summary = import_file(path, mapping, get_settings().source_dir)
+    settings = get_settings()
+    summary = import_file(
+        path, mapping, settings.source_dir, label_horizon_days=settings.label_horizon_days
+    )
     print_summary(
         f"Imported {path.name}",
         [

@@ -145,10 +145,13 @@ from tasks.data.attributes import (
 )
 from tasks.data.contracts import check_table, is_daily, violation_sort_key
 from tasks.data.import_export import (
+    LABEL_HORIZON_DAYS,
     attribute_violations,
     build_attributes,
     build_cancellations,
     check_export_columns,
+    labelled_day,
+    signup_not_after_cancel_date,
     write_missing_tables,
 )
 from tasks.data.import_mapping import ImportMapping, load_mapping
@@ -176,8 +179,18 @@ class ImportSummary:
 # --------------------------------------------------------------------------------------------
 
 
-def import_file(path: Path, mapping_path: Path, source_dir: Path) -> ImportSummary:
-    """Import ``path`` into ``source_dir`` as described by ``mapping_path`` (see module doc)."""
+def import_file(
+    path: Path,
+    mapping_path: Path,
+    source_dir: Path,
+    *,
+    label_horizon_days: int = LABEL_HORIZON_DAYS,
+) -> ImportSummary:
+    """Import ``path`` into ``source_dir`` as described by ``mapping_path`` (see module doc).
+
+    ``label_horizon_days``: how far ahead the label looks; an export with cancellation dates
+    is labelled that many days before its day (:func:`labelled_day`).
+    """
     path, source_dir = Path(path), Path(source_dir)
     mapping = load_mapping(Path(mapping_path))
     spec = mapping.spec
@@ -199,6 +212,7 @@ def import_file(path: Path, mapping_path: Path, source_dir: Path) -> ImportSumma
         )
 
     table, cast_failures = build_table(mapping, raw)
+    table = signup_not_after_cancel_date(mapping, raw, table)
     report = check_table(spec, table)
     violations = _merge(spec, cast_failures, report.violations)
 
@@ -234,11 +248,16 @@ def import_file(path: Path, mapping_path: Path, source_dir: Path) -> ImportSumma
             written.append(empty_path)
             refreshed.append(empty)
         assert mapping.snapshot_date is not None  # load_mapping requires it with churn
+        assert mapping.churn is not None  # cancellations come from `churn:`
         export = {
             "snapshot_date": mapping.snapshot_date.isoformat(),
             "subscribers": table.num_rows,
             "churned": extras.cancellations.num_rows,
             "file": path.name,
+            "churn": mapping.churn.kind,
+            "labelled_day": labelled_day(
+                mapping.snapshot_date, mapping.churn.kind, label_horizon_days
+            ).isoformat(),
         }
     manifest = update_manifest(
         source_dir,
@@ -451,6 +470,12 @@ def update_manifest(
     if (snapshot_export is not None or attributes is not None) and snapshot_date is not None:
         days = {*manifest.get("export_days", []), snapshot_date.isoformat()}
         manifest["export_days"] = sorted(days)
+    if snapshot_export is not None:
+        # The earliest day an export labels: a source of exports covers it (_covered_days).
+        labelled = [
+            d for d in (manifest.get("labelled_from"), snapshot_export["labelled_day"]) if d
+        ]
+        manifest["labelled_from"] = min(labelled)
     stored_export = manifest.get("snapshot_export")
     if snapshot_export is not None and not (
         isinstance(stored_export, dict)
@@ -458,7 +483,11 @@ def update_manifest(
     ):
         manifest["snapshot_export"] = snapshot_export
     # Top-level start/end are the days the source tables cover (what the feature build reads).
-    manifest.update(_covered_days(source_dir, tables, manifest.get("export_days")))
+    manifest.update(
+        _covered_days(
+            source_dir, tables, manifest.get("export_days"), manifest.get("labelled_from")
+        )
+    )
 
     first, last = _date_range(imported, spec.date_column)
     record = {
@@ -505,13 +534,17 @@ def _table_stats(source_dir: Path, spec: TableSpec) -> dict[str, Any]:
     return stats
 
 
-def _covered_days(source_dir: Path, tables: dict[str, Any], exported: Any = None) -> dict[str, str]:
+def _covered_days(
+    source_dir: Path, tables: dict[str, Any], exported: Any = None, labelled_from: Any = None
+) -> dict[str, str]:
     """``{"start", "end"}`` of the source directory, or nothing if no table has dates.
 
     The daily table's range when it has rows. Else, after snapshot exports, from the day before
-    the first to the day of the newest: an export says who was in service on the day before it
-    (everyone in it, churned or not) and on its day (those who had not left), so a source of
-    exports alone keeps every day since its first. Else the union of the tables' ranges.
+    the first (or the earliest day an export with cancellation dates labels, if earlier) to the
+    day of the newest: an export says who was in service on the day before it (everyone in it,
+    churned or not) and on its day (those who had not left); with cancellation dates, also on
+    each day since its labelled day. A source of exports alone keeps every day since its first.
+    Else the union of the tables' ranges.
     """
     for spec in SOURCE_TABLES.values():
         if is_daily(spec) and any(table_path(source_dir, spec).glob("*.parquet")):
@@ -520,7 +553,10 @@ def _covered_days(source_dir: Path, tables: dict[str, Any], exported: Any = None
                 return {"start": stats["first_date"], "end": stats["last_date"]}
     if isinstance(exported, list) and exported:
         days = sorted(date.fromisoformat(d) for d in exported)
-        return {"start": (days[0] - timedelta(days=1)).isoformat(), "end": days[-1].isoformat()}
+        start = days[0] - timedelta(days=1)
+        if labelled_from:
+            start = min(start, date.fromisoformat(labelled_from))
+        return {"start": start.isoformat(), "end": days[-1].isoformat()}
     firsts = [
         t["first_date"] for t in tables.values() if isinstance(t, dict) and t.get("first_date")
     ]

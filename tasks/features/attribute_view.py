@@ -5,9 +5,10 @@ the source table of that name by :mod:`tasks.data.attributes`). A feature defini
 declares features under ``views: subscriber_attributes`` makes the build write that feature table
 too (``sql/features/subscriber_attributes.sql``, which gives every attribute column; the build
 keeps the declared ones), and Feast serve it like any other view. Each day takes the values last
-observed on or before it; only the eve of the source's first observation day takes that day's
-(the cold start's labelled day), so no other row holds a value observed after it. Without such features nothing
-here runs, and a source without attributes is never asked for them.
+observed on or before it, with one exception: the days a source made from exports covers before
+its first observation day (:data:`BACKFILL_VIEW`) take that day's values, for the cold start
+learns from them. Without such features nothing here runs, and a source without attributes is
+never asked for them.
 
 A categorical attribute is a ``String`` feature and a numeric one a ``Float64`` feature: the
 types the source table has, which ``churn features apply`` checks.
@@ -16,6 +17,7 @@ types the source table has, which ``churn features apply`` checks.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -23,10 +25,14 @@ import pyarrow as pa
 
 from tasks.core.errors import SourceDataMissing
 from tasks.data.attributes import attribute_declarations, attributes_path
+from tasks.data.sources import read_manifest
 from tasks.features.definitions import ATTRIBUTES_VIEW, FEAST_TO_ARROW, Definitions
 
 ALL_IDS_VIEW = f"{ATTRIBUTES_VIEW}_all"
 """The attributes of every subscriber, also in a shard's build (see the view's SQL)."""
+BACKFILL_VIEW = f"{ATTRIBUTES_VIEW}_backfill"
+"""One row, ``from_day``: the first day that takes the first observation's values (NULL: only
+the eve of the first observation day does)."""
 
 
 def uses_attributes(definitions: Definitions) -> bool:
@@ -53,6 +59,7 @@ def register_attributes(
             f"but the source has none ({path}): import them with `attributes:` in a "
             "subscribers mapping (see README, Importing your data)"
         )
+    _register_backfill(con, backfill_from(source_dir))
     relation = con.read_parquet(str(path))
     # Every id, whatever the shard: the source's first observation day is the source's, so a
     # shard whose subscribers were all first seen later agrees with the whole build.
@@ -80,6 +87,26 @@ def register_empty_attributes(
     )
     con.register(ATTRIBUTES_VIEW, schema.empty_table())
     con.register(ALL_IDS_VIEW, schema.empty_table())
+    _register_backfill(con, None)
+
+
+def backfill_from(source_dir: Path) -> date | None:
+    """The first day before the first observation that takes its values, or None (the eve only).
+
+    An export with cancellation dates labels a day a whole label horizon before it (the
+    manifest's ``labelled_from``), and the cold start needs the export's attributes on that day.
+    Only in a source that export began: where a daily feed covered those days already, later
+    values there would leak into rows the rolling retraining may learn from.
+    """
+    manifest = read_manifest(source_dir)
+    labelled_from, start = manifest.get("labelled_from"), manifest.get("start")
+    if labelled_from and labelled_from == start:
+        return date.fromisoformat(labelled_from)
+    return None
+
+
+def _register_backfill(con: duckdb.DuckDBPyConnection, from_day: date | None) -> None:
+    con.register(BACKFILL_VIEW, pa.table({"from_day": pa.array([from_day], pa.date32())}))
 
 
 def attribute_query(query: str, features: Sequence[str]) -> str:

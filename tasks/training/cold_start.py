@@ -3,9 +3,12 @@
 A rolling, out-of-time retraining needs months of daily history (the window, the label horizon
 and the longest feature window before it). A team that starts from one export with a churn
 column has none of it, but it has one labelled day: an export imported with ``churn:`` in its
-mapping (:mod:`tasks.data.importer`) records who had left on its day E as a cancellation on E,
-so on E - 1 everybody in it was in service and ``churned_30d`` of E - 1 is the export's churn
-column. ``churn train --cold-start`` trains on that day's features (the same Feast retrieval,
+mapping (:mod:`tasks.data.importer`) records who had left as cancellations. With a churn flag,
+they left on its day E, so on E - 1 everybody in it was in service and ``churned_30d`` of E - 1
+is the export's churn column. With cancellation dates, the labelled day is E - 30 (the label
+horizon): ``churned_30d`` of that day is who left within the 30 days up to the export, on their
+own days, as the rolling retraining labels them; those who left earlier were not in service on
+it. ``churn train --cold-start`` trains on that day's features (the same Feast retrieval,
 the same feature service scoring will read) with the subscribers split at random, stratified by
 the label, into train, validation and holdout.
 
@@ -28,6 +31,7 @@ import pyarrow as pa
 
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings
+from tasks.data.import_export import labelled_day
 from tasks.data.sources import read_manifest, source_date_range
 from tasks.training.time_split import LABEL, TimeSplit, TrainingDataError, to_pandas
 
@@ -47,8 +51,9 @@ class ColdStartError(ChurnError):
 
 
 def cold_start_day(settings: Settings, as_of: date | None) -> date:
-    """The labelled snapshot day: the day before the newest export with a churn column, or, with
-    ``as_of``, the newest day whose label horizon has ended by ``as_of``.
+    """The labelled snapshot day of the newest export with a churn column (the day before it for
+    a flag, a label horizon before it for cancellation dates), or, with ``as_of``, the newest
+    day whose label horizon has ended by ``as_of``.
 
     Raises:
         ColdStartError: neither is known, or the day lies outside the source.
@@ -62,7 +67,11 @@ def cold_start_day(settings: Settings, as_of: date | None) -> date:
                 "`churn:` in its subscribers mapping (see README, Importing your data), or give "
                 "--as-of D to train on the day whose 30-day outcome is known by D"
             )
-        day = date.fromisoformat(export["snapshot_date"]) - timedelta(days=1)
+        day = labelled_day(
+            date.fromisoformat(export["snapshot_date"]),
+            export.get("churn", "flag"),
+            settings.label_horizon_days,
+        )
     else:
         day = as_of - timedelta(days=settings.label_horizon_days)
         if as_of > last:
@@ -135,14 +144,43 @@ def split_by_subscriber(
     )
 
 
-def unused_leavers(settings: Settings, day: date, positives: int) -> int:
-    """How many of the newest export's leavers are not among the day's positives: with a
-    ``cancel_date`` column, those who left before ``day`` were not in service on it."""
+FLAG_LABEL = (
+    "The label is who had left by the export (its churn flag, recorded as leaving on the "
+    "export's day), and the features are the export's, for those who left too: what the model "
+    "learns is who had left among customers who looked like this, not yet who leaves in the "
+    "next 30 days."
+)
+
+
+def unused_leavers(settings: Settings, positives: int) -> int:
+    """How many of the newest export's leavers are not among its labelled day's positives: with
+    cancellation dates, those who left on or before that day, or signed up after it, were not in
+    service on it."""
     export = read_manifest(settings.source_dir).get("snapshot_export") or {}
     return max(0, int(export.get("churned", 0)) - positives)
 
 
-def cold_start_note(day: date, split: TimeSplit, unused: int = 0) -> str:
+def label_note(settings: Settings, from_export: bool) -> str:
+    """What the label is, and what the features are, in the model card's words: of the newest
+    export (``from_export``), else of a day given by ``--as-of``."""
+    horizon = settings.label_horizon_days
+    export = read_manifest(settings.source_dir).get("snapshot_export") or {}
+    if not from_export:
+        return (
+            f"The label is who left within the {horizon} days after that day, and the features "
+            "are that day's, as the rolling retraining has them."
+        )
+    if export.get("churn") == "cancel_date":
+        return (
+            f"The label is who left within the {horizon} days after that day, on the days the "
+            "export's cancellation dates give, as the rolling retraining labels. The features "
+            f"are the export's, taken up to {horizon} days later (for those who left: as they "
+            "were when they left), so they may already show some of what led to leaving."
+        )
+    return FLAG_LABEL
+
+
+def cold_start_note(day: date, split: TimeSplit, unused: int = 0, label: str = FLAG_LABEL) -> str:
     """The model card's paragraph on what this model's holdout can and cannot say."""
     sizes = ", ".join(
         f"{name} {len(part):,} ({int(part[LABEL].sum()):,} churned)"
@@ -158,15 +196,12 @@ def cold_start_note(day: date, split: TimeSplit, unused: int = 0) -> str:
         f"by churn): {sizes}. This is a weaker guarantee than an out-of-time evaluation: the "
         "holdout shares its period with the training rows, so its metrics say how well the "
         "model separates the subscribers of this export, not how well it holds up as time "
-        "passes. The label is who left by the export (its churn column, recorded as leaving "
-        "on the export's day) and the features are the export's, for those who left too: what "
-        "the model learns is who had left among customers who looked like this, not yet who "
-        "leaves in the next 30 days. The scheduled retraining replaces it with a time-split "
-        "model once a daily feed has built enough history.\n"
+        f"passes. {label} The scheduled retraining replaces it with a time-split model once "
+        "a daily feed has built enough history.\n"
         + (
-            f"\n{unused:,} of the export's leavers had left before {day} (dates from a "
-            "cancel_date column) and are not training rows; a churn flag column would make "
-            "them positives of this day.\n"
+            f"\n{unused:,} of the export's leavers are not training rows: by their "
+            f"cancellation dates they left on or before {day}, or signed up after it, so they "
+            "were not in service on it.\n"
             if unused
             else ""
         )

@@ -35,6 +35,7 @@ from tasks.training.cold_start import (
     SPLIT_TAG,
     cold_start_day,
     cold_start_note,
+    label_note,
     split_by_subscriber,
     unused_leavers,
 )
@@ -240,20 +241,21 @@ def retrain(
     features = service_columns(store, service)
     split_note = None
     if cold_start:
+        from_export = as_of is None
         day = cold_start_day(settings, as_of)
         as_of = as_of or day + timedelta(days=1)
         window = (day, day)
         frame: pa.Table = frame_of(settings, store, labelled_entities(settings, [day]), [day])
         clock.lap("training frame")
         split = split_by_subscriber(frame)
-        unused = (
-            unused_leavers(settings, day, int(pc.sum(frame.column(LABEL)).as_py() or 0))
-            if day == as_of - timedelta(days=1)  # an export's eve, not an --as-of day
-            else 0
-        )
+        unused = 0
+        if from_export:
+            unused = unused_leavers(settings, int(pc.sum(frame.column(LABEL)).as_py() or 0))
         if unused:
-            logger.warning("cold start: %d of the export's leavers left before %s", unused, day)
-        split_note = cold_start_note(day, split, unused)
+            logger.warning(
+                "cold start: %d of the export's leavers were not in service on %s", unused, day
+            )
+        split_note = cold_start_note(day, split, unused, label_note(settings, from_export))
     else:
         if as_of is None:
             raise ValueError("a time-split retraining needs its as-of day")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import random
+import re
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -119,11 +121,7 @@ def test_the_model_says_it_was_split_by_subscriber(
         assert champion.tags["training_window_start"] == champion.tags["training_window_end"] == day
         assert champion.tags["feature_service"] == "telco_export_v1"
         assert 0.70 <= champion.metrics["roc_auc"] <= 0.95, champion.metrics
-        from tasks.training.mlflow_store import connect
-
-        card = Path(
-            connect(settings).download_artifacts(champion.run_id, "model_card.md", str(tmp_path))
-        ).read_text()
+        _, card = _champion_and_card(settings, tmp_path)
         assert "split by subscriber, not by time" in card and "weaker guarantee" in card
     finally:
         reset_settings()
@@ -167,6 +165,72 @@ def test_churn_serve_scores_a_customer_of_the_export(telco: dict, monkeypatch) -
         assert abs(answer.json()["probability"] - float(first["probability"])) < 1e-3
     finally:
         reset_settings()
+
+
+def test_cancellation_dates_label_everyone_who_left_within_the_horizon(
+    telco: dict, monkeypatch, tmp_path: Path
+) -> None:
+    # The same export with the day each leaver left, spread over the 60 days before it: the
+    # cold start learns on the day 30 days before the export, from everyone who left after it.
+    with telco["export"].open() as handle:
+        rows = list(csv.DictReader(handle))
+    spread = random.Random(5)
+    for row in rows:
+        left = EXPORT_DAY - timedelta(days=spread.randrange(60))
+        row["LeftOn"] = left.isoformat() if row["Churn"] == "Yes" else ""
+    export = tmp_path / "export_with_dates.csv"
+    with export.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    mapping = tmp_path / "mapping.yaml"
+    text = (EXAMPLE / "subscribers_mapping.yaml").read_text()
+    mapping.write_text(
+        text.replace("churn: {flag: Churn}", "churn: {cancel_date: LeftOn}")
+        + 'date_format: "%Y-%m-%d"\n'
+    )
+    labelled = EXPORT_DAY - timedelta(days=30)
+    # In service on the labelled day and gone by the export: the positives. Every other
+    # leaver is counted, not learned from.
+    positives = sum(
+        1
+        for r in rows
+        if r["LeftOn"]
+        and date.fromisoformat(r["LeftOn"]) > labelled
+        and EXPORT_DAY - timedelta(days=int(int(r["tenure"]) * 30.4375)) <= labelled
+    )
+    leavers = sum(1 for r in rows if r["LeftOn"])
+    home = tmp_path / "home"
+    monkeypatch.setenv("CHURN_HOME", str(home))
+    done = subprocess.run(
+        [*CHURN, "cold-start", str(export), "--mapping", str(mapping)],
+        capture_output=True, text=True, env={**telco["env"], "CHURN_HOME": str(home)},
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert positives > 500 and leavers - positives > 500  # both kinds are there
+    reset_settings()
+    try:
+        champion, card = _champion_and_card(get_settings(), tmp_path)
+    finally:
+        reset_settings()
+    assert champion.tags["training_window_start"] == str(labelled)
+    assert "who left within the 30 days after that day" in card
+    assert f"{leavers - positives:,} of the export's leavers are not training rows" in card
+    churned = sum(int(size.replace(",", "")) for size in re.findall(r"\(([\d,]+) churned\)", card))
+    assert churned == positives
+    # As with the flag: no more than the attributes tell (the sign-up day does not give the
+    # day a leaver left away).
+    assert 0.70 <= champion.metrics["roc_auc"] <= 0.86, champion.metrics
+
+
+def _champion_and_card(settings, tmp_path: Path):
+    from tasks.training.mlflow_store import connect
+
+    champion = current_alias(settings, CHAMPION)
+    assert champion is not None
+    card = connect(settings).download_artifacts(champion.run_id, "model_card.md", str(tmp_path))
+    return champion, Path(card).read_text()
 
 
 # ----------------------------------------------------------------------------- takeover

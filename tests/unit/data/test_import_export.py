@@ -130,12 +130,10 @@ def test_churn_cancel_date_column(tmp_path: Path) -> None:
     ]
 
 
-def test_churn_cancel_date_after_the_snapshot_or_before_signup_is_refused(tmp_path: Path) -> None:
-    # after the export: max; before the subscriber signed up (tenure 1 month): min
+def test_churn_cancel_date_after_the_snapshot_is_refused(tmp_path: Path) -> None:
     rows = [
         export_row("1", left_on="2026-02-01"),
         export_row("2", left_on="2026-03-01"),
-        export_row("3", tenure="1", left_on="2025-12-01"),
         export_row("4", left_on="someday"),
         export_row("5", left_on="2026-01-10"),
     ]
@@ -145,12 +143,52 @@ def test_churn_cancel_date_after_the_snapshot_or_before_signup_is_refused(tmp_pa
     assert found == [
         ("cancellations", "cancel_date", "type", 1),
         ("cancellations", "cancel_date", "max", 2),
-        ("cancellations", "cancel_date", "min", 1),
     ]
     message = str(err.value)
     assert "after snapshot_date 2026-01-31" in message and "1: 2026-02-01" in message
-    assert "before the subscriber's signup_date: e.g. 3: 2025-12-01" in message
     assert not (tmp_path / "source").exists()
+
+
+def test_cancellation_dates_label_the_day_a_horizon_before_the_export(
+    churn_home: Settings,
+) -> None:
+    # The labelled day is SNAPSHOT - 30: who left within the 30 days up to the export are its
+    # positives, on their own days.
+    source = churn_home.source_dir
+    labelled = SNAPSHOT - timedelta(days=30)
+    rows = [
+        export_row("1", tenure="12"),
+        export_row("2", tenure="12", left_on="2026-01-21"),  # left 10 days before the export
+        export_row("3", tenure="12", left_on="2025-12-15"),  # left before the labelled day
+        export_row("4", tenure="0", left_on="2026-01-31"),  # signed up and left in the window
+        export_row("5", tenure="1", left_on="2025-12-20"),  # a month's tenure, 42 days ago
+    ]
+    summary = _import(source, rows, CHURN_DATE, ATTRIBUTES)
+    assert summary.churned == 4
+    manifest = json.loads((source / MANIFEST_NAME).read_text())
+    assert manifest["snapshot_export"]["churn"] == "cancel_date"
+    assert manifest["snapshot_export"]["labelled_day"] == labelled.isoformat()
+    assert manifest["labelled_from"] == labelled.isoformat()
+    assert (manifest["start"], manifest["end"]) == (labelled.isoformat(), "2026-01-31")
+
+    subscribers = pq.read_table(table_path(source, SOURCE_TABLES["subscribers"])).to_pylist()
+    signup = {r["subscriber_id"]: r["signup_date"] for r in subscribers}
+    # A leaver looks like a stayer with the same tenure: the day they left must not show in
+    # the sign-up day, or a model learns the label from it.
+    assert signup[1] == signup[2] == signup[3] == SNAPSHOT - timedelta(days=int(12 * 30.4375))
+    assert signup[4] == SNAPSHOT
+    assert signup[5] == date(2025, 12, 20)  # not after the day they left
+    in_service = active_subscribers(churn_home, labelled)["subscriber_id"].to_pylist()
+    assert in_service == [1, 2]  # 3 and 5 had left, 4 had not signed up yet
+
+
+def test_a_horizon_of_seven_days_labels_a_week_before_the_export(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    export = write_export(tmp_path / "export.csv", export_row("1", left_on="2026-01-29"))
+    mapping = write_mapping(tmp_path / "mapping.yaml", CHURN_DATE)
+    import_file(export, mapping, source, label_horizon_days=7)
+    manifest = json.loads((source / MANIFEST_NAME).read_text())
+    assert manifest["start"] == manifest["snapshot_export"]["labelled_day"] == "2026-01-24"
 
 
 def test_flag_that_is_not_yes_no_is_refused(tmp_path: Path) -> None:
@@ -262,6 +300,8 @@ def test_single_export_is_a_whole_source(churn_home: Settings) -> None:
         "subscribers": 3,
         "churned": 1,
         "file": "export.csv",
+        "churn": "flag",
+        "labelled_day": "2026-01-30",
     }
     assert (manifest["start"], manifest["end"]) == ("2026-01-30", "2026-01-31")
     assert manifest["tables"]["billing"]["rows"] == 0

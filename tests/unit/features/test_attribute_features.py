@@ -262,6 +262,57 @@ def test_the_attribute_view_is_as_of_each_day_but_for_the_first_exports_eve(
     assert all(internet(sid, day(110)) is None for sid in always[2:])  # never observed
 
 
+@pytest.mark.parametrize(
+    ("begun_by_the_export", "on_96"),
+    [
+        pytest.param(True, "dsl", id="a source the export began: back to its labelled day"),
+        pytest.param(False, None, id="a daily feed covered those days: the eve only"),
+    ],
+)
+def test_the_backfill_reaches_the_labelled_day_only_in_a_source_the_export_began(
+    with_definitions: Settings, begun_by_the_export: bool, on_96: str | None
+) -> None:
+    # The export of day 100 labels day 95 (``labelled_from``); the cold start needs its
+    # attributes there. Where a daily feed covered those days, a later value would leak.
+    world = _attributes_world(with_definitions)
+    a = next(
+        s["subscriber_id"]
+        for s in world["subscribers"]
+        if s["signup_date"] <= day(95)
+        and not any(
+            c["subscriber_id"] == s["subscriber_id"] and c["cancel_date"] <= day(101)
+            for c in world["cancellations"]
+        )
+    )
+    _write_attributes(
+        with_definitions,
+        [
+            {
+                "subscriber_id": a,
+                "observed_date": day(100),
+                "internet_service": "dsl",
+                "total_charges": 1.0,
+                "partner": "no",
+            }
+        ],
+    )
+    manifest_path = with_definitions.source_dir / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["labelled_from"] = day(95).isoformat()
+    if begun_by_the_export:
+        manifest["start"] = day(95).isoformat()
+    manifest_path.write_text(json.dumps(manifest))
+    build_feature_tables(with_definitions, day(95), day(101), specs={})
+
+    def internet(on: date) -> str | None:
+        return _built(with_definitions, on)[a]["internet_service"]
+
+    assert internet(day(96)) == on_96
+    assert internet(day(95)) == on_96
+    assert internet(day(99)) == "dsl"  # the eve, either way
+    assert internet(day(101)) == "dsl"
+
+
 def test_a_source_without_attributes_is_refused_when_the_definitions_use_them(
     with_definitions: Settings,
 ) -> None:

@@ -75,4 +75,5 @@ def test_the_card_counts_leavers_the_day_cannot_hold() -> None:
     split = split_by_subscriber(frame(2000, 0.25))
     assert "not training rows" not in cold_start_note(DAY, split)
     note = cold_start_note(DAY, split, unused=120)
-    assert "120 of the export's leavers had left before 2026-11-29" in note
+    assert "120 of the export's leavers are not training rows" in note
+    assert "left on or before 2026-11-29, or signed up after it" in note
