@@ -4,7 +4,9 @@ telco churn CSV, with their usual values, so the import mapping can be tried wit
 Churn follows a logistic model of effects the public data is known for (month-to-month contracts,
 fiber optic, electronic checks, short tenure, no tech support or online security, seniors and
 paperless billing raise it; long contracts, a partner and dependents lower it), so a gradient
-boosted model has something real to learn. Deterministic for a given seed.
+boosted model has something real to learn. Deterministic for a given seed. Customer ids are
+text like the public file's (``7590-VHVEG``), imported with ``customer_key: customerID``;
+``--numeric-ids`` writes plain numbers instead.
 
     python examples/telco/make_export.py --customers 7000 --out /tmp/export.csv
 """
@@ -19,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 FIRST_ID = 100_001
-"""The public export's ids look like ``7590-VHVEG``; the project keys subscribers by an int64,
-so these ids are plain numbers from here."""
+"""The first of the plain-number ids ``--numeric-ids`` writes."""
+ID_LETTERS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
 
 YES_NO = np.array(["No", "Yes"])
 CONTRACTS = np.array(["Month-to-month", "One year", "Two year"])
@@ -39,6 +41,20 @@ ADD_ONS = (
 )
 INTERCEPT = -2.15
 """Sets the churn rate near a quarter given the effects in :func:`_churn_logit`."""
+
+
+def _text_ids(n: int, seed: int) -> np.ndarray:
+    """``n`` distinct ids like the public export's: four digits, a dash, five capital letters.
+
+    Drawn from their own generator, so the customers themselves do not depend on the id style.
+    """
+    rng = np.random.default_rng([seed, 1])
+    space = 10_000 * len(ID_LETTERS) ** 5
+    codes = rng.choice(space, size=n, replace=False)
+    digits, letters = np.divmod(codes, len(ID_LETTERS) ** 5)
+    places = [(letters // len(ID_LETTERS) ** p) % len(ID_LETTERS) for p in range(4, -1, -1)]
+    tails = ["".join(chars) for chars in zip(*(ID_LETTERS[p] for p in places), strict=True)]
+    return np.array([f"{d:04d}-{t}" for d, t in zip(digits, tails, strict=True)])
 
 
 def _yes_no(flags: np.ndarray) -> np.ndarray:
@@ -88,8 +104,9 @@ def _churn_logit(
     )
 
 
-def make_export(customers: int, seed: int) -> pa.Table:
-    """``customers`` rows of the export, the same for the same seed."""
+def make_export(customers: int, seed: int, numeric_ids: bool = False) -> pa.Table:
+    """``customers`` rows of the export, the same for the same seed; only the ids differ with
+    ``numeric_ids``."""
     rng = np.random.default_rng(seed)
     n = customers
     senior = rng.random(n) < 0.16
@@ -132,7 +149,11 @@ def make_export(customers: int, seed: int) -> pa.Table:
         return np.where(applies, _yes_no(taken), otherwise)
 
     columns = {
-        "customerID": pa.array(np.arange(FIRST_ID, FIRST_ID + n), pa.int64()),
+        "customerID": (
+            pa.array(np.arange(FIRST_ID, FIRST_ID + n), pa.int64())
+            if numeric_ids
+            else pa.array(_text_ids(n, seed), pa.string())
+        ),
         "gender": rng.choice(["Female", "Male"], size=n),
         "SeniorCitizen": senior.astype(np.int64),
         "Partner": _yes_no(partner),
@@ -170,8 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--customers", type=int, default=7_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("examples/telco/export.csv"))
+    parser.add_argument(
+        "--numeric-ids",
+        action="store_true",
+        help="customer ids 100001, 100002, … instead of text like 7590-VHVEG",
+    )
     args = parser.parse_args(argv)
-    table = make_export(args.customers, args.seed)
+    table = make_export(args.customers, args.seed, args.numeric_ids)
     write_csv(table, args.out)
     churned = table.column("Churn").to_pylist().count("Yes") / max(1, table.num_rows)
     print(f"wrote {table.num_rows:,} customers to {args.out} (churn {churned:.1%})")

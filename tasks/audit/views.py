@@ -4,22 +4,25 @@
 
 * ``predictions``: every row of the log (``read_parquet`` over its files);
 * ``promotions``: every alias move of ``$CHURN_HOME/mlflow/promotions.jsonl``;
+* ``customer_keys``: the customers' own ids and their numbers (``source/customer_keys.parquet``,
+  :mod:`tasks.data.customer_keys`), to join predictions by ``subscriber_id``;
 * ``subscriber_predictions``, ``champion_on_date``, ``daily_volumes``, ``shadow_disagreement``.
 
 Before anything is logged (or promoted) the views exist and are empty, with the same columns:
-an auditor's script runs the same on day one as on day 300. ``features`` is a struct of the
-feature values the model saw (``features.support_calls_30d``); its fields are those of every
-feature service in the log, unified by name (null where a row's service lacks the field), and
-none before anything is logged. ``to_json(features)`` shows a row's values as one JSON object.
+an auditor's script runs the same on day one as on day 300 (``customer_keys`` is empty in a
+source whose ids are numbers). ``features`` is a struct of the feature values the model saw
+(``features.support_calls_30d``); its fields are those of every feature service in the log,
+unified by name (null where a row's service lacks the field), and none before anything is
+logged. ``to_json(features)`` shows a row's values as one JSON object.
 
 The session is locked down in three layers. :func:`run_readonly` refuses, before running
 anything, every statement that is not a read (only SELECT, a plain or ANALYZE EXPLAIN of a
-SELECT, and a few show-type PRAGMAs pass). DuckDB itself may then only touch the log's directory
-and the promotion history (``enable_external_access = false`` with ``allowed_directories`` /
-``allowed_paths``; no extension is installed or loaded), and the configuration is locked, so
-none of that can be switched back. The statement check is the part that keeps the log
-read-only: DuckDB would let COPY write into an allowed directory (and it adds its own spill
-directory, ``temp_directory``, to the allowed ones).
+SELECT, and a few show-type PRAGMAs pass). DuckDB itself may then only touch the log's directory,
+the promotion history and the customer keys (``enable_external_access = false`` with
+``allowed_directories`` / ``allowed_paths``; no extension is installed or loaded), and the
+configuration is locked, so none of that can be switched back. The statement check is the part
+that keeps the log read-only: DuckDB would let COPY write into an allowed directory (and it adds
+its own spill directory, ``temp_directory``, to the allowed ones).
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ from tasks.audit.log_schema import PREDICTION_LOG_BASE_SCHEMA
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings
 from tasks.core.sql import connect, load_sql
+from tasks.data.customer_keys import CUSTOMER_KEYS, customer_keys_path
 from tasks.training.promotions import history_path
 
 logger = logging.getLogger(__name__)
 
-BASE_VIEWS = ("predictions", "promotions")
+BASE_VIEWS = ("predictions", "promotions", "customer_keys")
 DERIVED_VIEWS = (
     "subscriber_predictions",
     "champion_on_date",
@@ -90,9 +94,11 @@ def audit_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     conn = connect()
     predictions = settings.predictions_dir
     history = history_path(settings)
+    keys = customer_keys_path(settings.source_dir)
     for name, value in (
         ("prediction_files", str(predictions / LOG_GLOB)),
         ("promotion_history", str(history)),
+        ("customer_keys_file", str(keys)),
         ("business_timezone", settings.timezone),
     ):
         conn.execute(f"SET VARIABLE {name} = $value", {"value": value})
@@ -106,13 +112,17 @@ def audit_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
         _create_view(conn, "promotions")
     else:
         _empty_view(conn, "promotions", PROMOTIONS_SCHEMA)
+    if keys.is_file():
+        _create_view(conn, "customer_keys")
+    else:
+        _empty_view(conn, "customer_keys", CUSTOMER_KEYS.arrow_schema)
     for name in DERIVED_VIEWS:
         _create_view(conn, name)
 
     # Order matters: the allow-lists are fixed before external access goes, and all of it
     # before the configuration is locked.
     conn.execute("SET allowed_directories = $dirs", {"dirs": [f"{predictions}/"]})
-    conn.execute("SET allowed_paths = $paths", {"paths": [str(history)]})
+    conn.execute("SET allowed_paths = $paths", {"paths": [str(history), str(keys)]})
     conn.execute("SET autoinstall_known_extensions = false")
     conn.execute("SET autoload_known_extensions = false")
     conn.execute("SET enable_external_access = false")

@@ -35,12 +35,15 @@ MAPPING_KEYS = (
     "date_format",
     "attributes",
     "churn",
+    "customer_key",
 )
 MAX_EXAMPLES = 5
 TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_TEXT = frozenset({"false", "f", "no", "n", "0"})
 
 TENURE_TARGETS = {"subscribers": "signup_date"}
+CUSTOMER_ID = "subscriber_id"
+"""The column ``customer_key:`` fills with the numbers churn-ops gives the customers' own ids."""
 EXPORT_TABLE = "subscribers"
 """The table whose mapping may carry ``attributes:`` and ``churn:`` (a snapshot export)."""
 CHURN_KINDS = ("flag", "cancel_date")
@@ -86,6 +89,9 @@ class ImportMapping:
     tenure: Tenure | None = None
     attributes: tuple[AttributeMapping, ...] = ()
     churn: Churn | None = None
+    customer_key: str | None = None
+    """The file column holding the customer's own id, numbered into ``subscriber_id``
+    (:mod:`tasks.data.customer_keys`)."""
 
     @property
     def sources(self) -> dict[str, str]:
@@ -96,7 +102,8 @@ class ImportMapping:
     def file_columns(self) -> list[str]:
         """Every file column the mapping reads, in mapping order."""
         names = list(self.columns)
-        extra = [self.tenure.column] if self.tenure is not None else []
+        extra = [self.customer_key] if self.customer_key is not None else []
+        extra += [self.tenure.column] if self.tenure is not None else []
         extra += [a.column for a in self.attributes]
         extra += [self.churn.column] if self.churn is not None else []
         for name in extra:
@@ -170,11 +177,22 @@ def load_mapping(mapping_path: Path) -> ImportMapping:
     tenure = _tenure(doc.get("tenure"), spec, columns, constants, snapshot, where)
     attributes = _attributes(doc.get("attributes"), spec, snapshot, where)
     churn = _churn(doc.get("churn"), spec, snapshot, where)
+    customer_key = _customer_key(doc.get("customer_key"), spec, columns, constants, where)
     mapping = ImportMapping(
-        spec, columns, values, constants, snapshot, date_format, tenure, attributes, churn
+        spec,
+        columns,
+        values,
+        constants,
+        snapshot,
+        date_format,
+        tenure,
+        attributes,
+        churn,
+        customer_key,
     )
 
     filled = set(columns.values()) | set(constants)
+    filled |= {CUSTOMER_ID} if customer_key is not None else set()
     filled |= {mapping.snapshot_fills} - {None}
     filled |= {tenure.target} if tenure else set()
     derivable = TENURE_TARGETS.get(spec.name)
@@ -401,6 +419,32 @@ def _churn(value: Any, spec: TableSpec, snapshot: date | None, where: str) -> Ch
             f"{where}: churn.reason {reason!r} unknown; use one of {', '.join(CANCEL_REASONS)}"
         )
     return Churn(kind=kinds[0], column=column, reason=reason)
+
+
+def _customer_key(
+    value: Any, spec: TableSpec, columns: dict[str, str], constants: dict[str, Any], where: str
+) -> str | None:
+    """The file column ``customer_key`` names; it fills ``subscriber_id``, so nothing else may."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ImportMappingError(
+            f"{where}: customer_key must name the file column holding the customer's own id, "
+            f"not {value!r}"
+        )
+    if CUSTOMER_ID not in {c.name for c in spec.columns}:
+        raise ImportMappingError(
+            f"{where}: customer_key fills {CUSTOMER_ID}, which {spec.name} does not have"
+        )
+    mapped = [source for source, target in columns.items() if target == CUSTOMER_ID]
+    if mapped or CUSTOMER_ID in constants:
+        how = f"columns: {{{mapped[0]}: {CUSTOMER_ID}}}" if mapped else f"constants.{CUSTOMER_ID}"
+        raise ImportMappingError(
+            f"{where}: customer_key: {value} and {how} both fill {CUSTOMER_ID}; give one: "
+            "customer_key for the customer's own id (any text, numbered by churn-ops), or a "
+            f"column of whole numbers mapped to {CUSTOMER_ID}"
+        )
+    return value
 
 
 def as_text(value: Any) -> str:

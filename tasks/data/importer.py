@@ -4,8 +4,9 @@
 source table the file fills and how its columns become that table's columns::
 
     table: subscribers            # target source table (one of SOURCE_TABLES)
+    customer_key: customerID      # the customer's own id, any text (churn-ops numbers it); ids
+                                  # that are whole numbers may map to subscriber_id instead
     columns:                      # file column -> target column
-      customerID: subscriber_id
       Contract: contract_type
     values:                       # optional: per target column, file value -> target value
       contract_type: {"Month-to-month": month_to_month, "One year": one_year, "Two year": two_year}
@@ -77,6 +78,10 @@ Rules of the mapping (any breach raises :class:`~tasks.core.errors.ImportMapping
 * ``values`` keys are compared with the file's text (CSV) or the value's text form (Parquet);
   values without an entry pass through unchanged (and the contract judges them). Booleans are
   YAML 1.2 ``true``/``false`` only, so ``Yes``/``No`` keys stay strings.
+* ``customer_key`` (any table: they all have ``subscriber_id``) replaces a column mapped to
+  ``subscriber_id``; both is an error, and so is a ``subscriber_id`` column once the source
+  numbers its customers by key. Numbering, the ``customer_keys`` table and its violations:
+  :mod:`tasks.data.customer_keys`.
 * Unknown top-level keys are rejected (a typo would otherwise be silently ignored).
 
 What happens to the data: a missing, empty, corrupt or unparseable file raises
@@ -144,6 +149,7 @@ from tasks.data.attributes import (
     upsert_attributes,
 )
 from tasks.data.contracts import check_table, is_daily, violation_sort_key
+from tasks.data.customer_keys import CUSTOMER_KEYS, number_customer_keys
 from tasks.data.import_export import (
     LABEL_HORIZON_DAYS,
     attribute_violations,
@@ -213,6 +219,8 @@ def import_file(
 
     table, cast_failures = build_table(mapping, raw)
     table = signup_not_after_cancel_date(mapping, raw, table)
+    keyed = number_customer_keys(mapping, raw, source_dir)
+    table = keyed.fill(table)
     report = check_table(spec, table)
     violations = _merge(spec, cast_failures, report.violations)
 
@@ -221,6 +229,7 @@ def import_file(
     if spec.partitioned:
         violations += _overlap_with_other_parts(spec, table, target)
     violations.sort(key=lambda v: violation_sort_key(spec, v))
+    violations = keyed.merge(violations)
     extras = _build_extras(mapping, raw, table)
     # Every table's violations in one error: the subscribers rows first, then what they bring.
     by_table = {spec.name: violations}
@@ -234,8 +243,10 @@ def import_file(
     data = table.cast(spec.arrow_schema).sort_by([(k, "ascending") for k in spec.keys])
     if not spec.partitioned:
         data = _upsert(spec, data, target)
+    # The keys' numbers first: rows never refer to a number the keys table does not hold.
+    numbered = keyed.write(source_dir)
     write_parquet_atomic(data, target)
-    written, refreshed = [target], []
+    written, refreshed = [target, *numbered], [CUSTOMER_KEYS] if numbered else []
     if extras.attributes is not None:
         declarations = upsert_attributes(source_dir, extras.attributes, declarations)
         written.append(attributes_path(source_dir))

@@ -5,6 +5,10 @@
 charge), ranked from 1. The CSV is UTF-8 with a byte-order mark (so a spreadsheet opens the
 words as written), ISO dates, a dot as decimal separator, one reason per column. Both files are
 written to a temporary name in the same folder and renamed, so the team never opens half a file.
+
+When the source numbers its customers by their own id (``source/customer_keys.parquet``, see
+:mod:`tasks.data.customer_keys`), a ``customer_key`` column follows ``subscriber_id``: the id
+the team knows the customer by. Without that table the file has exactly HIGH_RISK_COLUMNS.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pyarrow.parquet as pq
 
 from tasks.core.files import PARQUET_OPTIONS, atomic_path
 from tasks.core.settings import Settings
+from tasks.data.customer_keys import KEY, keys_of
 
 HIGH_RISK_COLUMNS = (
     "rank",
@@ -73,6 +78,21 @@ def select_high_risk(
     columns["model_version"] = pa.array([model_version] * n, pa.int32())
     columns["score_date"] = pa.array([day] * n, pa.date32())
     return pa.table(columns)
+
+
+def with_customer_keys(rows: pa.Table, source_dir: Path) -> pa.Table:
+    """``rows`` with ``customer_key`` right after ``subscriber_id`` (empty for a subscriber
+    without one); ``rows`` as they are when the source has no keys table.
+
+    Called on the file's rows only: the keys of a few thousand subscribers, not of everyone.
+    """
+    ids = rows.column("subscriber_id")
+    found = keys_of(source_dir, ids)
+    if found is None:
+        return rows
+    at = pc.index_in(ids, value_set=found.column("subscriber_id").combine_chunks())
+    keys = pc.take(found.column(KEY).combine_chunks(), at)
+    return rows.add_column(rows.schema.get_field_index("subscriber_id") + 1, KEY, keys)
 
 
 def write_high_risk_file(settings: Settings, day: date, rows: pa.Table) -> tuple[Path, Path]:

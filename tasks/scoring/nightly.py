@@ -31,7 +31,7 @@ from tasks.data.sources import active_subscribers
 from tasks.features.frames import view_reads
 from tasks.features.store import open_store
 from tasks.features.tables import FEAST_TO_ARROW, as_of_timestamp
-from tasks.scoring.high_risk import select_high_risk, write_high_risk_file
+from tasks.scoring.high_risk import select_high_risk, with_customer_keys, write_high_risk_file
 from tasks.scoring.models import resolve_models
 from tasks.scoring.shards import (
     TIERS,
@@ -255,6 +255,7 @@ def run_scoring(
         day,
         settings.reason_codes,
     )
+    rows = with_customer_keys(rows, settings.source_dir)
     csv_path, parquet_path = write_high_risk_file(settings, day, rows)
     timings["total"] = time.perf_counter() - began
     summary = ScoreSummary(

@@ -1,9 +1,10 @@
 """Cold start (README "Importing your data: a cold start"): a first model from one customer export.
 
-* A telco-style export of 7,000 customers (``examples/telco/make_export.py``), imported with the
-  example's mapping, trained with ``churn train --cold-start`` and scored with ``churn score``, run
-  as an operator runs them: exit codes, the model card's words, the MLflow tags, the high-risk file
-  with reasons in words for the export's own attributes, and ``churn serve``'s answer.
+* A telco-style export of 7,000 customers (``examples/telco/make_export.py``, text customer
+  ids), imported with the example's mapping, trained with ``churn train --cold-start`` and scored
+  with ``churn score``, run as an operator runs them: exit codes, the model card's words, the
+  MLflow tags, the high-risk file with reasons in words for the export's own attributes, and
+  ``churn serve``'s answer. The same export with cancellation dates instead of the flag.
 * The shared simulated world plays a base whose history reaches a full training window only
   later: a cold start on its 30th day, then a scheduled retraining that has too little history
   (the cold-start champion stays, the run does not fail), then one with enough, which trains the
@@ -132,10 +133,13 @@ def test_the_high_risk_file_ranks_current_customers_with_reasons_in_words(telco:
     with path.open(encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     with telco["export"].open() as handle:
-        export = {int(r["customerID"]): r for r in csv.DictReader(handle)}
+        export = {r["customerID"]: r for r in csv.DictReader(handle)}
     assert rows, "an empty high-risk file"
+    # Each customer by the export's own id (text, numbered by the import), right after the number.
+    assert list(rows[0])[1:3] == ["subscriber_id", "customer_key"]
+    assert len({r["customer_key"] for r in rows}) == len({r["subscriber_id"] for r in rows})
     # Only customers still there on the export's day: who had left is not called.
-    assert all(export[int(r["subscriber_id"])]["Churn"] == "No" for r in rows)
+    assert all(export[r["customer_key"]]["Churn"] == "No" for r in rows)
     said = " ".join(r[f"reason_{i}"] for r in rows for i in (1, 2, 3))
     attribute_words = (
         "internet: fiber optic",

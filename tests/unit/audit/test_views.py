@@ -18,6 +18,7 @@ from tasks.audit.views import (
     subscriber_report,
 )
 from tasks.core.settings import Settings
+from tasks.data.customer_keys import CUSTOMER_KEYS, customer_keys_path
 from tasks.training.promotions import Promotion, history_path
 from tests.unit.audit.test_prediction_log import (
     FEATURES_TYPE,
@@ -61,13 +62,23 @@ def query(settings: Settings, sql: str) -> list[dict]:
         conn.close()
 
 
+def write_customer_keys(settings: Settings, keys: dict[str, int]) -> None:
+    """The keys table as an import with ``customer_key:`` writes it (tasks.data.customer_keys)."""
+    path = customer_keys_path(settings.source_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"customer_key": list(keys), "subscriber_id": list(keys.values())})
+    pq.write_table(table.cast(CUSTOMER_KEYS.arrow_schema), path)
+
+
 @pytest.fixture
 def log(churn_home: Settings) -> Settings:
-    """Two days; champion v3 and shadow v4 on the first, champion v3 only on the second."""
+    """Two days; champion v3 and shadow v4 on the first, champion v3 only on the second.
+    Subscribers 1 and 2 were imported with their own ids; 3 has none."""
     publish(churn_home, [make_batch([1, 2, 3], [0.5, 0.05, 0.01])])
     publish(churn_home, [make_batch([1, 2, 3], [0.4, 0.2, 0.01])], version=4, role="shadow")
     publish(churn_home, [make_batch([1, 2], [0.3, 0.02])], day=DAY + timedelta(days=1))
     write_history(churn_home, [promotion("2026-04-01T09:00:00+00:00", 3)])
+    write_customer_keys(churn_home, {"7590-VHVEG": 1, "5575-GNVDE": 2})
     return churn_home
 
 
@@ -106,6 +117,33 @@ def test_empty_views_have_the_same_columns_as_full_ones(churn_home: Settings, vi
         assert types["features"] == (
             "STRUCT(tenure_months INTEGER, monthly_charge FLOAT, plan VARCHAR, autopay BOOLEAN)"
         )
+
+
+def test_predictions_join_the_customers_own_ids(log: Settings) -> None:
+    rows = query(
+        log,
+        "SELECT k.customer_key, p.probability FROM predictions p "
+        "JOIN customer_keys k USING (subscriber_id) "
+        f"WHERE p.role = 'champion' AND p.score_date = DATE '{DAY}' ORDER BY 1",
+    )
+    assert rows == [
+        {"customer_key": "5575-GNVDE", "probability": pytest.approx(0.05)},
+        {"customer_key": "7590-VHVEG", "probability": pytest.approx(0.5)},
+    ]
+
+
+def test_without_customer_keys_the_view_is_empty_with_the_same_columns(
+    churn_home: Settings,
+) -> None:
+    empty = query(churn_home, "DESCRIBE customer_keys")
+    write_customer_keys(churn_home, {"7590-VHVEG": 1})
+    full = query(churn_home, "DESCRIBE customer_keys")
+    assert [(c["column_name"], c["column_type"]) for c in empty] == [
+        (c["column_name"], c["column_type"]) for c in full
+    ]
+    assert query(churn_home, "SELECT * FROM customer_keys") == [
+        {"customer_key": "7590-VHVEG", "subscriber_id": 1}
+    ]
 
 
 def test_an_empty_history_file_gives_an_empty_promotions_view(log: Settings) -> None:
