@@ -68,14 +68,22 @@ def audit_sql(
 
 @audit_app.command("subscriber")
 def audit_subscriber(
-    subscriber_id: Annotated[int, typer.Argument(help="The subscriber to report on.")],
+    subscriber: Annotated[
+        str,
+        typer.Argument(
+            help="The subscriber to report on: its subscriber_id, or the customer's own id "
+            "where the import numbered them (customer_key)."
+        ),
+    ],
     format_: FormatOption = OutputFormat.table,
     limit: LimitOption = 1000,
 ) -> None:
-    """Every prediction logged for SUBSCRIBER_ID, oldest first, champion and shadow."""
+    """Every prediction logged for SUBSCRIBER, oldest first, champion and shadow."""
     from tasks.audit.views import subscriber_report
+    from tasks.data.customer_keys import subscriber_of
 
     settings = get_settings()
+    subscriber_id = subscriber_of(settings.source_dir, subscriber)
     report = subscriber_report(settings, subscriber_id)
     if format_ is OutputFormat.table:
         # The feature values are for CSV (as JSON) and SQL (features.<name>, to_json(features));
@@ -99,7 +107,8 @@ def audit_subscriber(
                 f"{settings.predictions_dir}"
             )
             return
-    _print(report, format_, limit, title=f"Subscriber {subscriber_id}")
+    named = f" ({subscriber.strip()})" if subscriber.strip() != str(subscriber_id) else ""
+    _print(report, format_, limit, title=f"Subscriber {subscriber_id}{named}")
 
 
 @audit_app.command("verify")

@@ -147,6 +147,26 @@ def keys_of(source_dir: Path, subscriber_ids: pa.ChunkedArray | pa.Array) -> pa.
     return pq.read_table(path, columns=[ID, KEY], filters=wanted)
 
 
+def subscriber_of(source_dir: Path, given: str) -> int:
+    """The ``subscriber_id`` someone means by ``given``: in a source numbered by key, the
+    customer's own id first (the id the team knows them by), else a whole number.
+
+    Raises:
+        ChurnError: ``given`` is neither a known key nor a whole number.
+    """
+    path = customer_keys_path(source_dir)
+    key = given.strip()
+    if path.is_file():
+        found = pq.read_table(path, columns=[ID], filters=pc.field(KEY) == key)
+        if found.num_rows:
+            return int(found[ID][0].as_py())
+    try:
+        return int(key)
+    except ValueError:
+        known = f" nor a {KEY} in {path}" if path.is_file() else ""
+        raise ChurnError(f"{given!r} is not a {ID} (a whole number){known}") from None
+
+
 def _new_keys(keys: pa.ChunkedArray, known: pa.ChunkedArray) -> pa.Array:
     """The keys not numbered yet, each once, in the order the file first lists them."""
     series = pl.from_arrow(keys)

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.errors import DataContractError, ImportMappingError
+from tasks.core.errors import ChurnError, DataContractError, ImportMappingError
 from tasks.core.layout import MANIFEST_NAME, table_path
 from tasks.core.schema import BILLING, SUBSCRIBERS, USAGE_DAILY
 from tasks.core.settings import Settings
-from tasks.data.customer_keys import CUSTOMER_KEYS, customer_keys_path
+from tasks.data.customer_keys import CUSTOMER_KEYS, customer_keys_path, subscriber_of
 from tasks.data.importer import import_file
 from tasks.scoring.high_risk import (
     HIGH_RISK_COLUMNS,
@@ -314,3 +314,28 @@ def test_without_a_keys_table_the_high_risk_file_is_as_before(churn_home: Settin
 
     assert header == list(HIGH_RISK_COLUMNS)
     assert [r[1] for r in body] == ["1", "3"]
+
+
+# --------------------------------------------------------------------------------------------
+# Asking about a customer by their own id
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_customer_is_found_by_their_own_id_or_by_number(tmp_path: Path) -> None:
+    # `churn audit subscriber 7590-VHVEG`: the id the team knows, first; a number otherwise
+    source = tmp_path / "source"
+    import_export(source, "7590-VHVEG", "5575-GNVDE")
+    assert subscriber_of(source, "5575-GNVDE") == 2
+    assert subscriber_of(source, " 7590-VHVEG ") == 1
+    assert subscriber_of(source, "2") == 2
+    with pytest.raises(
+        ChurnError, match=r"'0000-NOONE' is not a subscriber_id .* nor a customer_key"
+    ):
+        subscriber_of(source, "0000-NOONE")
+    unkeyed = tmp_path / "unkeyed"
+    unkeyed.mkdir()
+    assert subscriber_of(unkeyed, "42") == 42
+    with pytest.raises(
+        ChurnError, match=r"'7590-VHVEG' is not a subscriber_id \(a whole number\)$"
+    ):
+        subscriber_of(unkeyed, "7590-VHVEG")
