@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         gt=0,
         description="Weight each training snapshot by 0.5 ** (its age in days / this), the age "
         "counted from the newest training snapshot; unset: every snapshot weighs the same. "
-        "Measured on concept drift (README, Does retraining pay off?); local trainer only.",
+        "Measured on concept drift (README, Does retraining pay off?).",
     )
     feature_definitions: Path | None = Field(
         default=None,
@@ -370,15 +370,6 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
-
-    @model_validator(mode="after")
-    def _weights_with_a_trainer_that_takes_them(self) -> Settings:
-        if self.trainer == "dask" and self.training_recency_half_life_days is not None:
-            raise ValueError(
-                "training_recency_half_life_days is not supported by the Dask trainer yet: "
-                "unset CHURN_TRAINING_RECENCY_HALF_LIFE_DAYS or use CHURN_TRAINER=local"
-            )
-        return self
 
     @model_validator(mode="after")
     def _tiers_ordered(self) -> Settings:

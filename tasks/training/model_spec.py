@@ -185,3 +185,12 @@ def model_params(settings: Settings) -> dict[str, Any]:
         "num_threads": settings.model_threads,
         "verbosity": -1,
     }
+
+
+def recency_weights(train: pd.DataFrame, half_life_days: float | None) -> np.ndarray | None:
+    """0.5 ** (days before the newest training snapshot / half-life) per row; None: equal weights."""
+    if half_life_days is None:
+        return None
+    days = pd.to_datetime(train["snapshot_date"])
+    age = (days.max() - days).dt.days.to_numpy(dtype=np.float64)
+    return np.power(0.5, age / half_life_days).astype(np.float32)

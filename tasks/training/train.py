@@ -37,19 +37,11 @@ from tasks.training.model_spec import (
     model_inputs,
     model_params,
     model_spec,
+    recency_weights,
 )
 from tasks.training.time_split import LABEL, TimeSplit
 
 logger = logging.getLogger(__name__)
-
-
-def recency_weights(train: pd.DataFrame, half_life_days: float | None) -> np.ndarray | None:
-    """0.5 ** (days before the newest training snapshot / half-life) per row; None: equal weights."""
-    if half_life_days is None:
-        return None
-    days = pd.to_datetime(train["snapshot_date"])
-    age = (days.max() - days).dt.days.to_numpy(dtype=np.float64)
-    return np.power(0.5, age / half_life_days).astype(np.float32)
 
 
 def train_model(split: TimeSplit, features: list[str], settings: Settings) -> TrainedModel:

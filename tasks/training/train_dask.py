@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
@@ -35,7 +36,13 @@ import pandas as pd
 
 from tasks.core.cluster import DaskClusterError
 from tasks.core.settings import Settings
-from tasks.training.model_spec import TrainedModel, model_inputs, model_params, model_spec
+from tasks.training.model_spec import (
+    TrainedModel,
+    model_inputs,
+    model_params,
+    model_spec,
+    recency_weights,
+)
 from tasks.training.time_split import LABEL, TimeSplit
 
 if TYPE_CHECKING:
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+WEIGHT = "weight"
 # LightGBM clips probabilities this far from 0 and 1 in its binary log loss.
 _EPSILON = 1e-15
 
@@ -76,18 +84,27 @@ def train_model_dask(
     classifier = DaskLGBMClassifier(
         client=_RankedClient(client), n_estimators=settings.model_max_rounds, **params
     )
-    inputs = model_inputs(split.train, spec)
-    label = pd.Series(split.train[LABEL].to_numpy(dtype=np.float32), name=LABEL)
-    scattered = _scatter(client, workers, inputs, label)
+    parts = [
+        model_inputs(split.train, spec),
+        pd.Series(split.train[LABEL].to_numpy(dtype=np.float32), name=LABEL),
+    ]
+    weights = recency_weights(split.train, settings.training_recency_half_life_days)
+    if weights is not None:
+        parts.append(pd.Series(weights, name=WEIGHT))
+    scattered = _scatter(client, workers, parts)
     try:
-        data, target = _collections(scattered, inputs, label)
+        collections = _collections(scattered, parts)
         with warnings.catch_warnings():
             # Raised on every fit: the scikit-learn wrapper always passes n_jobs, Dask sets it.
             warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
-            classifier.fit(data, target)
+            classifier.fit(
+                collections[0],
+                collections[1],
+                sample_weight=collections[2] if weights is not None else None,
+            )
     finally:
         # Held until the fit is done (a released future's rows leave the workers), then freed.
-        client.cancel([future for pair in scattered for future in pair])
+        client.cancel([future for shares in scattered for future in shares])
     booster = classifier.booster_
 
     losses = validation_log_loss(
@@ -113,39 +130,43 @@ def train_model_dask(
         "dask_workers": len(workers),
         "dask_threads_per_worker": max(threads.values()),
     }
+    if weights is not None:
+        recorded["recency_half_life_days"] = settings.training_recency_half_life_days
     return TrainedModel(booster=final, spec=spec, params=recorded, best_iteration=best)
 
 
 def _scatter(
-    client: Client, workers: list[str], inputs: pd.DataFrame, label: pd.Series
-) -> list[tuple[Any, Any]]:
-    """Per worker, futures of its share of ``inputs`` and ``label``, already on that worker.
+    client: Client, workers: list[str], parts: Sequence[pd.DataFrame | pd.Series]
+) -> list[tuple[Any, ...]]:
+    """Per worker, futures of its share of each of ``parts`` (inputs, label, and the weights
+    when there are any), already on that worker.
 
     Row i goes to worker i mod n. Placed explicitly: left to the scheduler, two small partitions
     may land on one worker, which would then train alone. Not hashed: each fit has its own keys.
     """
     out = []
     for rank, worker in enumerate(workers):
-        rows = np.arange(rank, len(inputs), len(workers))
+        rows = np.arange(rank, len(parts[0]), len(workers))
         out.append(
             tuple(
                 client.scatter(part.iloc[rows].reset_index(drop=True), workers=[worker], hash=False)
-                for part in (inputs, label)
+                for part in parts
             )
         )
     return out
 
 
 def _collections(
-    scattered: list[tuple[Any, Any]], inputs: pd.DataFrame, label: pd.Series
-) -> tuple[Any, Any]:
-    """The scattered shares as a Dask DataFrame of inputs and a Dask Series of labels."""
+    scattered: list[tuple[Any, ...]], parts: Sequence[pd.DataFrame | pd.Series]
+) -> list[Any]:
+    """The scattered shares as one Dask collection per part (inputs: a DataFrame; the label and
+    the weights: Series)."""
     import dask.dataframe as dd
 
-    return (
-        dd.from_delayed([x for x, _ in scattered], meta=inputs.iloc[:0], verify_meta=False),
-        dd.from_delayed([y for _, y in scattered], meta=label.iloc[:0], verify_meta=False),
-    )
+    return [
+        dd.from_delayed([shares[i] for shares in scattered], meta=part.iloc[:0], verify_meta=False)
+        for i, part in enumerate(parts)
+    ]
 
 
 class _RankedClient:

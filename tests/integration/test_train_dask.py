@@ -141,6 +141,17 @@ def test_train_model_dispatches_to_the_cluster_at_dask_address_and_is_reproducib
     assert model.best_iteration == timed["dask"][0].best_iteration
 
 
+def test_recency_weights_reach_the_workers_and_are_recorded(split, client, timed):
+    weighted = settings(training_recency_half_life_days=7.0)
+    dask = train_model_dask(split, FEATURES, weighted, client)
+    local = train_model(split, FEATURES, weighted)
+
+    assert dask.params["recency_half_life_days"] == local.params["recency_half_life_days"] == 7.0
+    # Another model than the unweighted one on the same workers, as good as the local weighted.
+    assert trees(dask) != trees(timed["dask"][0])
+    assert abs(auc(dask, split) - auc(local, split)) < 0.005
+
+
 def test_the_recorded_validation_loss_is_lightgbms_and_the_best_iteration_its_early_stopping(
     split,
 ):

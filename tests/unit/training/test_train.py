@@ -388,7 +388,7 @@ def test_quality_on_a_simulated_world_is_near_the_best_achievable(churn_home: Se
 
 
 def test_recency_weights_halve_every_half_life_back_from_the_newest_snapshot(split):
-    from tasks.training.train import recency_weights
+    from tasks.training.model_spec import recency_weights
 
     assert recency_weights(split.train, None) is None
     weights = recency_weights(split.train, 14.0)
@@ -410,8 +410,3 @@ def test_weighted_training_is_deterministic_recorded_and_another_model(split):
     assert not np.array_equal(
         predict_proba(first, split.holdout), predict_proba(plain, split.holdout)
     )
-
-
-def test_recency_weights_are_refused_with_the_dask_trainer() -> None:
-    with pytest.raises(ValueError, match="not supported by the Dask trainer yet"):
-        Settings(trainer="dask", training_recency_half_life_days=30.0)
