@@ -360,6 +360,15 @@ class Settings(BaseSettings):
         # change meaning there.
         return value.expanduser().resolve() if value is not None else None
 
+    @field_validator("training_recency_half_life_days", mode="before")
+    @classmethod
+    def _equal_weights_by_name(cls, value: object) -> object:
+        # An environment variable cannot be unset by a deployment's job variables, so equal
+        # weights also have a name.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:

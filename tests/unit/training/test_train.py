@@ -410,3 +410,15 @@ def test_weighted_training_is_deterministic_recorded_and_another_model(split):
     assert not np.array_equal(
         predict_proba(first, split.holdout), predict_proba(plain, split.holdout)
     )
+
+
+@pytest.mark.parametrize("said", ["off", "none", "OFF", ""])
+def test_equal_weights_can_be_asked_for_by_name(monkeypatch, said: str) -> None:
+    monkeypatch.setenv("CHURN_TRAINING_RECENCY_HALF_LIFE_DAYS", said)
+    assert Settings().training_recency_half_life_days is None
+
+
+def test_a_half_life_that_is_not_positive_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("CHURN_TRAINING_RECENCY_HALF_LIFE_DAYS", "0")
+    with pytest.raises(ValueError, match="training_recency_half_life_days"):
+        Settings()
