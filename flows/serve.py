@@ -193,7 +193,11 @@ def create_app(service: OnlineService) -> FastAPI:
     )
     async def predict(body: SubscriberRequest) -> JSONResponse:
         """Score a subscriber on its features in the Feast online store."""
-        return JSONResponse(service.predict_subscriber(body.subscriber_id).to_dict())
+        subscriber = body.subscriber_id
+        if subscriber is None:
+            assert body.customer_key is not None  # the request model asks for one of the two
+            subscriber = service.subscriber_of_key(body.customer_key)
+        return JSONResponse(service.predict_subscriber(subscriber).to_dict())
 
     @app.post(
         "/predict/features",

@@ -147,6 +147,15 @@ def keys_of(source_dir: Path, subscriber_ids: pa.ChunkedArray | pa.Array) -> pa.
     return pq.read_table(path, columns=[ID, KEY], filters=wanted)
 
 
+def numbers_of_keys(source_dir: Path, keys: list[str]) -> dict[str, int]:
+    """``{customer_key: subscriber_id}`` for those of ``keys`` an import numbered."""
+    path = customer_keys_path(source_dir)
+    if not path.is_file():
+        return {}
+    found = pq.read_table(path, columns=[KEY, ID], filters=pc.field(KEY).isin(keys))
+    return dict(zip(found[KEY].to_pylist(), found[ID].to_pylist(), strict=True))
+
+
 def subscriber_of(source_dir: Path, given: str) -> int:
     """The ``subscriber_id`` someone means by ``given``: in a source numbered by key, the
     customer's own id first (the id the team knows them by), else a whole number.
@@ -156,10 +165,9 @@ def subscriber_of(source_dir: Path, given: str) -> int:
     """
     path = customer_keys_path(source_dir)
     key = given.strip()
-    if path.is_file():
-        found = pq.read_table(path, columns=[ID], filters=pc.field(KEY) == key)
-        if found.num_rows:
-            return int(found[ID][0].as_py())
+    found = numbers_of_keys(source_dir, [key])
+    if key in found:
+        return found[key]
     try:
         return int(key)
     except ValueError:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from tasks.core.settings import Settings
 from tasks.features.frames import ViewRead
@@ -222,10 +222,30 @@ def feature_values_model(reads: list[ViewRead]) -> type[BaseModel]:
 
 
 class SubscriberRequest(BaseModel):
-    """``POST /predict``: score a subscriber from the online store."""
+    """``POST /predict``: score a subscriber from the online store, named by its number or,
+    where the import numbered customers by their own id, by that id."""
 
     model_config = ConfigDict(extra="forbid")
-    subscriber_id: int = Field(..., ge=1, le=2**63 - 1, description="The subscriber to score.")
+    # Declared first: subscriber_id's check below sees whether it was given.
+    customer_key: str | None = Field(
+        None,
+        min_length=1,
+        description="The customer's own id (customer_key at import), instead of subscriber_id.",
+    )
+    subscriber_id: int | None = Field(
+        None, ge=1, le=2**63 - 1, validate_default=True, description="The subscriber to score."
+    )
+
+    @field_validator("subscriber_id")
+    @classmethod
+    def _one_name(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # Named against subscriber_id, so the 422 names a field.
+        keyed = info.data.get("customer_key") is not None
+        if value is None and not keyed:
+            raise ValueError("give subscriber_id (or customer_key)")
+        if value is not None and keyed:
+            raise ValueError("give exactly one of subscriber_id or customer_key")
+        return value
 
 
 def features_request_model(reads: list[ViewRead]) -> type[BaseModel]:

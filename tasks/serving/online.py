@@ -47,6 +47,7 @@ from feast import FeatureStore
 from tasks.audit.online_log import online_prediction_id
 from tasks.core.errors import ChurnError
 from tasks.core.settings import Settings
+from tasks.data.customer_keys import numbers_of_keys
 from tasks.features.frames import ViewRead, view_reads
 from tasks.features.store import open_store
 from tasks.serving.log_buffer import OnlineLog
@@ -57,6 +58,7 @@ from tasks.serving.reader import (
     Freshness,
     OnlineFeatureReader,
     OnlineReader,
+    UnknownSubscriber,
     freshness,
     iso_or_none,
     utc_now,
@@ -66,6 +68,8 @@ from tasks.training.mlflow_store import CHAMPION
 from tasks.training.registry import current_alias
 
 logger = logging.getLogger(__name__)
+KEY_CACHE_SIZE = 1_000_000
+"""Customer keys whose numbers a service keeps before starting afresh (about 100 MB)."""
 
 
 # ----------------------------------------------------------------------------- the service
@@ -114,6 +118,7 @@ class OnlineService:
         self.last_check: datetime | None = None
         self.reload_error: str | None = None
         self.materialized: dict[str, datetime | None] = {}
+        self._key_numbers: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics.model_version = lambda: self._model.version
@@ -154,6 +159,26 @@ class OnlineService:
         if fresh.stale:
             self.metrics.count("stale")
         return self._predict(model, subscriber_id, found.values, fresh, now, "online_store")
+
+    def subscriber_of_key(self, customer_key: str) -> int:
+        """The number the import gave the customer's own id.
+
+        Found numbers are kept: a key never changes its number (:mod:`tasks.data.customer_keys`),
+        so only a key not found yet is looked up in the keys table again.
+
+        Raises:
+            UnknownSubscriber: no import numbered that key.
+        """
+        key = customer_key.strip()
+        number = self._key_numbers.get(key)
+        if number is None:
+            found = numbers_of_keys(self.settings.source_dir, [key])
+            if key not in found:
+                raise UnknownSubscriber(f"no customer with customer_key {key!r}")
+            if len(self._key_numbers) >= KEY_CACHE_SIZE:
+                self._key_numbers.clear()
+            number = self._key_numbers[key] = found[key]
+        return number
 
     def predict_values(self, subscriber_id: int, values: Mapping[str, Any]) -> OnlinePrediction:
         """Score ``subscriber_id`` on feature values given by the caller (already validated)."""

@@ -165,8 +165,19 @@ def test_churn_serve_scores_a_customer_of_the_export(telco: dict, monkeypatch) -
             first = next(csv.DictReader(handle))
         with TestClient(create_app(open_service(get_settings()))) as http:
             answer = http.post("/predict", json={"subscriber_id": int(first["subscriber_id"])})
+            # The CRM asks by the customer's own id; the same customer, the same score.
+            by_key = http.post("/predict", json={"customer_key": first["customer_key"]})
+            unknown = http.post("/predict", json={"customer_key": "0000-NOONE"})
+            both = http.post(
+                "/predict", json={"subscriber_id": 1, "customer_key": first["customer_key"]}
+            )
         assert answer.status_code == 200, answer.text
         assert abs(answer.json()["probability"] - float(first["probability"])) < 1e-3
+        assert by_key.status_code == 200, by_key.text
+        assert by_key.json()["subscriber_id"] == int(first["subscriber_id"])
+        assert by_key.json()["probability"] == answer.json()["probability"]
+        assert unknown.status_code == 404 and "0000-NOONE" in unknown.json()["detail"]
+        assert both.status_code == 422 and "exactly one" in both.text
     finally:
         reset_settings()
 

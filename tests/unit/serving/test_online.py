@@ -266,6 +266,7 @@ def test_unknown_subscriber_is_a_404_that_says_so(client) -> None:
         ("/predict", {"subscriber_id": 0}, ["subscriber_id"]),
         ("/predict", {}, ["subscriber_id"]),
         ("/predict", {"subscriber_id": 1, "extra": 1}, ["extra"]),
+        ("/predict", {"subscriber_id": 1, "customer_key": "7590-VHVEG"}, ["subscriber_id"]),
         # Outside the contract of the feature views: an unknown plan, a charge above 500,
         # negative counts, an unknown feature, a missing one, null where nulls are not allowed.
         ("/predict/features", {"plan": "platinum"}, ["features.plan"]),
