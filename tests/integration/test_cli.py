@@ -77,8 +77,9 @@ def test_bad_date_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_demo_story_end_to_end(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    # 400 subscribers is too few for the default AUC and calibration gates to be met reliably;
-    # the story, not the thresholds, is under test here.
+    # 400 subscribers is too few for the default AUC and calibration gates to be met reliably
+    # (a holdout of ~20 churners: its ROC-AUC is 0.47 or 0.6 by chance); the story, not the
+    # thresholds, is under test here.
     result = churn(
         "demo",
         "--subscribers",
@@ -89,7 +90,7 @@ def test_demo_story_end_to_end(tmp_path: Path) -> None:
         CHURN_FAIRNESS_MIN_DP_RATIO="0",
         CHURN_FAIRNESS_MAX_EO_DIFFERENCE="1",
         CHURN_FAIRNESS_MIN_GROUP_SIZE="1",
-        CHURN_GATE_MIN_AUC="0.5",
+        CHURN_GATE_MIN_AUC="0",
         CHURN_GATE_MAX_CALIBRATION_ERROR="1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
