@@ -401,7 +401,7 @@ def test_recency_weights_halve_every_half_life_back_from_the_newest_snapshot(spl
 
 
 def test_weighted_training_is_deterministic_recorded_and_another_model(split):
-    plain = train_model(split, FEATURES, fast_settings())
+    plain = train_model(split, FEATURES, fast_settings(training_recency_half_life_days=None))
     settings = fast_settings(training_recency_half_life_days=7.0)
     first, second = train_model(split, FEATURES, settings), train_model(split, FEATURES, settings)
     assert first.booster.model_to_string() == second.booster.model_to_string()
