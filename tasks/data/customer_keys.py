@@ -33,10 +33,10 @@ from tasks.core.errors import ChurnError, ContractViolation, ImportMappingError
 from tasks.core.files import write_parquet_atomic
 from tasks.core.layout import table_path
 from tasks.core.schema import SUBSCRIBERS, Column, TableSpec
-from tasks.data.import_mapping import MAX_EXAMPLES, ImportMapping
+from tasks.data.import_mapping import CUSTOMER_ID, MAX_EXAMPLES, ImportMapping
 from tasks.data.import_read import _clean
 
-ID = "subscriber_id"
+ID = CUSTOMER_ID
 KEY = "customer_key"
 CUSTOMER_KEYS = TableSpec(
     name="customer_keys",
